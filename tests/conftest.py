@@ -19,3 +19,84 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         only_failure = group.exceptions[0]
     # Raised outside the except block so the group does not become the failure's context.
     raise only_failure
+
+
+# -- a live broker on 127.0.0.1 with a real SQLite file -----------------------------------------
+
+import dataclasses  # noqa: E402
+from collections.abc import AsyncIterator  # noqa: E402
+from contextlib import asynccontextmanager  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import trio  # noqa: E402
+
+from broker.client import Client, Trust, connect  # noqa: E402
+from broker.config import Config  # noqa: E402
+from broker.server import ServerInfo, serve  # noqa: E402
+
+
+def make_config(data_dir: Path, **overrides: object) -> Config:
+    """A broker config for tests: loopback, port 0, plaintext, fast bcrypt, no web UI."""
+    base = Config(
+        host="127.0.0.1",
+        port=0,
+        web_port=-1,
+        data_dir=data_dir,
+        insecure_plaintext=True,
+        bcrypt_rounds=4,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@dataclasses.dataclass
+class RunningBroker:
+    info: ServerInfo
+    config: Config
+    cancel_scope: trio.CancelScope
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.info.tcp_port}"
+
+    @asynccontextmanager
+    async def client(self) -> AsyncIterator[Client]:
+        async with connect(self.address, trust=Trust.plaintext()) as client:
+            yield client
+
+    @asynccontextmanager
+    async def user(self, name: str, password: str = "password1") -> AsyncIterator[Client]:
+        """A connected client logged in as `name` (account created if new)."""
+        async with self.client() as client:
+            await client.login(name, password, create=True)
+            yield client
+
+    def stop(self) -> None:
+        self.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_broker(config: Config) -> AsyncIterator[RunningBroker]:
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[ServerInfo]) -> None:
+            with scope:
+                await serve(config, task_status=task_status)
+
+        info = await nursery.start(partial(run))
+        try:
+            yield RunningBroker(info, config, scope)
+        finally:
+            scope.cancel()
+
+
+@pytest.fixture
+def broker_config(tmp_path: Path) -> Config:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+async def broker(broker_config: Config) -> AsyncIterator[RunningBroker]:
+    async with running_broker(broker_config) as running:
+        yield running

@@ -1,0 +1,381 @@
+"""The trio client library for mailnet: what the CLI, the terminal client and the tests use.
+
+    async with connect("127.0.0.1:7878", trust=Trust.plaintext()) as client:
+        await client.login("alice", "secret", create=True)
+        await client.send_text("bob", "hello")
+        entry = await client.next_mail()
+
+Requests may be many in flight at once (each waits for the response with its id). Pushed mail
+arrives in seq order; a redelivered entry (seq already seen) is dropped, so an application sees
+each message once, and the library acknowledges what it has handed out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from broker import tls
+from broker.protocol import NEED_DATA, FrameConnection, RemoteProtocolError
+
+DEFAULT_PORT = 7878
+
+
+class ClientError(Exception):
+    """Base of the client library's errors."""
+
+
+class BrokerUnreachable(ClientError):
+    """The broker could not be reached or the connection was lost."""
+
+
+class TrustError(ClientError):
+    """The broker's certificate is not the one expected (or could not be verified)."""
+
+
+class RequestFailed(ClientError):
+    """The broker answered a request with an error."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass(frozen=True)
+class Trust:
+    """How the client decides to trust a broker's TLS certificate (or to use no TLS)."""
+
+    mode: str  # "pin" | "ca" | "plaintext"
+    ca_file: Path | None = None
+    known_servers: Path | None = None
+    accept_new: bool = True
+
+    @classmethod
+    def plaintext(cls) -> Trust:
+        return cls("plaintext")
+
+    @classmethod
+    def pinning(cls, known_servers: Path, *, accept_new: bool = True) -> Trust:
+        return cls("pin", known_servers=known_servers, accept_new=accept_new)
+
+    @classmethod
+    def certificate_authority(cls, ca_file: Path | None = None) -> Trust:
+        return cls("ca", ca_file=ca_file)
+
+
+def parse_server(server: str) -> tuple[str, int]:
+    """'host', 'host:port', '[::1]:port' -> (host, port)."""
+    server = server.strip()
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        port = rest.lstrip(":")
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    else:
+        host, port = server, ""
+    try:
+        return host or "127.0.0.1", int(port) if port else DEFAULT_PORT
+    except ValueError:
+        raise ClientError(f"invalid server address {server!r}: use HOST:PORT") from None
+
+
+@dataclass
+class _Waiter:
+    done: trio.Event = field(default_factory=trio.Event)
+    response: dict[str, Any] | None = None
+
+
+class Client:
+    def __init__(self, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
+        self._stream = stream
+        self._nursery = nursery
+        self._frames = FrameConnection(max_frame_bytes=16 * 1024 * 1024)
+        self._ids = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._send_lock = trio.Lock()
+        self._mail_in, self._mail_out = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._closed: str | None = None
+        self.username: str | None = None
+        self.token: str | None = None
+        self.last_seq = 0  # highest seq handed to the application
+        self._acked_seq = 0
+        self.duplicates_dropped = 0
+        self.errors: list[dict[str, Any]] = []  # error frames not tied to a request
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                data = await self._stream.receive_some(65536)
+                if not data:
+                    break
+                self._frames.receive_data(data)
+                while (frame := self._frames.next_frame()) is not NEED_DATA:
+                    assert isinstance(frame, dict)
+                    self._route(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError) as exc:
+            self._closed = f"connection lost: {exc}"
+        finally:
+            if self._closed is None:
+                self._closed = "the broker closed the connection"
+            for waiter in self._waiters.values():
+                waiter.done.set()
+            self._mail_in.close()
+            self._events_in.close()
+
+    def _route(self, frame: dict[str, Any]) -> None:
+        if "event" in frame:
+            if frame["event"] == "mail":
+                entry = frame["entry"]
+                if entry["seq"] is not None and entry["seq"] <= self.last_seq:
+                    self.duplicates_dropped += 1  # a redelivery after a reconnect: seen already
+                    return
+                self.last_seq = entry["seq"]
+                self._mail_in.send_nowait(entry)
+            else:
+                self._events_in.send_nowait(frame)
+            return
+        waiter = self._waiters.get(frame.get("re")) if frame.get("re") is not None else None
+        if waiter is None:
+            self.errors.append(frame)
+            if not frame.get("ok", True):
+                code = frame.get("error", {}).get("code")
+                if code in ("timeout", "frame_too_large", "too_many_connections"):
+                    self._closed = frame["error"].get("message", code)
+            return
+        waiter.response = frame
+        waiter.done.set()
+
+    async def _send_frame(self, frame: dict[str, Any]) -> None:
+        if self._closed is not None:
+            raise BrokerUnreachable(self._closed)
+        data = self._frames.send(frame)
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise BrokerUnreachable(f"connection lost: {exc}") from None
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its response; RequestFailed on an error response."""
+        rid = next(self._ids)
+        waiter = self._waiters[rid] = _Waiter()
+        try:
+            await self._send_frame({"op": op, "id": rid, **fields})
+            await waiter.done.wait()
+        finally:
+            del self._waiters[rid]
+        response = waiter.response
+        if response is None:
+            raise BrokerUnreachable(self._closed or "connection lost")
+        if not response.get("ok"):
+            error = dict(response.get("error") or {})
+            raise RequestFailed(
+                str(error.pop("code", "error")), str(error.pop("message", "")), error
+            )
+        return response
+
+    async def _heartbeat(self, interval: float) -> None:
+        while self._closed is None:
+            await trio.sleep(interval)
+            try:
+                await self.flush_ack()
+                await self.request("ping")
+            except ClientError:
+                return
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def _after_login(self, response: dict[str, Any]) -> dict[str, Any]:
+        self.username = response["username"]
+        self.token = response["token"]
+        self.last_seq = self._acked_seq = max(self.last_seq, response["resume_after"])
+        self._nursery.start_soon(self._heartbeat, float(response["heartbeat_interval"]))
+        return response
+
+    async def login(
+        self,
+        username: str,
+        password: str,
+        *,
+        create: bool = False,
+        resume_after: int | None = None,
+        client: str = "mailnet-python",
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {"username": username, "password": password, "create": create}
+        if resume_after is not None:
+            fields["resume_after"] = resume_after
+        response = await self.request("login", client=client, **fields)
+        return self._after_login(response)
+
+    async def resume(
+        self, token: str, *, resume_after: int | None = None, client: str = "mailnet-python"
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {"token": token, "client": client}
+        if resume_after is not None:
+            fields["resume_after"] = resume_after
+        return self._after_login(await self.request("resume", **fields))
+
+    async def logout(self) -> None:
+        await self.flush_ack()
+        await self.request("logout")
+
+    async def ping(self) -> None:
+        await self.request("ping")
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        kind: str,
+        *,
+        to: list[str] | None = None,
+        subject: str | None = None,
+        body: str | None = None,
+        client_msg_id: str | None = None,
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "kind": kind,
+            "client_msg_id": client_msg_id or uuid.uuid4().hex,
+        }
+        if to is not None:
+            fields["to"] = to
+        if subject is not None:
+            fields["subject"] = subject
+        if body is not None:
+            fields["body"] = body
+        return await self.request("send", **fields)
+
+    async def send_email(self, to: list[str], subject: str, body: str, **kw: Any) -> dict:
+        return await self.send("email", to=to, subject=subject, body=body, **kw)
+
+    async def send_text(self, to: str, body: str, **kw: Any) -> dict:
+        return await self.send("text", to=[to], body=body, **kw)
+
+    async def announce(self, subject: str, body: str, **kw: Any) -> dict:
+        return await self.send("announcement", subject=subject, body=body, **kw)
+
+    async def rickroll(self, to: str, **kw: Any) -> dict:
+        return await self.send("rickroll", to=[to], **kw)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def next_mail(self) -> dict[str, Any]:
+        """The next pushed mailbox entry (each seq once). BrokerUnreachable when closed."""
+        try:
+            return await self._mail_out.receive()
+        except trio.EndOfChannel:
+            raise BrokerUnreachable(self._closed or "connection closed") from None
+
+    def pending_mail(self) -> list[dict[str, Any]]:
+        """Entries already received and not yet taken, without waiting."""
+        entries = []
+        while True:
+            try:
+                entries.append(self._mail_out.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return entries
+
+    async def next_event(self) -> dict[str, Any]:
+        try:
+            return await self._events_out.receive()
+        except trio.EndOfChannel:
+            raise BrokerUnreachable(self._closed or "connection closed") from None
+
+    async def flush_ack(self) -> None:
+        """Tell the broker we have everything through last_seq (no response expected)."""
+        if self.last_seq > self._acked_seq:
+            seq = self.last_seq
+            await self._send_frame({"op": "ack", "seq": seq})
+            self._acked_seq = seq
+
+    async def inbox(
+        self, *, unread_only: bool = False, limit: int = 50, before_seq: int | None = None
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {"unread_only": unread_only, "limit": limit}
+        if before_seq is not None:
+            fields["before_seq"] = before_seq
+        return await self.request("inbox", **fields)
+
+    async def mark_read(self, seqs: list[int]) -> int:
+        return (await self.request("mark_read", seqs=seqs))["marked"]
+
+    async def who(self) -> list[dict[str, Any]]:
+        return (await self.request("who"))["users"]
+
+    async def history(self, **filters: Any) -> list[dict[str, Any]]:
+        fields = {k: v for k, v in filters.items() if v is not None}
+        if "with_user" in fields:
+            fields["with"] = fields.pop("with_user")
+        return (await self.request("history", **fields))["items"]
+
+    async def set_prefs(self, *, prank_opt_out: bool) -> dict[str, Any]:
+        return await self.request("set_prefs", prank_opt_out=prank_opt_out)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+
+async def _open_stream(host: str, port: int, trust: Trust) -> trio.abc.Stream:
+    try:
+        tcp = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise BrokerUnreachable(f"cannot reach the broker at {host}:{port}: {exc}") from None
+    if trust.mode == "plaintext":
+        return tcp
+    if trust.mode == "ca":
+        context = tls.client_ssl_context_for_ca(trust.ca_file)
+    else:
+        context = tls.client_ssl_context_for_pinning()
+    stream = trio.SSLStream(tcp, context, server_hostname=host)
+    try:
+        await stream.do_handshake()
+    except ssl.SSLCertVerificationError as exc:
+        await trio.aclose_forcefully(tcp)
+        raise TrustError(f"the broker's certificate could not be verified: {exc}") from None
+    except (trio.BrokenResourceError, ssl.SSLError) as exc:
+        await trio.aclose_forcefully(tcp)
+        raise BrokerUnreachable(f"TLS handshake with {host}:{port} failed: {exc}") from None
+    if trust.mode == "pin":
+        assert trust.known_servers is not None
+        der = stream.getpeercert(binary_form=True)
+        try:
+            tls.check_pinned_fingerprint(
+                tls.KnownServers(trust.known_servers),
+                tls.format_server_address(host, port),
+                der,
+                accept_new=trust.accept_new,
+            )
+        except tls.TLSError as exc:
+            await trio.aclose_forcefully(stream)
+            raise TrustError(str(exc)) from None
+    return stream
+
+
+@asynccontextmanager
+async def connect(server: str, *, trust: Trust) -> AsyncIterator[Client]:
+    """Open a connection to a broker; closes it (and its background tasks) on exit."""
+    host, port = parse_server(server)
+    stream = await _open_stream(host, port, trust)
+    async with trio.open_nursery() as nursery:
+        client = Client(stream, nursery)
+        nursery.start_soon(client._reader)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+            await trio.aclose_forcefully(stream)

@@ -1,0 +1,79 @@
+"""The broker's settings: one typed Config with documented defaults, overridable from MAILNET_*."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import platformdirs
+
+ENV_PREFIX = "MAILNET_"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("mailnet", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 7878
+    web_port: int = 8080  # -1 turns the web UI off
+    db: str = ""  # a SQLAlchemy URL; empty means data_dir/mailnet.db
+    data_dir: Path = field(default_factory=default_data_dir)
+    heartbeat_timeout: float = 30.0
+    # TLS: on by default with a self-signed certificate kept in data_dir/tls.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_plaintext: bool = False
+    allow_plaintext_on_network: bool = False
+    # Limits (docs/security.md explains each one).
+    max_frame_bytes: int = 1024 * 1024
+    login_timeout: float = 10.0
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    send_rate: float = 50.0  # sends per second per user, sustained
+    send_burst: int = 200
+    mailbox_quota: int = 100_000  # entries per mailbox
+    min_free_disk_bytes: int = 50 * 1024 * 1024
+    login_failures_per_hour: int = 100
+    registration: str = "open"  # open | closed
+    bcrypt_rounds: int = 12
+    max_in_flight_per_connection: int = 256
+
+    @property
+    def db_url(self) -> str:
+        if self.db:
+            return self.db
+        return f"sqlite:///{self.data_dir / 'mailnet.db'}"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.heartbeat_timeout / 3
+
+    def with_env(self, environ: dict[str, str] | None = None) -> Config:
+        """A copy with every field named MAILNET_<FIELD> in the environment applied."""
+        environ = dict(os.environ if environ is None else environ)
+        changes: dict[str, object] = {}
+        for f in fields(self):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            current = getattr(self, f.name)
+            try:
+                if f.name in ("tls_cert", "tls_key"):
+                    changes[f.name] = Path(raw)
+                elif isinstance(current, bool):
+                    changes[f.name] = raw.lower() in ("1", "true", "yes", "on")
+                elif isinstance(current, int):
+                    changes[f.name] = int(raw)
+                elif isinstance(current, float):
+                    changes[f.name] = float(raw)
+                elif isinstance(current, Path):
+                    changes[f.name] = Path(raw)
+                else:
+                    changes[f.name] = raw
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not valid") from None
+        return replace(self, **changes)

@@ -1,0 +1,7 @@
+"""Core services: accounts, sessions and presence, mailbox delivery, history."""
+
+from .presence import LiveSession, OnlineUser
+from .service import Broker
+from .views import entry_view, iso
+
+__all__ = ["Broker", "LiveSession", "OnlineUser", "entry_view", "iso"]

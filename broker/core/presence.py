@@ -1,0 +1,151 @@
+"""Who is online: the live sessions of each user on this broker, and what each still needs.
+
+A LiveSession's feed holds entries committed for its user that it has not sent yet. The
+session's transport drains it with `next_items`: first the backlog after the session's resume
+point (read from the store), then live entries, fetching from the store again whenever it sees a
+gap (another node committed, or the in-memory queue overflowed). Entries leave in seq order,
+each once per session.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from broker.store import EntryRecord
+
+MAX_QUEUED = 10_000  # live entries held per session before it falls back to the store
+PAGE = 1000
+
+_session_ids = itertools.count(1)
+
+FetchAfter = Callable[[int, int, int], Awaitable[list[EntryRecord]]]
+
+
+@dataclass(eq=False)
+class LiveSession:
+    user_id: int
+    username: str
+    client: str
+    cursor: int  # highest seq already handed to the transport
+    id: int = field(default_factory=lambda: next(_session_ids))
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_active: float = field(default_factory=trio.current_time)
+    _queued: deque[EntryRecord] = field(default_factory=deque)
+    _events: deque[dict[str, Any]] = field(default_factory=deque)
+    _must_fetch: bool = True  # the backlog, first
+    _wakeup: trio.Event = field(default_factory=trio.Event)
+
+    def touch(self) -> None:
+        self.last_active = trio.current_time()
+
+    def offer(self, entry: EntryRecord) -> None:
+        if len(self._queued) >= MAX_QUEUED:
+            self._queued.clear()
+            self._must_fetch = True
+        else:
+            self._queued.append(entry)
+        self._wakeup.set()
+
+    def offer_event(self, event: dict[str, Any]) -> None:
+        if len(self._events) < MAX_QUEUED:
+            self._events.append(event)
+            self._wakeup.set()
+
+    def take_events(self) -> list[dict[str, Any]]:
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    async def next_items(self, fetch_after: FetchAfter) -> tuple[list[EntryRecord], list[dict]]:
+        """Wait for entries after the cursor (in order) and/or events; advances the cursor."""
+        while True:
+            queued = self._queued
+            while queued and queued[0].seq is not None and queued[0].seq <= self.cursor:
+                queued.popleft()
+            if self._must_fetch or (queued and queued[0].seq != self.cursor + 1):
+                entries = await fetch_after(self.user_id, self.cursor, PAGE)
+                self._must_fetch = len(entries) == PAGE
+                if entries:
+                    self.cursor = entries[-1].seq or self.cursor
+                    return entries, self.take_events()
+                if queued and queued[0].seq != self.cursor + 1:
+                    # The gap is not visible in the store: drop the stragglers and refetch later.
+                    queued.clear()
+                    self._must_fetch = True
+            ready: list[EntryRecord] = []
+            while queued and queued[0].seq == self.cursor + 1:
+                entry = queued.popleft()
+                ready.append(entry)
+                self.cursor += 1
+            events = self.take_events()
+            if ready or events:
+                return ready, events
+            self._wakeup = trio.Event()
+            if self._queued or self._events or self._must_fetch:
+                continue
+            await self._wakeup.wait()
+
+
+@dataclass(frozen=True)
+class OnlineUser:
+    username: str
+    since: datetime
+    idle_seconds: float
+    sessions: int
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._by_user: dict[int, set[LiveSession]] = {}
+
+    def add(self, session: LiveSession) -> None:
+        first = session.user_id not in self._by_user
+        self._by_user.setdefault(session.user_id, set()).add(session)
+        if first:
+            self._announce(session.username, online=True)
+
+    def remove(self, session: LiveSession) -> None:
+        live = self._by_user.get(session.user_id)
+        if live is None or session not in live:
+            return
+        live.discard(session)
+        if not live:
+            del self._by_user[session.user_id]
+            self._announce(session.username, online=False)
+
+    def _announce(self, username: str, *, online: bool) -> None:
+        event = {"event": "presence", "username": username, "online": online}
+        for sessions in self._by_user.values():
+            for session in sessions:
+                session.offer_event(event)
+
+    def sessions_of(self, user_id: int) -> set[LiveSession]:
+        return self._by_user.get(user_id, set())
+
+    def all_sessions(self) -> list[LiveSession]:
+        return [s for sessions in self._by_user.values() for s in sessions]
+
+    def is_online(self, user_id: int) -> bool:
+        return user_id in self._by_user
+
+    def who(self) -> list[OnlineUser]:
+        now = trio.current_time()
+        online = []
+        for sessions in self._by_user.values():
+            first = min(sessions, key=lambda s: s.since)
+            online.append(
+                OnlineUser(
+                    username=first.username,
+                    since=first.since,
+                    idle_seconds=max(0.0, now - max(s.last_active for s in sessions)),
+                    sessions=len(sessions),
+                )
+            )
+        return sorted(online, key=lambda u: u.username)

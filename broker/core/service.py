@@ -1,0 +1,237 @@
+"""The broker's core services behind one facade that every transport (TCP, web) calls.
+
+No transport holds business rules: the sender is always the authenticated user, limits and
+quotas are checked here, and live delivery goes through Presence.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from broker.config import Config
+from broker.protocol import ErrorCode, RequestRefused, requests
+from broker.store import (
+    HistoryQuery,
+    MailStore,
+    NotFound,
+    SendIntent,
+    SendOutcome,
+    UserRecord,
+)
+
+from .accounts import Accounts, LoginResult
+from .commits import CommitQueue
+from .presence import LiveSession, OnlineUser, Presence
+from .runner import StoreRunner
+from .throttle import SendRateLimiter
+from .views import RICKROLL_BODY, RICKROLL_SUBJECT
+
+log = logging.getLogger("mailnet.broker")
+
+ACK_FLUSH_INTERVAL = 1.0
+DISK_CHECK_INTERVAL = 1.0
+
+
+class Broker:
+    def __init__(self, store: MailStore, config: Config) -> None:
+        self.config = config
+        self.runner = StoreRunner(store)
+        self.accounts = Accounts(self.runner, config)
+        self.presence = Presence()
+        self.commits = CommitQueue(self.runner, self._deliver, quota=config.mailbox_quota)
+        self.send_limits = SendRateLimiter(config.send_rate, config.send_burst)
+        self._pending_acks: dict[int, int] = {}
+        self._disk_checked_at = -1e9
+        self._disk_full = False
+        self._db_dir: Path | None = (
+            Path(store.engines.write.url.database or ".").parent
+            if store.engines.is_sqlite
+            else None
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work: the group committer and the ack flusher."""
+        await self.accounts.prepare()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.commits.run)
+            nursery.start_soon(self._flush_acks_forever)
+            task_status.started()
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def login(
+        self, username: str, password: str, *, create: bool, client: str, peer: str
+    ) -> LoginResult:
+        return await self.accounts.login(
+            username, password, create=create, client=client, peer=peer
+        )
+
+    async def user_for_token(self, token: str) -> UserRecord:
+        return await self.accounts.user_for_token(token)
+
+    async def logout(self, user: UserRecord, token: str | None) -> None:
+        await self.flush_acks()
+        if token is not None:
+            await self.accounts.logout(token)
+
+    @asynccontextmanager
+    async def live_session(
+        self, user: UserRecord, *, client: str, resume_after: int | None
+    ) -> AsyncIterator[LiveSession]:
+        """Register a live session (it shows in `who`) and feed it from its resume point."""
+        start = user.acked_seq if resume_after is None else resume_after
+        session = LiveSession(user.id, user.username, client, cursor=max(0, start))
+        self.presence.add(session)
+        log.info("session %d of %r online (%s)", session.id, user.username, client or "client")
+        try:
+            yield session
+        finally:
+            self.presence.remove(session)
+            log.info("session %d of %r offline", session.id, user.username)
+
+    async def fetch_after(self, user_id: int, after_seq: int, limit: int):  # type: ignore[no-untyped-def]
+        return await self.runner.read(self.runner.store.entries_after, user_id, after_seq, limit)
+
+    def ack(self, user: UserRecord, seq: int) -> None:
+        """A client has everything through seq. Written to the store in the background."""
+        if seq > self._pending_acks.get(user.id, 0):
+            self._pending_acks[user.id] = seq
+
+    async def flush_acks(self) -> None:
+        if not self._pending_acks:
+            return
+        acks, self._pending_acks = self._pending_acks, {}
+        try:
+            await self.runner.write(self.runner.store.ack_through, acks)
+        except RequestRefused:
+            for user_id, seq in acks.items():  # keep them for the next try
+                self._pending_acks[user_id] = max(seq, self._pending_acks.get(user_id, 0))
+
+    async def _flush_acks_forever(self) -> None:
+        try:
+            while True:
+                await trio.sleep(ACK_FLUSH_INTERVAL)
+                await self.flush_acks()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.flush_acks()
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _check_disk(self) -> None:
+        if self._db_dir is None:
+            return
+        now = trio.current_time()
+        if now - self._disk_checked_at >= DISK_CHECK_INTERVAL:
+            self._disk_checked_at = now
+            try:
+                free = shutil.disk_usage(self._db_dir).free
+            except OSError:
+                return
+            self._disk_full = free < self.config.min_free_disk_bytes
+            if self._disk_full:
+                log.error("refusing sends: only %d bytes free for the database", free)
+        if self._disk_full:
+            raise RequestRefused(
+                ErrorCode.STORAGE_FULL, "the broker's disk is nearly full; nothing was stored"
+            )
+
+    async def send(self, user: UserRecord, request: requests.Send) -> SendOutcome:
+        """Store a message durably (group commit), then push it to online recipients."""
+        retry_after = self.send_limits.retry_after(user.id)
+        if retry_after > 0:
+            raise RequestRefused(
+                ErrorCode.RATE_LIMITED,
+                "sending too fast; slow down",
+                retry_after=round(retry_after, 3),
+            )
+        self._check_disk()
+        subject, body = request.subject, request.body
+        if request.kind == "rickroll":
+            subject, body = RICKROLL_SUBJECT, RICKROLL_BODY
+        intent = SendIntent(
+            sender_id=user.id,
+            sender=user.username,
+            kind=request.kind,
+            recipients=request.to,
+            subject=subject,
+            body=body,
+            client_msg_id=request.client_msg_id,
+        )
+        outcome = await self.commits.submit(intent)
+        if outcome.error_code is not None:
+            raise RequestRefused(ErrorCode(outcome.error_code), outcome.error_message or "")
+        return outcome
+
+    def _deliver(self, outcomes: Sequence[SendOutcome]) -> None:
+        for outcome in outcomes:
+            for delivery in outcome.deliveries:
+                for session in self.presence.sessions_of(delivery.user_id):
+                    session.offer(delivery.entry)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def inbox(self, user: UserRecord, request: requests.Inbox):  # type: ignore[no-untyped-def]
+        return await self.runner.read(
+            _inbox,
+            self.runner.store,
+            user.id,
+            request.unread_only,
+            request.limit,
+            request.before_seq,
+        )
+
+    async def mark_read(self, user: UserRecord, seqs: Sequence[int]) -> int:
+        try:
+            return await self.runner.write(self.runner.store.mark_read, user.id, list(seqs))
+        except NotFound:
+            raise RequestRefused(ErrorCode.NOT_FOUND, "no such message in your mailbox") from None
+
+    def who(self) -> list[OnlineUser]:
+        return self.presence.who()
+
+    async def history(self, user: UserRecord, request: requests.History):  # type: ignore[no-untyped-def]
+        with_user_id = None
+        if request.with_user is not None:
+            other = await self.runner.read(self.runner.store.user_by_name, request.with_user)
+            if other is None:
+                raise RequestRefused(
+                    ErrorCode.UNKNOWN_RECIPIENT, f"no such user: {request.with_user}"
+                )
+            with_user_id = other.id
+        query = HistoryQuery(
+            with_user_id=with_user_id,
+            kind=request.kind,
+            search=request.search,
+            since=request.since,
+            limit=request.limit,
+            before_id=request.before_id,
+        )
+        return await self.runner.read(self.runner.store.history, user.id, query)
+
+    async def set_prefs(self, user: UserRecord, prank_opt_out: bool) -> dict[str, Any]:
+        await self.runner.write(self.runner.store.set_prank_opt_out, user.id, prank_opt_out)
+        return {"prank_opt_out": prank_opt_out}
+
+    async def me(self, user: UserRecord) -> dict[str, Any]:
+        fresh = await self.runner.read(self.runner.store.user_by_id, user.id)
+        unread = await self.runner.read(self.runner.store.unread_count, user.id)
+        assert fresh is not None
+        return {
+            "username": fresh.username,
+            "role": fresh.role,
+            "prank_opt_out": fresh.prank_opt_out,
+            "unread": unread,
+            "last_seq": fresh.last_seq,
+        }
+
+
+def _inbox(store: MailStore, user_id: int, unread_only: bool, limit: int, before_seq: int | None):  # type: ignore[no-untyped-def]
+    return store.inbox(user_id, unread_only=unread_only, limit=limit, before_seq=before_seq)

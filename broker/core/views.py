@@ -1,0 +1,32 @@
+"""The JSON shapes the broker shows users, shared by every transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.store import EntryRecord
+
+RICKROLL_URL = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
+RICKROLL_SUBJECT = "Someone sent you a surprise"
+RICKROLL_BODY = f"Never gonna give you up! (open it yourself, if you dare: {RICKROLL_URL})"
+
+
+def iso(moment) -> str:  # type: ignore[no-untyped-def]
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_view(entry: EntryRecord) -> dict[str, Any]:
+    """An entry as its owner may see it: a received rick-roll never reveals its sender."""
+    hidden = entry.kind == "rickroll" and entry.direction == "in"
+    return {
+        "seq": entry.seq,
+        "message_id": entry.message_id,
+        "kind": entry.kind,
+        "sender": None if hidden else entry.sender,
+        "recipients": [] if hidden else list(entry.recipients),
+        "subject": entry.subject,
+        "body": entry.body,
+        "sent_at": iso(entry.sent_at),
+        "read": entry.read,
+        "direction": entry.direction,
+    }

@@ -1,0 +1,62 @@
+"""The mailnet wire protocol, sans I/O: framing, requests, responses. Imports no trio, no SQL."""
+
+from .errors import (
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    RequestRefused,
+)
+from .framing import DEFAULT_MAX_FRAME_BYTES, NEED_DATA, FrameConnection, encode_frame
+from .messages import error_response, event, ok_response
+from .requests import (
+    KINDS,
+    Ack,
+    History,
+    Inbox,
+    Login,
+    Logout,
+    MarkRead,
+    Ping,
+    Request,
+    Resume,
+    Send,
+    SetPrefs,
+    Who,
+    check_password,
+    normalize_username,
+    parse_request,
+    request_id,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "KINDS",
+    "NEED_DATA",
+    "Ack",
+    "ErrorCode",
+    "FrameConnection",
+    "History",
+    "Inbox",
+    "LocalProtocolError",
+    "Login",
+    "Logout",
+    "MarkRead",
+    "Ping",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Request",
+    "RequestRefused",
+    "Resume",
+    "Send",
+    "SetPrefs",
+    "Who",
+    "check_password",
+    "encode_frame",
+    "error_response",
+    "event",
+    "normalize_username",
+    "ok_response",
+    "parse_request",
+    "request_id",
+]

@@ -1,0 +1,300 @@
+"""The requests a client may send, validated into frozen dataclasses.
+
+`parse_request(frame)` checks every field of every operation and raises RemoteProtocolError
+with `bad_request` or `unknown_op`; the limits on names, subjects and bodies live here so that
+every transport enforces the same ones.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from .errors import ErrorCode, RemoteProtocolError
+
+USERNAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+MIN_PASSWORD_CHARS: Final = 6
+MAX_PASSWORD_BYTES: Final = 72  # bcrypt's limit; longer passwords are refused, not truncated
+MAX_SUBJECT_CHARS: Final = 200
+MAX_BODY_CHARS: Final = 64_000
+MAX_RECIPIENTS: Final = 100
+MAX_CLIENT_MSG_ID_CHARS: Final = 64
+MAX_TOKEN_CHARS: Final = 128
+MAX_PAGE: Final = 1000
+MAX_SEARCH_CHARS: Final = 200
+
+KINDS: Final = ("email", "text", "announcement", "rickroll")
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    username: str
+    password: str
+    create: bool = False
+    resume_after: int | None = None
+    client: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Log in again with a session token saved by an earlier login."""
+
+    token: str
+    resume_after: int | None = None
+    client: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Logout:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    kind: str
+    to: tuple[str, ...]
+    subject: str | None
+    body: str
+    client_msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inbox:
+    unread_only: bool = False
+    limit: int = 50
+    before_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead:
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    with_user: str | None = None
+    kind: str | None = None
+    search: str | None = None
+    since: datetime | None = None
+    limit: int = 50
+    before_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetPrefs:
+    prank_opt_out: bool
+
+
+Request = Login | Resume | Logout | Ping | Send | Ack | Inbox | MarkRead | Who | History | SetPrefs
+
+
+def _bad(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.BAD_REQUEST, message)
+
+
+class _Fields:
+    """Typed access to a request's fields with one clear error per problem."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        self.frame = frame
+
+    def _get(self, name: str, required: bool) -> Any:
+        if name not in self.frame or self.frame[name] is None:
+            if required:
+                raise _bad(f"missing field '{name}'")
+            return None
+        return self.frame[name]
+
+    def str(self, name: str, *, required: bool = True, max_chars: int, allow_empty: bool = False):
+        value = self._get(name, required)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise _bad(f"field '{name}' must be a string")
+        if len(value) > max_chars:
+            raise _bad(f"field '{name}' is longer than {max_chars} characters")
+        if not allow_empty and not value.strip():
+            raise _bad(f"field '{name}' must not be empty")
+        return value
+
+    def int(self, name: str, *, required: bool = True, minimum: int = 0, maximum: int = 2**62):
+        value = self._get(name, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(f"field '{name}' must be an integer")
+        if not minimum <= value <= maximum:
+            raise _bad(f"field '{name}' must be between {minimum} and {maximum}")
+        return value
+
+    def bool(self, name: str, *, default: bool = False) -> bool:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise _bad(f"field '{name}' must be true or false")
+        return value
+
+
+def normalize_username(value: object, field: str = "username") -> str:
+    if not isinstance(value, str):
+        raise _bad(f"field '{field}' must be a string")
+    name = value.strip().lower()
+    if not USERNAME_RE.match(name):
+        raise _bad(f"invalid user name {value[:40]!r}: use 1-32 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise _bad(f"password must be at least {MIN_PASSWORD_CHARS} characters")
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        raise _bad(f"password must be at most {MAX_PASSWORD_BYTES} bytes")
+    return password
+
+
+def _parse_since(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _bad(f"'since' must be an ISO date or date-time, not {value[:40]!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _parse_send(f: _Fields) -> Send:
+    kind = f.str("kind", max_chars=20)
+    if kind not in KINDS:
+        raise _bad(f"field 'kind' must be one of {', '.join(KINDS)}")
+    raw_to = f.frame.get("to")
+    if kind == "announcement":
+        if raw_to not in (None, []):
+            raise _bad("an announcement goes to everyone: leave 'to' out")
+        to: tuple[str, ...] = ()
+    else:
+        if isinstance(raw_to, str):
+            raw_to = [raw_to]
+        if not isinstance(raw_to, list) or not raw_to:
+            raise _bad("field 'to' must be a non-empty list of user names")
+        if len(raw_to) > MAX_RECIPIENTS:
+            raise _bad(f"at most {MAX_RECIPIENTS} recipients per message")
+        to = tuple(dict.fromkeys(normalize_username(name, "to") for name in raw_to))
+        if kind in ("text", "rickroll") and len(to) != 1:
+            raise _bad(f"a {kind} goes to exactly one user")
+    subject = None
+    if kind in ("email", "announcement"):
+        subject = f.str("subject", max_chars=MAX_SUBJECT_CHARS)
+        if "\n" in subject or "\r" in subject:
+            raise _bad("field 'subject' must be one line")
+    elif "subject" in f.frame and f.frame["subject"] is not None:
+        raise _bad(f"a {kind} has no subject")
+    if kind == "rickroll":
+        if f.frame.get("body") not in (None, ""):
+            raise _bad("a rick-roll has no body: the broker writes it")
+        body = ""
+    else:
+        body = f.str("body", max_chars=MAX_BODY_CHARS)
+    client_msg_id = f.str("client_msg_id", required=False, max_chars=MAX_CLIENT_MSG_ID_CHARS)
+    return Send(kind=kind, to=to, subject=subject, body=body, client_msg_id=client_msg_id)
+
+
+def _parse_history(f: _Fields) -> History:
+    with_user = f.frame.get("with")
+    kind = f.str("kind", required=False, max_chars=20)
+    if kind is not None and kind not in KINDS:
+        raise _bad(f"field 'kind' must be one of {', '.join(KINDS)}")
+    since = f.str("since", required=False, max_chars=40)
+    return History(
+        with_user=None if with_user is None else normalize_username(with_user, "with"),
+        kind=kind,
+        search=f.str("search", required=False, max_chars=MAX_SEARCH_CHARS),
+        since=None if since is None else _parse_since(since),
+        limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 50,
+        before_id=f.int("before_id", required=False, minimum=1),
+    )
+
+
+def _parse_seqs(f: _Fields) -> MarkRead:
+    seqs = f.frame.get("seqs")
+    if not isinstance(seqs, list) or not seqs or len(seqs) > MAX_PAGE:
+        raise _bad(f"field 'seqs' must be a list of 1 to {MAX_PAGE} sequence numbers")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seqs):
+        raise _bad("field 'seqs' must hold positive integers")
+    return MarkRead(seqs=tuple(dict.fromkeys(seqs)))
+
+
+def _parse(op: str, f: _Fields) -> Request:
+    match op:
+        case "login":
+            return Login(
+                username=normalize_username(f.frame.get("username")),
+                password=f.str("password", max_chars=200, allow_empty=True),
+                create=f.bool("create"),
+                resume_after=f.int("resume_after", required=False),
+                client=f.str("client", required=False, max_chars=100) or "",
+            )
+        case "resume":
+            return Resume(
+                token=f.str("token", max_chars=MAX_TOKEN_CHARS),
+                resume_after=f.int("resume_after", required=False),
+                client=f.str("client", required=False, max_chars=100) or "",
+            )
+        case "logout":
+            return Logout()
+        case "ping":
+            return Ping()
+        case "send":
+            return _parse_send(f)
+        case "ack":
+            return Ack(seq=f.int("seq"))
+        case "inbox":
+            return Inbox(
+                unread_only=f.bool("unread_only"),
+                limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 50,
+                before_seq=f.int("before_seq", required=False, minimum=1),
+            )
+        case "mark_read":
+            return _parse_seqs(f)
+        case "who":
+            return Who()
+        case "history":
+            return _parse_history(f)
+        case "set_prefs":
+            value = f.frame.get("prank_opt_out")
+            if not isinstance(value, bool):
+                raise _bad("field 'prank_opt_out' must be true or false")
+            return SetPrefs(prank_opt_out=value)
+    raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op[:40]!r}")
+
+
+def request_id(frame: dict[str, Any]) -> int | None:
+    """The client's request id, echoed in the response as 're' (None if absent or invalid)."""
+    value = frame.get("id")
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return None
+
+
+def parse_request(frame: dict[str, Any]) -> Request:
+    op = frame.get("op")
+    if not isinstance(op, str):
+        raise _bad("missing field 'op'")
+    return _parse(op, _Fields(frame))

@@ -1,0 +1,513 @@
+"""All reads and writes of mailnet's data. Synchronous: callers run it off the trio thread.
+
+Every method opens its own short transaction and returns plain records. `store_sends` is the
+group commit: a whole batch of sends (messages, mailbox entries and idempotency keys) commits in
+one transaction, and only its outcome is what senders are acknowledged with.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Row, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+
+from .database import Engines, make_engines
+from .models import AuthSession, MailboxEntry, Message, User, utcnow
+from .records import (
+    Delivery,
+    EntryRecord,
+    HistoryQuery,
+    SendIntent,
+    SendOutcome,
+    UserRecord,
+)
+
+users = User.__table__
+sessions = AuthSession.__table__
+messages = Message.__table__
+mailbox = MailboxEntry.__table__
+
+_CHUNK = 2000  # bound on bound parameters per statement (SQLite allows 32766)
+
+
+class UsernameTaken(Exception):
+    pass
+
+
+class NotFound(Exception):
+    pass
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or written (down, locked too long, disk error)."""
+
+
+def call_guarded(fn, /, *args):  # type: ignore[no-untyped-def]
+    """Call a store method, turning database outages into StoreUnavailable."""
+    try:
+        return fn(*args)
+    except (OperationalError, InterfaceError) as exc:
+        raise StoreUnavailable(str(exc.orig or exc).splitlines()[0]) from exc
+
+
+def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _user(row: Row) -> UserRecord:
+    return UserRecord(
+        id=row.id,
+        username=row.username,
+        password_hash=row.password_hash,
+        role=row.role,
+        disabled=row.disabled,
+        prank_opt_out=row.prank_opt_out,
+        last_seq=row.last_seq,
+        acked_seq=row.acked_seq,
+    )
+
+
+def _split_names(joined: str) -> tuple[str, ...]:
+    return tuple(joined.split(",")) if joined else ()
+
+
+_sender = users.alias("sender")
+_TARGET_COLUMNS = (
+    users.c.id,
+    users.c.username,
+    users.c.prank_opt_out,
+    users.c.last_seq,
+    users.c.acked_seq,
+)
+
+_ENTRY_COLUMNS = (
+    mailbox.c.seq,
+    mailbox.c.read_at,
+    messages.c.id.label("message_id"),
+    messages.c.kind,
+    messages.c.recipients,
+    messages.c.subject,
+    messages.c.body,
+    messages.c.created_at,
+    _sender.c.username.label("sender"),
+)
+
+
+def _entry(row: Row, *, direction: str = "in") -> EntryRecord:
+    return EntryRecord(
+        seq=row.seq,
+        message_id=row.message_id,
+        kind=row.kind,
+        sender=row.sender,
+        recipients=_split_names(row.recipients),
+        subject=row.subject,
+        body=row.body,
+        sent_at=row.created_at,
+        read=row.read_at is not None,
+        direction=direction,
+    )
+
+
+class MailStore:
+    def __init__(self, engines: Engines) -> None:
+        self.engines = engines
+
+    @classmethod
+    def open(cls, url: str) -> MailStore:
+        return cls(make_engines(url))
+
+    def close(self) -> None:
+        self.engines.dispose()
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    def user_by_name(self, username: str) -> UserRecord | None:
+        with self.engines.read.connect() as conn:
+            row = conn.execute(select(users).where(users.c.username == username)).first()
+        return None if row is None else _user(row)
+
+    def user_by_id(self, user_id: int) -> UserRecord | None:
+        with self.engines.read.connect() as conn:
+            row = conn.execute(select(users).where(users.c.id == user_id)).first()
+        return None if row is None else _user(row)
+
+    def create_user(self, username: str, password_hash: str, *, role: str = "user") -> UserRecord:
+        try:
+            with self.engines.write.begin() as conn:
+                # The first account on a new broker is its admin.
+                has_users = conn.execute(select(users.c.id).limit(1)).first() is not None
+                row = conn.execute(
+                    insert(users)
+                    .values(
+                        username=username,
+                        password_hash=password_hash,
+                        role=role if has_users else "admin",
+                        disabled=False,
+                        prank_opt_out=False,
+                        last_seq=0,
+                        acked_seq=0,
+                        created_at=utcnow(),
+                    )
+                    .returning(*users.c)
+                ).one()
+        except IntegrityError:
+            raise UsernameTaken(username) from None
+        return _user(row)
+
+    def set_prank_opt_out(self, user_id: int, value: bool) -> None:
+        with self.engines.write.begin() as conn:
+            conn.execute(update(users).where(users.c.id == user_id).values(prank_opt_out=value))
+
+    def count_users(self) -> int:
+        with self.engines.read.connect() as conn:
+            return conn.execute(select(func.count()).select_from(users)).scalar_one()
+
+    # -- login sessions (bearer tokens, stored hashed) --------------------------------------
+
+    def create_auth_session(self, user_id: int, token_hash: str, client: str) -> None:
+        now = utcnow()
+        with self.engines.write.begin() as conn:
+            conn.execute(
+                insert(sessions).values(
+                    user_id=user_id,
+                    token_hash=token_hash,
+                    client=client[:100],
+                    created_at=now,
+                    last_used_at=now,
+                )
+            )
+
+    def user_for_token(self, token_hash: str) -> UserRecord | None:
+        with self.engines.read.connect() as conn:
+            row = conn.execute(
+                select(users)
+                .join(sessions, sessions.c.user_id == users.c.id)
+                .where(sessions.c.token_hash == token_hash)
+            ).first()
+        return None if row is None else _user(row)
+
+    def delete_auth_session(self, token_hash: str) -> bool:
+        with self.engines.write.begin() as conn:
+            result = conn.execute(delete(sessions).where(sessions.c.token_hash == token_hash))
+        return result.rowcount > 0
+
+    # -- sending: the group commit ------------------------------------------------------------
+
+    def store_sends(self, intents: Sequence[SendIntent], quota: int) -> list[SendOutcome]:
+        """Store a batch of sends in one transaction; one outcome per intent, in order.
+
+        `quota` caps the entries a mailbox may hold undelivered (stored after the last one a
+        client acknowledged); a send to a full mailbox is refused, never dropped.
+        """
+        with self.engines.write.begin() as conn:
+            return _SendBatch(conn, intents, quota).commit()
+
+    # -- reading mailboxes --------------------------------------------------------------------
+
+    def _entries_query(self, user_id: int):  # type: ignore[no-untyped-def]
+        return (
+            select(*_ENTRY_COLUMNS)
+            .select_from(mailbox)
+            .join(messages, messages.c.id == mailbox.c.message_id)
+            .join(_sender, _sender.c.id == messages.c.sender_id)
+            .where(mailbox.c.user_id == user_id)
+        )
+
+    def entries_after(self, user_id: int, after_seq: int, limit: int) -> list[EntryRecord]:
+        query = (
+            self._entries_query(user_id)
+            .where(mailbox.c.seq > after_seq)
+            .order_by(mailbox.c.seq)
+            .limit(limit)
+        )
+        with self.engines.read.connect() as conn:
+            return [_entry(row) for row in conn.execute(query)]
+
+    def inbox(
+        self, user_id: int, *, unread_only: bool, limit: int, before_seq: int | None
+    ) -> tuple[list[EntryRecord], int]:
+        query = self._entries_query(user_id).order_by(mailbox.c.seq.desc()).limit(limit)
+        if unread_only:
+            query = query.where(mailbox.c.read_at.is_(None))
+        if before_seq is not None:
+            query = query.where(mailbox.c.seq < before_seq)
+        with self.engines.read.connect() as conn:
+            entries = [_entry(row) for row in conn.execute(query)]
+            unread = self._unread_count(conn, user_id)
+        return entries, unread
+
+    @staticmethod
+    def _unread_count(conn, user_id: int) -> int:  # type: ignore[no-untyped-def]
+        return conn.execute(
+            select(func.count())
+            .select_from(mailbox)
+            .where(mailbox.c.user_id == user_id, mailbox.c.read_at.is_(None))
+        ).scalar_one()
+
+    def unread_count(self, user_id: int) -> int:
+        with self.engines.read.connect() as conn:
+            return self._unread_count(conn, user_id)
+
+    def mark_read(self, user_id: int, seqs: Sequence[int]) -> int:
+        """Mark the user's own entries read. Any seq not in their mailbox: NotFound, no change."""
+        with self.engines.write.begin() as conn:
+            found = conn.execute(
+                select(func.count())
+                .select_from(mailbox)
+                .where(mailbox.c.user_id == user_id, mailbox.c.seq.in_(seqs))
+            ).scalar_one()
+            if found != len(seqs):
+                raise NotFound("no such message in your mailbox")
+            result = conn.execute(
+                update(mailbox)
+                .where(
+                    mailbox.c.user_id == user_id,
+                    mailbox.c.seq.in_(seqs),
+                    mailbox.c.read_at.is_(None),
+                )
+                .values(read_at=utcnow())
+            )
+        return result.rowcount
+
+    def ack_through(self, acks: dict[int, int]) -> None:
+        """Record, per user id, the highest sequence number a client has acknowledged."""
+        with self.engines.write.begin() as conn:
+            for user_id, seq in acks.items():
+                conn.execute(
+                    update(users)
+                    .where(users.c.id == user_id, users.c.acked_seq < seq, users.c.last_seq >= seq)
+                    .values(acked_seq=seq)
+                )
+
+    def history(self, user_id: int, query: HistoryQuery) -> list[EntryRecord]:
+        """Messages the user received or sent, newest first, filtered and paged by message id."""
+        mine = mailbox.alias("mine")
+        stmt = (
+            select(
+                mine.c.seq,
+                mine.c.read_at,
+                messages.c.id.label("message_id"),
+                messages.c.kind,
+                messages.c.recipients,
+                messages.c.subject,
+                messages.c.body,
+                messages.c.created_at,
+                messages.c.sender_id,
+                _sender.c.username.label("sender"),
+            )
+            .select_from(messages)
+            .join(_sender, _sender.c.id == messages.c.sender_id)
+            .outerjoin(mine, and_(mine.c.message_id == messages.c.id, mine.c.user_id == user_id))
+            .where(or_(mine.c.id.is_not(None), messages.c.sender_id == user_id))
+            .order_by(messages.c.id.desc())
+            .limit(query.limit)
+        )
+        if query.with_user_id is not None:
+            other = query.with_user_id
+            theirs = mailbox.alias("theirs")
+            stmt = stmt.where(
+                or_(
+                    and_(messages.c.sender_id == other, mine.c.id.is_not(None)),
+                    and_(
+                        messages.c.sender_id == user_id,
+                        select(theirs.c.id)
+                        .where(theirs.c.message_id == messages.c.id, theirs.c.user_id == other)
+                        .exists(),
+                    ),
+                )
+            )
+        if query.kind is not None:
+            stmt = stmt.where(messages.c.kind == query.kind)
+        if query.search:
+            pattern = (
+                "%"
+                + query.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
+            stmt = stmt.where(
+                or_(
+                    messages.c.subject.ilike(pattern, escape="\\"),
+                    messages.c.body.ilike(pattern, escape="\\"),
+                )
+            )
+        if query.since is not None:
+            stmt = stmt.where(messages.c.created_at >= query.since)
+        if query.before_id is not None:
+            stmt = stmt.where(messages.c.id < query.before_id)
+        with self.engines.read.connect() as conn:
+            return [
+                _entry(row, direction="out" if row.sender_id == user_id else "in")
+                for row in conn.execute(stmt)
+            ]
+
+    def integrity_check(self) -> str:
+        with self.engines.read.connect() as conn:
+            if not self.engines.is_sqlite:
+                return "ok"
+            return conn.execute(text("PRAGMA integrity_check")).scalar_one()
+
+
+class _SendBatch:
+    """One group commit: resolve recipients, drop retries, allocate seqs, insert."""
+
+    def __init__(self, conn, intents: Sequence[SendIntent], quota: int) -> None:  # type: ignore[no-untyped-def]
+        self.conn = conn
+        self.intents = intents
+        self.quota = quota
+        self.now = utcnow()
+
+    def commit(self) -> list[SendOutcome]:
+        outcomes: list[SendOutcome | None] = [None] * len(self.intents)
+        existing = self._existing_ids()
+        names = {name for i in self.intents for name in i.recipients}
+        recipients = self._users_by_name(names)
+        everyone: list[Row] | None = None
+        to_store: list[tuple[int, SendIntent, list[Row]]] = []
+        first_of_key: dict[tuple[int, str], int] = {}
+        for index, intent in enumerate(self.intents):
+            key = (intent.sender_id, intent.client_msg_id) if intent.client_msg_id else None
+            if key is not None and key in existing:
+                outcomes[index] = SendOutcome(message_id=existing[key], duplicate=True)
+                continue
+            if key is not None and key in first_of_key:
+                continue  # resolved after insert, to the first copy's id
+            if intent.kind == "announcement":
+                if everyone is None:
+                    everyone = self._all_users()
+                targets = [u for u in everyone if u.id != intent.sender_id]
+            else:
+                missing = [n for n in intent.recipients if n not in recipients]
+                if missing:
+                    outcomes[index] = SendOutcome(
+                        error_code="unknown_recipient",
+                        error_message="no such user: " + ", ".join(missing),
+                    )
+                    continue
+                targets = [recipients[n] for n in intent.recipients]
+                if intent.kind == "rickroll" and targets[0].prank_opt_out:
+                    outcomes[index] = SendOutcome(
+                        error_code="prank_refused",
+                        error_message=f"{targets[0].username} has opted out of rick-rolls",
+                    )
+                    continue
+            full = [t.username for t in targets if t.last_seq - t.acked_seq >= self.quota]
+            if full:
+                outcomes[index] = SendOutcome(
+                    error_code="quota_exceeded",
+                    error_message="mailbox full, not delivered to: " + ", ".join(full[:20]),
+                )
+                continue
+            if key is not None:
+                first_of_key[key] = index
+            to_store.append((index, intent, targets))
+        if to_store:
+            message_ids = self._insert_messages([intent for _, intent, _ in to_store])
+            seqs = self._allocate_seqs([targets for _, _, targets in to_store])
+            rows = []
+            for (index, intent, targets), message_id, batch_seqs in zip(
+                to_store, message_ids, seqs, strict=True
+            ):
+                deliveries = []
+                for target, seq in zip(targets, batch_seqs, strict=True):
+                    rows.append({"user_id": target.id, "seq": seq, "message_id": message_id})
+                    entry = EntryRecord(
+                        seq=seq,
+                        message_id=message_id,
+                        kind=intent.kind,
+                        sender=intent.sender,
+                        recipients=intent.recipients,
+                        subject=intent.subject,
+                        body=intent.body,
+                        sent_at=self.now,
+                        read=False,
+                        direction="in",
+                    )
+                    deliveries.append(Delivery(target.id, target.username, entry))
+                outcomes[index] = SendOutcome(message_id=message_id, deliveries=tuple(deliveries))
+            if rows:
+                self.conn.execute(insert(mailbox), rows)
+        for index, intent in enumerate(self.intents):
+            if outcomes[index] is None:  # an in-batch retry of an earlier intent
+                key = (intent.sender_id, intent.client_msg_id or "")
+                first = outcomes[first_of_key[key]]
+                assert first is not None
+                outcomes[index] = SendOutcome(message_id=first.message_id, duplicate=True)
+        return [o for o in outcomes if o is not None]
+
+    def _existing_ids(self) -> dict[tuple[int, str], int]:
+        keyed: dict[int, list[str]] = defaultdict(list)
+        for intent in self.intents:
+            if intent.client_msg_id:
+                keyed[intent.sender_id].append(intent.client_msg_id)
+        found: dict[tuple[int, str], int] = {}
+        for sender_id, ids in keyed.items():
+            for chunk in _chunks(ids):
+                for row in self.conn.execute(
+                    select(messages.c.id, messages.c.client_msg_id).where(
+                        messages.c.sender_id == sender_id, messages.c.client_msg_id.in_(chunk)
+                    )
+                ):
+                    found[(sender_id, row.client_msg_id)] = row.id
+        return found
+
+    def _users_by_name(self, names: set[str]) -> dict[str, Row]:
+        found: dict[str, Row] = {}
+        for chunk in _chunks(sorted(names)):
+            for row in self.conn.execute(
+                select(*_TARGET_COLUMNS).where(users.c.username.in_(chunk))
+            ):
+                found[row.username] = row
+        return found
+
+    def _all_users(self) -> list[Row]:
+        return list(self.conn.execute(select(*_TARGET_COLUMNS).order_by(users.c.id)))
+
+    def _insert_messages(self, intents: list[SendIntent]) -> list[int]:
+        rows = [
+            {
+                "kind": i.kind,
+                "sender_id": i.sender_id,
+                "recipients": ",".join(i.recipients),
+                "subject": i.subject,
+                "body": i.body,
+                "client_msg_id": i.client_msg_id,
+                "created_at": self.now,
+            }
+            for i in intents
+        ]
+        result = self.conn.execute(
+            insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
+        )
+        return [row.id for row in result]
+
+    def _allocate_seqs(self, targets_per_message: list[list[Row]]) -> list[list[int]]:
+        """Reserve per-user sequence numbers for every entry of the batch, in batch order."""
+        counts: dict[int, int] = defaultdict(int)
+        for targets in targets_per_message:
+            for target in targets:
+                counts[target.id] += 1
+        by_count: dict[int, list[int]] = defaultdict(list)
+        for user_id, count in counts.items():
+            by_count[count].append(user_id)
+        next_seq: dict[int, int] = {}
+        for count, user_ids in by_count.items():
+            for chunk in _chunks(user_ids):
+                result = self.conn.execute(
+                    update(users)
+                    .where(users.c.id.in_(chunk))
+                    .values(last_seq=users.c.last_seq + count)
+                    .returning(users.c.id, users.c.last_seq)
+                )
+                for row in result:
+                    next_seq[row.id] = row.last_seq - count + 1
+        allocated = []
+        for targets in targets_per_message:
+            seqs = []
+            for target in targets:
+                seqs.append(next_seq[target.id])
+                next_seq[target.id] += 1
+            allocated.append(seqs)
+        return allocated

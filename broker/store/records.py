@@ -1,0 +1,75 @@
+"""Plain, immutable records that leave the store. No ORM object ever crosses this line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: int
+    username: str
+    password_hash: str
+    role: str
+    disabled: bool
+    prank_opt_out: bool
+    last_seq: int
+    acked_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """A message as one user sees it: received (seq set) or sent by them (direction 'out')."""
+
+    seq: int | None
+    message_id: int
+    kind: str
+    sender: str
+    recipients: tuple[str, ...]
+    subject: str | None
+    body: str
+    sent_at: datetime
+    read: bool
+    direction: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendIntent:
+    sender_id: int
+    sender: str
+    kind: str
+    recipients: tuple[str, ...]
+    subject: str | None
+    body: str
+    client_msg_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A committed mailbox entry for a recipient, ready to push to their live sessions."""
+
+    user_id: int
+    username: str
+    entry: EntryRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What became of one SendIntent: stored, recognised as a retry, or refused."""
+
+    message_id: int | None = None
+    duplicate: bool = False
+    deliveries: tuple[Delivery, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    with_user_id: int | None = None
+    kind: str | None = None
+    search: str | None = None
+    since: datetime | None = None
+    limit: int = 50
+    before_id: int | None = None

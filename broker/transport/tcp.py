@@ -1,0 +1,317 @@
+"""The TCP (and TLS) transport: frames in, core calls, frames out. One task tree per connection.
+
+Each connection reads frames with a deadline (the login timeout before authentication, the
+heartbeat timeout after), runs sends concurrently up to a window so a client may keep many in
+flight, and pushes its user's mail from a feed task. Nothing a client sends can take the broker
+down: every failure becomes an error frame or a closed connection and a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from broker.config import Config
+from broker.core import Broker, LiveSession, entry_view, iso
+from broker.protocol import (
+    NEED_DATA,
+    ErrorCode,
+    FrameConnection,
+    ProtocolError,
+    RemoteProtocolError,
+    RequestRefused,
+    error_response,
+    event,
+    ok_response,
+    parse_request,
+    request_id,
+    requests,
+)
+from broker.store import UserRecord
+
+log = logging.getLogger("mailnet.tcp")
+
+RECEIVE_SIZE = 64 * 1024
+
+
+class ConnectionLimits:
+    """Counts open connections, in total and per address."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total, self.per_ip = total, per_ip
+        self.by_ip: Counter[str] = Counter()
+
+    def admit(self, ip: str) -> str | None:
+        if sum(self.by_ip.values()) >= self.total:
+            return "the broker has too many connections; try again later"
+        if self.by_ip[ip] >= self.per_ip:
+            return "too many connections from your address"
+        self.by_ip[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]
+
+
+def peer_address(stream: trio.abc.Stream) -> str:
+    inner = getattr(stream, "transport_stream", stream)
+    try:
+        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return "?"
+
+
+@dataclass(eq=False)
+class ClientConnection:
+    broker: Broker
+    config: Config
+    stream: trio.abc.Stream
+    peer: str
+    frames: FrameConnection = field(init=False)
+    user: UserRecord | None = None
+    token: str | None = None
+    session: LiveSession | None = None
+    _send_lock: trio.Lock = field(default_factory=trio.Lock)
+    _closing: bool = False
+
+    def __post_init__(self) -> None:
+        self.frames = FrameConnection(max_frame_bytes=self.config.max_frame_bytes)
+        self._window = trio.Semaphore(self.config.max_in_flight_per_connection)
+        self._login_deadline = trio.current_time() + self.config.login_timeout
+
+    async def write(self, *objs: dict[str, Any]) -> None:
+        data = b"".join(self.frames.send(obj) for obj in objs)
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
+    async def serve(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._read_frames()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def _deadline(self) -> float:
+        if self.user is None:  # logging in has one fixed deadline, however chatty the client
+            return self._login_deadline
+        return trio.current_time() + self.config.heartbeat_timeout
+
+    async def _read_frames(self) -> None:
+        deadline = self._deadline()
+        while not self._closing:
+            with trio.move_on_at(deadline) as waiting:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            if waiting.cancelled_caught:
+                await self._expire()
+                return
+            if not data:
+                return  # the client closed the connection
+            try:
+                self.frames.receive_data(data)
+            except RemoteProtocolError as exc:  # oversized: the next frame cannot be found
+                log.info("closing %s: %s", self.peer, exc.message)
+                await self._refuse_and_close(exc.code, exc.message)
+                return
+            while not self._closing:
+                try:
+                    frame = self.frames.next_frame()
+                except RemoteProtocolError as exc:
+                    log.info("bad frame from %s: %s", self.peer, exc.message)
+                    await self.write(error_response(None, exc.code, exc.message))
+                    continue
+                if frame is NEED_DATA:
+                    break
+                assert isinstance(frame, dict)
+                await self._dispatch(frame)
+                deadline = self._deadline()
+
+    async def _expire(self) -> None:
+        if self.user is None:
+            log.info("closing %s: no login within %.0fs", self.peer, self.config.login_timeout)
+            await self._refuse_and_close(ErrorCode.TIMEOUT, "login took too long")
+        else:
+            log.info(
+                "session of %r from %s expired: no heartbeat for %.0fs",
+                self.user.username,
+                self.peer,
+                self.config.heartbeat_timeout,
+            )
+            await self._refuse_and_close(ErrorCode.TIMEOUT, "no heartbeat: session expired")
+
+    async def _refuse_and_close(self, code: ErrorCode, message: str) -> None:
+        self._closing = True
+        with trio.move_on_after(1):
+            await self.write(error_response(None, code, message))
+
+    async def _dispatch(self, frame: dict[str, Any]) -> None:
+        rid = request_id(frame)
+        try:
+            request = parse_request(frame)
+        except ProtocolError as exc:
+            await self.write(error_response(rid, exc.code, exc.message))
+            return
+        if isinstance(request, requests.Send):
+            await self._window.acquire()  # backpressure: stop reading when the window is full
+            self._nursery.start_soon(self._answer_send, rid, request)
+        else:
+            await self._answer(rid, request)
+
+    async def _answer_send(self, rid: int | None, request: requests.Send) -> None:
+        try:
+            await self._answer(rid, request)
+        finally:
+            self._window.release()
+
+    async def _answer(self, rid: int | None, request: requests.Request) -> None:
+        try:
+            result = await self._handle(request)
+        except RequestRefused as exc:
+            log.info("refused %s from %s: %s", type(request).__name__, self.peer, exc.message)
+            response = error_response(rid, exc.code, exc.message, **exc.details)
+        except ProtocolError as exc:
+            response = error_response(rid, exc.code, exc.message)
+        except Exception:
+            log.exception("internal error answering %s", type(request).__name__)
+            response = error_response(rid, ErrorCode.INTERNAL, "internal error; it was logged")
+        else:
+            if result is None:
+                return
+            response = ok_response(rid, **result)
+        await self.write(response)
+
+    def _require_user(self) -> UserRecord:
+        if self.user is None:
+            raise RequestRefused(ErrorCode.NOT_AUTHENTICATED, "log in first")
+        if self.session is not None:
+            self.session.touch()
+        return self.user
+
+    async def _handle(self, request: requests.Request) -> dict[str, Any] | None:
+        broker = self.broker
+        match request:
+            case requests.Ping():
+                return {"pong": True}
+            case requests.Login() | requests.Resume():
+                return await self._log_in(request)
+            case requests.Logout():
+                user = self._require_user()
+                await broker.logout(user, self.token)
+                self._closing = True
+                return {"bye": True}
+            case requests.Send():
+                outcome = await broker.send(self._require_user(), request)
+                return {"message_id": outcome.message_id, "duplicate": outcome.duplicate}
+            case requests.Ack(seq=seq):
+                broker.ack(self._require_user(), seq)
+                return None
+            case requests.Inbox():
+                entries, unread = await broker.inbox(self._require_user(), request)
+                return {"entries": [entry_view(e) for e in entries], "unread": unread}
+            case requests.MarkRead(seqs=seqs):
+                return {"marked": await broker.mark_read(self._require_user(), seqs)}
+            case requests.Who():
+                self._require_user()
+                return {
+                    "users": [
+                        {
+                            "username": u.username,
+                            "since": iso(u.since),
+                            "idle_seconds": round(u.idle_seconds, 1),
+                            "sessions": u.sessions,
+                        }
+                        for u in broker.who()
+                    ]
+                }
+            case requests.History():
+                items = await broker.history(self._require_user(), request)
+                return {"items": [entry_view(e) for e in items]}
+            case requests.SetPrefs(prank_opt_out=value):
+                return await broker.set_prefs(self._require_user(), value)
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, "unsupported operation")
+
+    async def _log_in(self, request: requests.Login | requests.Resume) -> dict[str, Any]:
+        if self.user is not None:
+            raise RequestRefused(ErrorCode.ALREADY_AUTHENTICATED, "already logged in")
+        created = False
+        if isinstance(request, requests.Login):
+            result = await self.broker.login(
+                request.username,
+                request.password,
+                create=request.create,
+                client=request.client,
+                peer=self.peer,
+            )
+            user, token, created = result.user, result.token, result.created
+        else:
+            user, token = await self.broker.user_for_token(request.token), request.token
+        self.user, self.token = user, token
+        self.session = await self._nursery.start(self._run_feed, user, request)
+        return {
+            "username": user.username,
+            "role": user.role,
+            "token": token,
+            "created": created,
+            "last_seq": user.last_seq,
+            "resume_after": self.session.cursor,
+            "heartbeat_interval": self.config.heartbeat_interval,
+        }
+
+    async def _run_feed(
+        self,
+        user: UserRecord,
+        request: requests.Login | requests.Resume,
+        *,
+        task_status: trio.TaskStatus[LiveSession] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with self.broker.live_session(
+            user, client=request.client, resume_after=request.resume_after
+        ) as session:
+            task_status.started(session)
+            while True:
+                entries, events = await session.next_items(self.broker.fetch_after)
+                frames = [event("mail", entry=entry_view(e)) for e in entries]
+                await self.write(*frames, *events)
+
+
+async def handle_connection(
+    broker: Broker,
+    config: Config,
+    limits: ConnectionLimits,
+    stream: trio.abc.Stream,
+    ssl_context: ssl.SSLContext | None,
+) -> None:
+    """serve_tcp's handler: never raises, so one bad client cannot stop the listener."""
+    peer = peer_address(stream)
+    refusal = limits.admit(peer)
+    try:
+        if ssl_context is not None:
+            stream = trio.SSLStream(stream, ssl_context, server_side=True)
+            with trio.move_on_after(config.login_timeout) as scope:
+                await stream.do_handshake()
+            if scope.cancelled_caught:
+                log.info("closing %s: TLS handshake took too long", peer)
+                return
+        connection = ClientConnection(broker, config, stream, peer)
+        if refusal is not None:
+            log.warning("refusing connection from %s: %s", peer, refusal)
+            await connection._refuse_and_close(ErrorCode.TOO_MANY_CONNECTIONS, refusal)
+            return
+        await connection.serve()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.debug("connection from %s dropped: %s", peer, exc)
+    except Exception:
+        log.exception("connection from %s failed", peer)
+    finally:
+        if refusal is None:
+            limits.release(peer)
+        with trio.move_on_after(1) as cleanup:
+            cleanup.shield = True
+            await trio.aclose_forcefully(stream)
