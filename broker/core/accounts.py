@@ -16,6 +16,7 @@ import trio
 
 from broker.config import Config
 from broker.protocol import ErrorCode, RequestRefused, check_password
+from broker.protocol.requests import MAX_PASSWORD_BYTES
 from broker.store import UsernameTaken, UserRecord
 
 from .runner import StoreRunner
@@ -72,7 +73,7 @@ class Accounts:
         else:
             target = hashed.encode("ascii")
         ok = await trio.to_thread.run_sync(
-            bcrypt.checkpw, password.encode("utf-8")[:72], target, limiter=self._bcrypt_limiter
+            bcrypt.checkpw, password.encode("utf-8"), target, limiter=self._bcrypt_limiter
         )
         return ok and hashed is not None
 
@@ -95,6 +96,12 @@ class Accounts:
         log.warning("login failed for %r from %s", username, peer)
 
     async def check_password(self, username: str, password: str, *, peer: str) -> UserRecord:
+        if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+            # bcrypt ignores bytes past 72: refuse rather than let a longer password that
+            # merely starts with the right one log in. Says nothing about the account.
+            raise RequestRefused(
+                ErrorCode.BAD_REQUEST, f"password must be at most {MAX_PASSWORD_BYTES} bytes"
+            )
         await self._slow_down(username, peer)
         user = await self.runner.read(self.runner.store.user_by_name, username)
         if not await self._verify(password, None if user is None else user.password_hash):
