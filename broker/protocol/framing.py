@@ -2,19 +2,26 @@
 
 `FrameConnection.receive_data(bytes)` buffers, `next_frame()` returns a dict or `NEED_DATA`,
 `encode_frame(dict)` returns bytes. No sockets, no clock; an oversized frame is refused from its
-length prefix alone, before any of its body is buffered.
+length prefix alone, before any of its body is buffered, and leaves the connection broken (the
+next frame boundary cannot be found). A malformed frame body is consumed and reported; the
+frames after it can still be read.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
+
+# A \uD800-\uDFFF escape may be half of a surrogate pair or a lone surrogate; only the latter
+# is invalid, and it must not get in: it cannot be encoded again, to the database or to a peer.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
 class _NeedData:
@@ -25,8 +32,16 @@ class _NeedData:
 NEED_DATA: Final = _NeedData()
 
 
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
 def encode_frame(obj: dict[str, Any], *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
-    payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        payload = text.encode("utf-8")
+    except (TypeError, ValueError) as exc:  # not JSON-able, NaN, a lone surrogate
+        raise LocalProtocolError(ErrorCode.BAD_FRAME, f"cannot encode frame: {exc}") from None
     if len(payload) > max_frame_bytes:
         raise LocalProtocolError(
             ErrorCode.FRAME_TOO_LARGE, f"frame of {len(payload)} bytes over {max_frame_bytes}"
@@ -35,14 +50,22 @@ def encode_frame(obj: dict[str, Any], *, max_frame_bytes: int = DEFAULT_MAX_FRAM
 
 
 def decode_payload(payload: bytes) -> dict[str, Any]:
+    """A frame's body as a dict; RemoteProtocolError(bad_frame) for anything but a JSON object."""
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame is not valid UTF-8") from None
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, NaN, a 5,000-digit number, nesting
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
+    if _SURROGATE_ESCAPE.search(payload):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise RemoteProtocolError(
+                ErrorCode.BAD_FRAME, "frame holds a lone surrogate (\\ud800-\\udfff escape)"
+            ) from None
     return obj
 
 
@@ -58,14 +81,21 @@ class FrameConnection:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def broken(self) -> bool:
+        """True once an oversized frame was announced: nothing more can be read."""
+        return self._broken
+
     def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer; raises at once if they announce an oversized frame."""
         if self._broken:
-            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "connection is already broken")
+            raise RemoteProtocolError(ErrorCode.FRAME_TOO_LARGE, "connection is already broken")
         self._buffer += data
-        # Refuse an oversized frame as soon as its header is here, before buffering the body.
         self._check_header()
 
     def _check_header(self) -> None:
+        if self._broken:
+            raise RemoteProtocolError(ErrorCode.FRAME_TOO_LARGE, "connection is already broken")
         if len(self._buffer) >= HEADER.size:
             (length,) = HEADER.unpack_from(self._buffer)
             if length > self.max_frame_bytes:
@@ -84,7 +114,15 @@ class FrameConnection:
         return max(0, HEADER.size + length - len(self._buffer))
 
     def next_frame(self) -> dict[str, Any] | _NeedData:
-        """The next complete frame, or NEED_DATA. A malformed frame raises and is consumed."""
+        """The next complete frame, or NEED_DATA.
+
+        A malformed body raises RemoteProtocolError(bad_frame) and is consumed, so the caller
+        may go on with the next frame. An oversized frame raises frame_too_large, here or in
+        receive_data, and breaks the connection for good.
+        """
+        # A header that arrived behind other frames is checked when its turn comes, so the
+        # frames before it are still delivered.
+        self._check_header()
         if len(self._buffer) < HEADER.size:
             return NEED_DATA
         (length,) = HEADER.unpack_from(self._buffer)
@@ -93,8 +131,6 @@ class FrameConnection:
             return NEED_DATA
         payload = bytes(self._buffer[HEADER.size : end])
         del self._buffer[:end]
-        if self._buffer:
-            self._check_header()
         return decode_payload(payload)
 
     def send(self, obj: dict[str, Any]) -> bytes:

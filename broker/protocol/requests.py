@@ -14,7 +14,9 @@ from typing import Any, Final
 
 from .errors import ErrorCode, RemoteProtocolError
 
-USERNAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+USERNAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+# Line breaks and control characters (tab excepted): a subject is shown on one terminal line.
+SUBJECT_FORBIDDEN_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 MIN_PASSWORD_CHARS: Final = 6
 MAX_PASSWORD_BYTES: Final = 72  # bcrypt's limit; longer passwords are refused, not truncated
 MAX_SUBJECT_CHARS: Final = 200
@@ -130,6 +132,8 @@ class _Fields:
             raise _bad(f"field '{name}' must be a string")
         if len(value) > max_chars:
             raise _bad(f"field '{name}' is longer than {max_chars} characters")
+        if "\x00" in value:  # PostgreSQL cannot store it, and no text needs it
+            raise _bad(f"field '{name}' must not contain NUL characters")
         if not allow_empty and not value.strip():
             raise _bad(f"field '{name}' must not be empty")
         return value
@@ -157,7 +161,7 @@ def normalize_username(value: object, field: str = "username") -> str:
     if not isinstance(value, str):
         raise _bad(f"field '{field}' must be a string")
     name = value.strip().lower()
-    if not USERNAME_RE.match(name):
+    if not USERNAME_RE.fullmatch(name):
         raise _bad(f"invalid user name {value[:40]!r}: use 1-32 letters, digits, '.', '_' or '-'")
     return name
 
@@ -202,8 +206,8 @@ def _parse_send(f: _Fields) -> Send:
     subject = None
     if kind in ("email", "announcement"):
         subject = f.str("subject", max_chars=MAX_SUBJECT_CHARS)
-        if "\n" in subject or "\r" in subject:
-            raise _bad("field 'subject' must be one line")
+        if SUBJECT_FORBIDDEN_RE.search(subject):
+            raise _bad("field 'subject' must be one line, without control characters")
     elif "subject" in f.frame and f.frame["subject"] is not None:
         raise _bad(f"a {kind} has no subject")
     if kind == "rickroll":

@@ -124,6 +124,10 @@ class ClientConnection:
                 try:
                     frame = self.frames.next_frame()
                 except RemoteProtocolError as exc:
+                    if self.frames.broken:  # an oversized frame behind others in one read
+                        log.info("closing %s: %s", self.peer, exc.message)
+                        await self._refuse_and_close(exc.code, exc.message)
+                        return
                     log.info("bad frame from %s: %s", self.peer, exc.message)
                     await self.write(error_response(None, exc.code, exc.message))
                     continue
