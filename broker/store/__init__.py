@@ -1,16 +1,22 @@
 """Persistence: the only package that imports SQLAlchemy. Returns plain records."""
 
+from .admin import AccountRecord, AuditRecord, BlockRecord, InviteInvalid, PrankRecord
 from .database import Engines, make_engines, sqlite_url_for
 from .mailstore import MailStore, NotFound, StoreUnavailable, UsernameTaken, call_guarded
 from .records import Delivery, EntryRecord, HistoryQuery, SendIntent, SendOutcome, UserRecord
 
 __all__ = [
+    "AccountRecord",
+    "AuditRecord",
+    "BlockRecord",
     "Delivery",
     "Engines",
     "EntryRecord",
     "HistoryQuery",
+    "InviteInvalid",
     "MailStore",
     "NotFound",
+    "PrankRecord",
     "SendIntent",
     "SendOutcome",
     "StoreUnavailable",

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
+from .admin import AdminStoreMixin, blocked_pairs, redeem_invite
 from .database import Engines, make_engines
 from .models import AuthSession, MailboxEntry, Message, User, utcnow
 from .records import (
@@ -111,7 +112,7 @@ def _entry(row: Row, *, direction: str = "in") -> EntryRecord:
     )
 
 
-class MailStore:
+class MailStore(AdminStoreMixin):
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
 
@@ -134,7 +135,14 @@ class MailStore:
             row = conn.execute(select(users).where(users.c.id == user_id)).first()
         return None if row is None else _user(row)
 
-    def create_user(self, username: str, password_hash: str, *, role: str = "user") -> UserRecord:
+    def create_user(
+        self,
+        username: str,
+        password_hash: str,
+        *,
+        role: str = "user",
+        invite_hash: str | None = None,
+    ) -> UserRecord:
         try:
             with self.engines.write.begin() as conn:
                 # The first account on a new broker is its admin.
@@ -153,6 +161,8 @@ class MailStore:
                     )
                     .returning(*users.c)
                 ).one()
+                if invite_hash is not None:  # InviteInvalid rolls the new account back
+                    redeem_invite(conn, invite_hash, row.id)
         except IntegrityError:
             raise UsernameTaken(username) from None
         return _user(row)
@@ -310,7 +320,12 @@ class MailStore:
             theirs = mailbox.alias("theirs")
             stmt = stmt.where(
                 or_(
-                    and_(messages.c.sender_id == other, mine.c.id.is_not(None)),
+                    # A received rick-roll never matches its sender: that would reveal who.
+                    and_(
+                        messages.c.sender_id == other,
+                        mine.c.id.is_not(None),
+                        messages.c.kind != "rickroll",
+                    ),
                     and_(
                         messages.c.sender_id == user_id,
                         select(theirs.c.id)
@@ -358,6 +373,7 @@ class _SendBatch:
         self.intents = intents
         self.quota = quota
         self.now = utcnow()
+        self.blocked = blocked_pairs(conn, (i.sender_id for i in intents))
 
     def commit(self) -> list[SendOutcome]:
         outcomes: list[SendOutcome | None] = [None] * len(self.intents)
@@ -386,8 +402,14 @@ class _SendBatch:
                         error_message="no such user: " + ", ".join(missing),
                     )
                     continue
-                targets = [recipients[n] for n in intent.recipients]
-                if intent.kind == "rickroll" and targets[0].prank_opt_out:
+                # A recipient who blocks the sender silently gets nothing; the sender is
+                # acknowledged as usual and never told.
+                targets = [
+                    recipients[n]
+                    for n in intent.recipients
+                    if (recipients[n].id, intent.sender_id) not in self.blocked
+                ]
+                if intent.kind == "rickroll" and targets and targets[0].prank_opt_out:
                     outcomes[index] = SendOutcome(
                         error_code="prank_refused",
                         error_message=f"{targets[0].username} has opted out of rick-rolls",
