@@ -6,6 +6,7 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -48,13 +49,20 @@ def _tls_context(config: Config) -> tuple[ssl.SSLContext | None, str | None]:
                 "clear. Add --allow-plaintext-on-network if you really mean it."
             )
         return None, None
-    if config.tls_cert and config.tls_key:
-        cert, key = config.tls_cert, config.tls_key
-    else:
-        paths = tls.ensure_self_signed_certificate(config.data_dir, [config.host])
-        cert, key = paths.cert_path, paths.key_path
+    cert, key = certificate_paths(config)
     context = tls.server_ssl_context(cert, key)
     return context, tls.certificate_fingerprint(cert.read_bytes())
+
+
+def certificate_paths(config: Config) -> tuple[Path, Path]:
+    """The broker's certificate and key: configured ones, or its own self-signed pair.
+
+    The TCP listener and the web server use the same pair, so one pinned fingerprint covers both.
+    """
+    if config.tls_cert and config.tls_key:
+        return config.tls_cert, config.tls_key
+    paths = tls.ensure_self_signed_certificate(config.data_dir, [config.host])
+    return paths.cert_path, paths.key_path
 
 
 def open_store(config: Config) -> MailStore:

@@ -76,6 +76,10 @@ class Broker:
     async def user_for_token(self, token: str) -> UserRecord:
         return await self.accounts.user_for_token(token)
 
+    async def authenticate(self, username: str, password: str, *, peer: str) -> UserRecord:
+        """Check a password without opening a session (HTTP Basic auth on each request)."""
+        return await self.accounts.check_password(username, password, peer=peer)
+
     async def logout(self, user: UserRecord, token: str | None) -> None:
         await self.flush_acks()
         if token is not None:

@@ -1,0 +1,342 @@
+"""The OpenAPI 3.1 description of the HTTP API, published at /openapi.json.
+
+Written by hand so the app needs no pydantic models; the limits quoted come from
+broker.protocol.requests, which is what actually enforces them. tests/test_web_fuzz.py drives
+schemathesis from this document against a live broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.protocol import KINDS
+from broker.protocol.requests import (
+    MAX_BODY_CHARS,
+    MAX_CLIENT_MSG_ID_CHARS,
+    MAX_PAGE,
+    MAX_RECIPIENTS,
+    MAX_SEARCH_CHARS,
+    MAX_SUBJECT_CHARS,
+)
+
+USERNAME = {"type": "string", "minLength": 1, "maxLength": 32, "example": "bob"}
+CLIENT_MSG_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_CLIENT_MSG_ID_CHARS,
+    "description": "Your id for this send: a retry with the same id is stored once.",
+}
+SUBJECT = {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT_CHARS}
+BODY = {"type": "string", "minLength": 1, "maxLength": MAX_BODY_CHARS}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _json(_ref("Error"), "The body is not JSON (`bad_frame`)."),
+    "401": _json(_ref("Error"), "Missing or invalid credentials or token."),
+    "403": _json(_ref("Error"), "Refused: account disabled, registration closed, prank refused."),
+    "404": _json(_ref("Error"), "No such entry in your mailbox."),
+    "408": _json(_ref("Error"), "The body took too long to arrive."),
+    "409": _json(_ref("Error"), "A recipient's mailbox is full."),
+    "413": _json(_ref("Error"), "The body is larger than the broker's limit."),
+    "415": _json(_ref("Error"), "The body is not application/json."),
+    "422": _json(_ref("Error"), "A field is missing or invalid, or a recipient is unknown."),
+    "429": _json(_ref("Error"), "Too many sends or failed logins; see Retry-After."),
+    "503": _json(_ref("Error"), "The database is unavailable or the disk is full."),
+}
+
+
+def _operation(
+    summary: str,
+    result: str,
+    *,
+    body: str | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+    secured: bool = True,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "operationId": summary.lower().replace(" ", "_").replace("-", "_"),
+        "responses": {"200": _json(_ref(result), "Done."), **ERRORS},
+    }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    if parameters:
+        operation["parameters"] = parameters
+    if not secured:
+        operation["security"] = []
+    return operation
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "example": "unknown_recipient"},
+                    "message": {"type": "string"},
+                    "retry_after": {"type": "number"},
+                },
+            }
+        },
+    },
+    "LoginRequest": {
+        "type": "object",
+        "required": ["username", "password"],
+        "properties": {
+            "username": USERNAME,
+            "password": {"type": "string", "maxLength": 200, "format": "password"},
+            "create": {
+                "type": "boolean",
+                "default": False,
+                "description": "Create the account if the name is new (passwords: 6-72 bytes).",
+            },
+        },
+    },
+    "LoginResult": {
+        "type": "object",
+        "required": ["token", "username", "role", "created", "last_seq"],
+        "properties": {
+            "token": {"type": "string"},
+            "username": {"type": "string"},
+            "role": {"type": "string"},
+            "created": {"type": "boolean"},
+            "last_seq": {"type": "integer"},
+        },
+    },
+    "LogoutResult": {
+        "type": "object",
+        "required": ["logged_out"],
+        "properties": {"logged_out": {"type": "boolean"}},
+    },
+    "Me": {
+        "type": "object",
+        "required": ["username", "role", "prank_opt_out", "unread", "last_seq"],
+        "properties": {
+            "username": {"type": "string"},
+            "role": {"type": "string"},
+            "prank_opt_out": {"type": "boolean"},
+            "unread": {"type": "integer"},
+            "last_seq": {"type": "integer"},
+        },
+    },
+    "Entry": {
+        "type": "object",
+        "required": [
+            "seq",
+            "message_id",
+            "kind",
+            "sender",
+            "recipients",
+            "subject",
+            "body",
+            "sent_at",
+            "read",
+            "direction",
+        ],
+        "properties": {
+            "seq": {"type": ["integer", "null"]},
+            "message_id": {"type": "integer"},
+            "kind": {"type": "string", "enum": list(KINDS)},
+            "sender": {"type": ["string", "null"]},
+            "recipients": {"type": "array", "items": {"type": "string"}},
+            "subject": {"type": ["string", "null"]},
+            "body": {"type": "string"},
+            "sent_at": {"type": "string", "format": "date-time"},
+            "read": {"type": "boolean"},
+            "direction": {"type": "string", "enum": ["in", "out"]},
+        },
+    },
+    "EmailRequest": {
+        "type": "object",
+        "required": ["to", "subject", "body"],
+        "properties": {
+            "to": {"type": "array", "items": USERNAME, "minItems": 1, "maxItems": MAX_RECIPIENTS},
+            "subject": SUBJECT,
+            "body": BODY,
+            "client_msg_id": CLIENT_MSG_ID,
+        },
+    },
+    "TextRequest": {
+        "type": "object",
+        "required": ["to", "body"],
+        "properties": {"to": USERNAME, "body": BODY, "client_msg_id": CLIENT_MSG_ID},
+    },
+    "AnnouncementRequest": {
+        "type": "object",
+        "required": ["subject", "body"],
+        "properties": {"subject": SUBJECT, "body": BODY, "client_msg_id": CLIENT_MSG_ID},
+    },
+    "RickrollRequest": {
+        "type": "object",
+        "required": ["to"],
+        "properties": {"to": USERNAME, "client_msg_id": CLIENT_MSG_ID},
+    },
+    "SendResult": {
+        "type": "object",
+        "required": ["message_id", "duplicate"],
+        "properties": {"message_id": {"type": "integer"}, "duplicate": {"type": "boolean"}},
+    },
+    "Inbox": {
+        "type": "object",
+        "required": ["entries", "unread"],
+        "properties": {
+            "entries": {"type": "array", "items": _ref("Entry")},
+            "unread": {"type": "integer"},
+        },
+    },
+    "ReadRequest": {
+        "type": "object",
+        "required": ["seqs"],
+        "properties": {
+            "seqs": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1},
+                "minItems": 1,
+                "maxItems": MAX_PAGE,
+            }
+        },
+    },
+    "ReadResult": {
+        "type": "object",
+        "required": ["marked"],
+        "properties": {"marked": {"type": "integer"}},
+    },
+    "Who": {
+        "type": "object",
+        "required": ["users"],
+        "properties": {
+            "users": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["username", "since", "idle_seconds", "sessions"],
+                    "properties": {
+                        "username": {"type": "string"},
+                        "since": {"type": "string", "format": "date-time"},
+                        "idle_seconds": {"type": "number"},
+                        "sessions": {"type": "integer"},
+                    },
+                },
+            }
+        },
+    },
+    "History": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("Entry")}},
+    },
+    "Prefs": {
+        "type": "object",
+        "required": ["prank_opt_out"],
+        "properties": {"prank_opt_out": {"type": "boolean"}},
+    },
+}
+
+LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}
+
+
+def openapi_schema() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mailnet",
+            "version": "1.0",
+            "description": (
+                "The mailnet broker's HTTP API. Authenticate with `Authorization: Bearer <token>` "
+                "(from POST /api/login) or HTTP Basic. Live updates: the WebSocket at /api/ws "
+                "(see docs/http-api.md)."
+            ),
+        },
+        "security": [{"bearer": []}, {"basic": []}],
+        "paths": {
+            "/api/login": {
+                "post": _operation("Log in", "LoginResult", body="LoginRequest", secured=False)
+            },
+            "/api/logout": {"post": _operation("Log out", "LogoutResult")},
+            "/api/me": {"get": _operation("Me", "Me")},
+            "/api/emails": {"post": _operation("Send email", "SendResult", body="EmailRequest")},
+            "/api/texts": {"post": _operation("Send text", "SendResult", body="TextRequest")},
+            "/api/announcements": {
+                "post": _operation("Send announcement", "SendResult", body="AnnouncementRequest")
+            },
+            "/api/rickrolls": {
+                "post": _operation("Send rick-roll", "SendResult", body="RickrollRequest")
+            },
+            "/api/inbox": {
+                "get": _operation(
+                    "Inbox",
+                    "Inbox",
+                    parameters=[
+                        _query("unread", {"type": "boolean"}, "Only unread entries."),
+                        _query("limit", LIMIT, "Page size."),
+                        _query(
+                            "before_seq",
+                            {"type": "integer", "minimum": 1},
+                            "Entries older than this seq (paging).",
+                        ),
+                    ],
+                )
+            },
+            "/api/read": {"post": _operation("Mark read", "ReadResult", body="ReadRequest")},
+            "/api/who": {"get": _operation("Who", "Who")},
+            "/api/history": {
+                "get": _operation(
+                    "History",
+                    "History",
+                    parameters=[
+                        _query("with", USERNAME, "Only messages to or from this user."),
+                        _query("kind", {"type": "string", "enum": list(KINDS)}, "Only this kind."),
+                        _query(
+                            "search",
+                            {"type": "string", "maxLength": MAX_SEARCH_CHARS},
+                            "Text to find in subject or body.",
+                        ),
+                        _query(
+                            "since",
+                            {"type": "string", "format": "date"},
+                            "ISO date or date-time.",
+                        ),
+                        _query("limit", LIMIT, "Page size."),
+                        _query(
+                            "before_id",
+                            {"type": "integer", "minimum": 1},
+                            "Messages older than this message id (paging).",
+                        ),
+                    ],
+                )
+            },
+            "/api/prefs": {"put": _operation("Set prefs", "Prefs", body="Prefs")},
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+        },
+    }
