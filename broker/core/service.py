@@ -48,6 +48,10 @@ class Broker:
         self.commits = CommitQueue(self.runner, self._deliver, quota=config.mailbox_quota)
         self.send_limits = SendRateLimiter(config.send_rate, config.send_burst)
         self._pending_acks: dict[int, int] = {}
+        # Highest seq any client of each user acknowledged here, written or not: a session that
+        # starts before the store has it must not be handed those entries again.
+        self._acked_through: dict[int, int] = {}
+        self._ack_lock = trio.Lock()
         self._disk_checked_at = -1e9
         self._disk_full = False
         self._db_dir: Path | None = (
@@ -90,7 +94,8 @@ class Broker:
         self, user: UserRecord, *, client: str, resume_after: int | None
     ) -> AsyncIterator[LiveSession]:
         """Register a live session (it shows in `who`) and feed it from its resume point."""
-        start = user.acked_seq if resume_after is None else resume_after
+        acked = max(user.acked_seq, self._acked_through.get(user.id, 0))
+        start = acked if resume_after is None else resume_after
         session = LiveSession(user.id, user.username, client, cursor=max(0, start))
         self.presence.add(session)
         log.info("session %d of %r online (%s)", session.id, user.username, client or "client")
@@ -107,16 +112,22 @@ class Broker:
         """A client has everything through seq. Written to the store in the background."""
         if seq > self._pending_acks.get(user.id, 0):
             self._pending_acks[user.id] = seq
+        if seq > self._acked_through.get(user.id, 0):
+            self._acked_through[user.id] = seq
 
     async def flush_acks(self) -> None:
-        if not self._pending_acks:
-            return
-        acks, self._pending_acks = self._pending_acks, {}
-        try:
-            await self.runner.write(self.runner.store.ack_through, acks)
-        except RequestRefused:
-            for user_id, seq in acks.items():  # keep them for the next try
-                self._pending_acks[user_id] = max(seq, self._pending_acks.get(user_id, 0))
+        """Write the pending acks; when it returns, every ack received before the call is stored."""
+        # One flush at a time: a caller that needs the acks written (logout) waits for a flush
+        # already writing them, instead of finding nothing pending and answering too early.
+        async with self._ack_lock:
+            if not self._pending_acks:
+                return
+            acks, self._pending_acks = self._pending_acks, {}
+            try:
+                await self.runner.write(self.runner.store.ack_through, acks)
+            except RequestRefused:
+                for user_id, seq in acks.items():  # keep them for the next try
+                    self._pending_acks[user_id] = max(seq, self._pending_acks.get(user_id, 0))
 
     async def _flush_acks_forever(self) -> None:
         try:
