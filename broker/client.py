@@ -153,7 +153,7 @@ class Client:
             self.errors.append(frame)
             if not frame.get("ok", True):
                 code = frame.get("error", {}).get("code")
-                if code in ("timeout", "frame_too_large", "too_many_connections"):
+                if code in ("timeout", "frame_too_large", "too_many_connections", "session_ended"):
                     self._closed = frame["error"].get("message", code)
             return
         waiter.response = frame
@@ -214,10 +214,13 @@ class Client:
         create: bool = False,
         resume_after: int | None = None,
         client: str = "mailnet-python",
+        invite: str | None = None,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {"username": username, "password": password, "create": create}
         if resume_after is not None:
             fields["resume_after"] = resume_after
+        if invite is not None:
+            fields["invite"] = invite
         response = await self.request("login", client=client, **fields)
         return self._after_login(response)
 
@@ -324,6 +327,43 @@ class Client:
 
     async def set_prefs(self, *, prank_opt_out: bool) -> dict[str, Any]:
         return await self.request("set_prefs", prank_opt_out=prank_opt_out)
+
+    # -- account security and administration ---------------------------------------------------
+
+    async def change_password(self, old_password: str, new_password: str) -> dict[str, Any]:
+        """Every other login of this user ends; this connection stays, with a new token."""
+        response = await self.request(
+            "change_password", old_password=old_password, new_password=new_password
+        )
+        self.token = response["token"]
+        return response
+
+    async def block(self, username: str) -> dict[str, Any]:
+        return await self.request("block", username=username)
+
+    async def unblock(self, username: str) -> dict[str, Any]:
+        return await self.request("unblock", username=username)
+
+    async def list_blocks(self) -> list[dict[str, Any]]:
+        return (await self.request("list_blocks"))["blocks"]
+
+    async def admin_users(self) -> list[dict[str, Any]]:
+        return (await self.request("admin_users"))["users"]
+
+    async def admin_set_disabled(self, username: str, disabled: bool) -> dict[str, Any]:
+        return await self.request("admin_set_disabled", username=username, disabled=disabled)
+
+    async def admin_kick(self, username: str) -> dict[str, Any]:
+        return await self.request("admin_kick", username=username)
+
+    async def admin_sessions(self) -> list[dict[str, Any]]:
+        return (await self.request("admin_sessions"))["sessions"]
+
+    async def admin_audit(self, *, limit: int = 100) -> dict[str, Any]:
+        return await self.request("admin_audit", limit=limit)
+
+    async def admin_invite(self) -> dict[str, Any]:
+        return await self.request("admin_invite")
 
     @property
     def closed(self) -> bool:

@@ -285,6 +285,13 @@ class ClientConnection:
                 await self.write(*frames, *events)
 
 
+def _is_dropped_connection(exc: BaseException) -> bool:
+    """A peer that vanished (reset, closed), even if the connection's nursery wrapped it."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_dropped_connection(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError)
+
+
 async def handle_connection(
     broker: Broker,
     config: Config,
@@ -309,10 +316,11 @@ async def handle_connection(
             await connection._refuse_and_close(ErrorCode.TOO_MANY_CONNECTIONS, refusal)
             return
         await connection.serve()
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        log.debug("connection from %s dropped: %s", peer, exc)
-    except Exception:
-        log.exception("connection from %s failed", peer)
+    except Exception as exc:
+        if _is_dropped_connection(exc):
+            log.debug("connection from %s dropped: %s", peer, exc)
+        else:
+            log.exception("connection from %s failed", peer)
     finally:
         if refusal is None:
             limits.release(peer)
