@@ -113,6 +113,7 @@ class Client:
         self._acked_seq = 0
         self.duplicates_dropped = 0
         self.errors: list[dict[str, Any]] = []  # error frames not tied to a request
+        self.pin: tls.PinResult | None = None  # set by connect() when the broker was pinned
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -370,13 +371,16 @@ class Client:
         return self._closed is not None
 
 
-async def _open_stream(host: str, port: int, trust: Trust) -> trio.abc.Stream:
+async def _open_stream(
+    host: str, port: int, trust: Trust
+) -> tuple[trio.abc.Stream, tls.PinResult | None]:
+    """The connected (and TLS-checked) stream, and the pin check's result in pinning mode."""
     try:
         tcp = await trio.open_tcp_stream(host, port)
     except OSError as exc:
         raise BrokerUnreachable(f"cannot reach the broker at {host}:{port}: {exc}") from None
     if trust.mode == "plaintext":
-        return tcp
+        return tcp, None
     if trust.mode == "ca":
         context = tls.client_ssl_context_for_ca(trust.ca_file)
     else:
@@ -390,11 +394,12 @@ async def _open_stream(host: str, port: int, trust: Trust) -> trio.abc.Stream:
     except (trio.BrokenResourceError, ssl.SSLError) as exc:
         await trio.aclose_forcefully(tcp)
         raise BrokerUnreachable(f"TLS handshake with {host}:{port} failed: {exc}") from None
+    pin = None
     if trust.mode == "pin":
         assert trust.known_servers is not None
         der = stream.getpeercert(binary_form=True)
         try:
-            tls.check_pinned_fingerprint(
+            pin = tls.check_pinned_fingerprint(
                 tls.KnownServers(trust.known_servers),
                 tls.format_server_address(host, port),
                 der,
@@ -403,19 +408,24 @@ async def _open_stream(host: str, port: int, trust: Trust) -> trio.abc.Stream:
         except tls.TLSError as exc:
             await trio.aclose_forcefully(stream)
             raise TrustError(str(exc)) from None
-    return stream
+    return stream, pin
 
 
 @asynccontextmanager
 async def connect(server: str, *, trust: Trust) -> AsyncIterator[Client]:
     """Open a connection to a broker; closes it (and its background tasks) on exit."""
     host, port = parse_server(server)
-    stream = await _open_stream(host, port, trust)
+    stream, pin = await _open_stream(host, port, trust)
     async with trio.open_nursery() as nursery:
         client = Client(stream, nursery)
+        client.pin = pin
         nursery.start_soon(client._reader)
         try:
             yield client
         finally:
+            # Close first, shielded, and cancel last: a checkpoint after cancelling the nursery
+            # would raise Cancelled, which the nursery then swallows along with the exception
+            # the body raised (the caller would see the `async with` end normally).
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
             nursery.cancel_scope.cancel()
-            await trio.aclose_forcefully(stream)
