@@ -1,0 +1,239 @@
+"""`mailnet serve` (run the broker until Ctrl-C/SIGTERM) and `mailnet db upgrade|current`.
+
+Settings come from MAILNET_* (Config.with_env) with command-line flags on top. The broker and
+store modules are imported inside the commands so client commands start quickly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from broker.config import Config
+
+from .output import EXIT_USAGE, CliError, emit_json, fail
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+WILDCARD_HOSTS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6, "": socket.AF_UNSPEC}
+
+
+def redact_url(url: str) -> str:
+    """The database URL with any password replaced by ***."""
+    return re.sub(r"^([\w+.-]+://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+def _is_config_problem(exc: BaseException) -> bool:
+    from broker import tls
+    from broker.server import ConfigError
+
+    if isinstance(exc, ConfigError | tls.TLSError | ValueError | OSError):
+        return True
+    # A malformed or unusable --db URL; cli/ does not import SQLAlchemy, so match by name.
+    return any(cls.__name__ == "SQLAlchemyError" for cls in type(exc).__mro__)
+
+
+def client_addresses(bound: list[tuple[str, int]]) -> list[str]:
+    """Every HOST:PORT a client can use: a wildcard bind lists this machine's addresses."""
+    from broker.tls import format_server_address
+
+    seen: dict[str, None] = {}
+    for host, port in bound:
+        family = WILDCARD_HOSTS.get(host)
+        if family is None:
+            seen.setdefault(format_server_address(host, port), None)
+            continue
+        hosts = ["127.0.0.1"] if family != socket.AF_INET6 else []
+        if family != socket.AF_INET:
+            hosts.append("::1")
+        try:
+            infos = socket.getaddrinfo(socket.gethostname(), None, family, socket.SOCK_STREAM)
+        except OSError:
+            infos = []
+        hosts += [str(info[4][0]) for info in infos]
+        if family != socket.AF_INET6:
+            hosts += _outbound_ipv4()
+        for name in hosts:
+            if "%" in name:  # a link-local address needs its zone; skip it
+                continue
+            seen.setdefault(format_server_address(name, port), None)
+    return list(seen)
+
+
+def _outbound_ipv4() -> list[str]:
+    """The address this machine uses toward other networks (a UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routing decision only
+            return [str(probe.getsockname()[0])]
+    except OSError:
+        return []
+
+
+@click.command()
+@click.option("--host", help="Address to bind [env MAILNET_HOST; default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), help="TCP port [default 7878; 0: any].")
+@click.option("--web-port", type=click.IntRange(-1, 65535), help="Web UI port; -1 turns it off.")
+@click.option("--db", metavar="URL", help="SQLAlchemy database URL [default: DATA_DIR/mailnet.db].")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--heartbeat-timeout", type=click.FloatRange(min=1), metavar="SECONDS")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--insecure-plaintext", is_flag=True, default=None, help="No TLS (loopback only).")
+@click.option(
+    "--allow-plaintext-on-network",
+    is_flag=True,
+    default=None,
+    help="Allow --insecure-plaintext on a non-loopback address.",
+)
+@click.option("--registration", type=click.Choice(["open", "closed"]))
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the startup summary as JSON.")
+def serve(log_level: str, as_json: bool, **flags: Any) -> None:
+    """Run the broker until Ctrl-C or SIGTERM (every option also as MAILNET_<OPTION>)."""
+    try:
+        config = Config().with_env()
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    if log_level != "debug":  # alembic narrates every plugin and migration at INFO
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        trio.run(_serve_until_signal, config, as_json)
+    except BaseException as raw:
+        from .output import innermost
+
+        exc = innermost(raw)
+        if isinstance(exc, CliError):
+            raise exc from None
+        if _is_config_problem(exc):
+            raise CliError(f"cannot start the broker: {exc}", EXIT_USAGE) from None
+        raise exc from None
+
+
+async def _serve_until_signal(config: Config, as_json: bool) -> None:
+    from broker.server import serve as serve_broker
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(serve_broker, config)
+            _print_started(config, info, as_json)
+            async for signum in signals:
+                logging.getLogger("mailnet.cli").info(
+                    "%s received: stopping", signal.Signals(signum).name
+                )
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _print_started(config: Config, info: Any, as_json: bool) -> None:
+    addresses = client_addresses(info.tcp)
+    database = redact_url(info.db_url or config.db_url)
+    if as_json:
+        emit_json(
+            {
+                "addresses": addresses,
+                "tls": info.fingerprint is not None,
+                "fingerprint": info.fingerprint,
+                "web": list(info.web),
+                "db": database,
+            }
+        )
+    else:
+        scheme = "TLS" if info.fingerprint else "plaintext, no TLS"
+        lines = [f"mailnet broker listening ({scheme}) on:"]
+        lines += [f"  {address}" for address in addresses]
+        if info.fingerprint:
+            lines.append(f"TLS certificate fingerprint: {info.fingerprint}")
+            lines.append("  (clients pin it on first use: check it matches what they print)")
+        else:
+            lines.append(
+                "Clients connect with --insecure-plaintext (or MAILNET_INSECURE_PLAINTEXT=1)."
+            )
+        lines += [f"Web UI: {url}" for url in info.web]
+        lines.append(f"Database: {database}")
+        lines.append("Stop with Ctrl-C.")
+        click.echo("\n".join(lines))
+    sys.stdout.flush()
+
+
+# -- db ----------------------------------------------------------------------------------------
+
+
+@click.group()
+def db() -> None:
+    """Database schema: apply migrations, show the revision."""
+
+
+db_option = click.option(
+    "--db",
+    "url",
+    metavar="URL",
+    help="SQLAlchemy URL [env MAILNET_DB; default: the broker's SQLite file].",
+)
+
+
+def _engine_for(url: str | None) -> Any:
+    from broker.store import make_engines
+
+    config = Config().with_env()
+    target = url or config.db_url
+    try:
+        return make_engines(target)
+    except Exception as exc:
+        if _is_config_problem(exc):
+            fail(f"cannot use database {redact_url(target)}: {exc}", EXIT_USAGE)
+        raise
+
+
+@db.command()
+@db_option
+def upgrade(url: str | None) -> None:
+    """Migrate the database to the newest schema (creating it if needed)."""
+    from broker.store import migrate
+
+    engines = _engine_for(url)
+    try:
+        before = migrate.current_revision(engines.write)
+        migrate.upgrade(engines.write)
+        after = migrate.current_revision(engines.write)
+    finally:
+        engines.dispose()
+    if before == after:
+        click.echo(f"Already at the newest revision ({after}).")
+    else:
+        click.echo(f"Upgraded {before or 'an empty database'} -> {after}.")
+
+
+@db.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True)
+def current(url: str | None, as_json: bool) -> None:
+    """Show the database's schema revision and the newest one."""
+    from broker.store import migrate
+
+    engines = _engine_for(url)
+    try:
+        revision = migrate.current_revision(engines.write)
+        head = migrate.head_revision(engines.write)
+    finally:
+        engines.dispose()
+    if as_json:
+        emit_json({"current": revision, "head": head, "up_to_date": revision == head})
+        return
+    state = "up to date" if revision == head else "run `mailnet db upgrade`"
+    click.echo(f"current: {revision or '(empty database)'}\nhead:    {head} ({state})")
