@@ -37,8 +37,11 @@ class Config:
     send_burst: int = 200
     mailbox_quota: int = 100_000  # entries per mailbox
     min_free_disk_bytes: int = 50 * 1024 * 1024
-    login_failures_per_hour: int = 100
-    registration: str = "open"  # open | closed
+    login_failures_per_hour: int = 100  # per account; never more, whoever asks
+    login_slow_after: int = 5  # recent failures before attempts are spaced out
+    login_max_delay: float = 30.0  # the longest spacing between attempts on one account/IP
+    registration: str = "open"  # open | closed | invite
+    invite_ttl: float = 7 * 24 * 3600.0  # seconds an invite code stays valid
     bcrypt_rounds: int = 12
     max_in_flight_per_connection: int = 256
 

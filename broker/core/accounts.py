@@ -1,12 +1,14 @@
 """Accounts and logins: bcrypt off the trio thread, bearer tokens stored hashed, throttling.
 
-Unknown users and wrong passwords take the same path (a bcrypt check against a dummy hash)
-and give the same error, so a login failure tells nothing about whether the account exists.
+Unknown users and wrong passwords take the same path (one bcrypt check, against a dummy hash
+for an unknown user) and give the same error, so a login failure tells nothing about whether
+the account exists. Throttling is keyed by the name typed, existing or not, for the same reason.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass
@@ -17,16 +19,17 @@ import trio
 from broker.config import Config
 from broker.protocol import ErrorCode, RequestRefused, check_password
 from broker.protocol.requests import MAX_PASSWORD_BYTES
-from broker.store import UsernameTaken, UserRecord
+from broker.store import InviteInvalid, UsernameTaken, UserRecord
 
 from .runner import StoreRunner
-from .throttle import FailureWindow
+from .throttle import LoginRefused, LoginThrottle
 
 log = logging.getLogger("mailnet.accounts")
 
 AUTH_FAILED_MESSAGE = "unknown user or wrong password"
-SLOW_AFTER_FAILURES = 5  # failures in the last hour before each attempt is delayed
-MAX_DELAY = 30.0
+# Waits longer than this are answered at once with rate_limited and retry_after instead.
+MAX_INLINE_WAIT = 5.0
+REGISTRATION_POLICIES = ("open", "closed", "invite")
 
 
 def hash_token(token: str) -> str:
@@ -35,6 +38,13 @@ def hash_token(token: str) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)  # 256 random bits
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,21 @@ class LoginResult:
 
 class Accounts:
     def __init__(self, runner: StoreRunner, config: Config) -> None:
+        if config.registration not in REGISTRATION_POLICIES:
+            raise ValueError(
+                f"registration must be one of {', '.join(REGISTRATION_POLICIES)}, "
+                f"not {config.registration!r}"
+            )
         self.runner = runner
         self.config = config
         self._bcrypt_limiter = trio.CapacityLimiter(2)
         self._dummy_hash: bytes | None = None
-        self.failures = FailureWindow()
+        self.throttle = LoginThrottle(
+            failures_per_hour=config.login_failures_per_hour,
+            slow_after=config.login_slow_after,
+            max_delay=config.login_max_delay,
+            max_wait=min(MAX_INLINE_WAIT, config.login_max_delay),
+        )
 
     async def prepare(self) -> None:
         """Hash the dummy password now, so the first unknown-user login takes no longer."""
@@ -77,66 +97,90 @@ class Accounts:
         )
         return ok and hashed is not None
 
-    async def _slow_down(self, username: str, peer: str) -> None:
-        """Delay attempts on an account or from an address with many recent failures."""
-        account_failures = self.failures.count("user:" + username)
-        if account_failures >= self.config.login_failures_per_hour:
-            raise RequestRefused(
-                ErrorCode.RATE_LIMITED,
-                "too many failed logins for this account; try again later",
-                retry_after=60,
-            )
-        worst = max(account_failures, self.failures.count("ip:" + peer))
-        if worst >= SLOW_AFTER_FAILURES:
-            await trio.sleep(min(MAX_DELAY, 0.25 * 2 ** (worst - SLOW_AFTER_FAILURES)))
-
-    def _record_failure(self, username: str, peer: str) -> None:
-        self.failures.record("user:" + username)
-        self.failures.record("ip:" + peer)
-        log.warning("login failed for %r from %s", username, peer)
-
     async def check_password(self, username: str, password: str, *, peer: str) -> UserRecord:
+        """The account, if this is its password; slowed and capped as docs/security.md says."""
         if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
             # bcrypt ignores bytes past 72: refuse rather than let a longer password that
             # merely starts with the right one log in. Says nothing about the account.
             raise RequestRefused(
                 ErrorCode.BAD_REQUEST, f"password must be at most {MAX_PASSWORD_BYTES} bytes"
             )
-        await self._slow_down(username, peer)
-        user = await self.runner.read(self.runner.store.user_by_name, username)
-        if not await self._verify(password, None if user is None else user.password_hash):
-            self._record_failure(username, peer)
+        try:
+            attempt = self.throttle.admit(username, peer)
+        except LoginRefused as exc:
+            log.warning("login for %r from %s refused unchecked: %s", username, peer, exc.reason)
+            raise RequestRefused(
+                ErrorCode.RATE_LIMITED, exc.reason, retry_after=round(exc.retry_after, 1)
+            ) from None
+        outcome: bool | None = None  # None: not checked (cancelled, store down)
+        try:
+            if attempt.delay > 0:
+                await trio.sleep(attempt.delay)
+            user = await self.runner.read(self.runner.store.user_by_name, username)
+            outcome = await self._verify(password, None if user is None else user.password_hash)
+        finally:
+            self.throttle.finish(attempt, ok=outcome, username=username, address=peer)
+        if not outcome:
+            log.warning("login failed for %r from %s", username, peer)
             raise RequestRefused(ErrorCode.AUTH_FAILED, AUTH_FAILED_MESSAGE)
         assert user is not None
         if user.disabled:
+            log.info("login of disabled account %r from %s refused", username, peer)
             raise RequestRefused(ErrorCode.ACCOUNT_DISABLED, "this account is disabled")
-        self.failures.clear("user:" + username)
         return user
 
     async def login(
-        self, username: str, password: str, *, create: bool, client: str, peer: str
+        self,
+        username: str,
+        password: str,
+        *,
+        create: bool,
+        client: str,
+        peer: str,
+        invite: str | None = None,
     ) -> LoginResult:
         created = False
         user = await self.runner.read(self.runner.store.user_by_name, username)
         if user is None and create:
-            if self.config.registration != "open":
-                raise RequestRefused(
-                    ErrorCode.REGISTRATION_CLOSED, "this broker does not accept new accounts"
-                )
-            check_password(password)
-            try:
-                user = await self.runner.write(
-                    self.runner.store.create_user, username, await self._hash(password)
-                )
-                created = True
-                log.info("account %r created from %s", username, peer)
-            except UsernameTaken:
-                user = None  # created meanwhile by someone else: check the password below
+            user = await self._register(username, password, peer=peer, invite=invite)
+            created = user is not None
         if not created:
             user = await self.check_password(username, password, peer=peer)
         assert user is not None
         token = await self.start_session(user, client)
         return LoginResult(user=user, token=token, created=created)
+
+    async def _register(
+        self, username: str, password: str, *, peer: str, invite: str | None
+    ) -> UserRecord | None:
+        """A new account under the registration policy; None if the name was taken meanwhile."""
+        policy = self.config.registration
+        first = policy != "open" and await self.runner.read(self.runner.store.count_users) == 0
+        invite_hash = None
+        if policy == "open" or (first and is_loopback(peer)):
+            pass  # a closed broker's first account (its admin) is made on the broker's machine
+        elif policy == "invite" and invite:
+            invite_hash = hash_token(invite)
+        else:
+            log.info("registration of %r from %s refused (%s)", username, peer, policy)
+            message = "this broker does not accept new accounts"
+            if policy == "invite":
+                message = "this broker needs an invite code to create an account"
+            raise RequestRefused(ErrorCode.REGISTRATION_CLOSED, message)
+        check_password(password)
+        try:
+            user = await self.runner.write(
+                _create_user, self.runner.store, username, await self._hash(password), invite_hash
+            )
+        except UsernameTaken:
+            return None  # created meanwhile by someone else: the password is checked instead
+        except InviteInvalid:
+            log.info("registration of %r from %s refused: bad invite", username, peer)
+            raise RequestRefused(
+                ErrorCode.REGISTRATION_CLOSED, "the invite code is unknown, used or expired"
+            ) from None
+        log.info("account %r created from %s (%s)", username, peer, user.role)
+        return user
 
     async def start_session(self, user: UserRecord, client: str) -> str:
         token = new_token()
@@ -155,3 +199,22 @@ class Accounts:
 
     async def logout(self, token: str) -> None:
         await self.runner.write(self.runner.store.delete_auth_session, hash_token(token))
+
+    async def change_password(
+        self, user: UserRecord, old_password: str, new_password: str, *, peer: str, client: str
+    ) -> str:
+        """Check the old password, store the new one, end every login session of the user.
+
+        Returns a fresh token for the session that asked, which stays logged in.
+        """
+        await self.check_password(user.username, old_password, peer=peer)
+        check_password(new_password)
+        ended = await self.runner.write(
+            self.runner.store.change_password, user.id, await self._hash(new_password)
+        )
+        log.info("password of %r changed from %s; %d login(s) ended", user.username, peer, ended)
+        return await self.start_session(user, client)
+
+
+def _create_user(store, username: str, password_hash: str, invite_hash: str | None):  # type: ignore[no-untyped-def]
+    return store.create_user(username, password_hash, invite_hash=invite_hash)

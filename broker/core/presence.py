@@ -41,6 +41,16 @@ class LiveSession:
     _events: deque[dict[str, Any]] = field(default_factory=deque)
     _must_fetch: bool = True  # the backlog, first
     _wakeup: trio.Event = field(default_factory=trio.Event)
+    address: str = ""  # the client's IP address, for admins
+    # Set when the session must end now (kicked, disabled, password changed); every transport
+    # waits on it and closes the connection, telling the client `end_reason`.
+    ended: trio.Event = field(default_factory=trio.Event)
+    end_reason: str = ""
+
+    def end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
 
     def touch(self) -> None:
         self.last_active = trio.current_time()
@@ -131,6 +141,13 @@ class Presence:
 
     def all_sessions(self) -> list[LiveSession]:
         return [s for sessions in self._by_user.values() for s in sessions]
+
+    def end_sessions_of(self, user_id: int, reason: str, *, keep: LiveSession | None = None) -> int:
+        """End the user's live sessions (all but `keep`); how many were ended."""
+        ending = [s for s in self.sessions_of(user_id) if s is not keep]
+        for session in ending:
+            session.end(reason)
+        return len(ending)
 
     def is_online(self, user_id: int) -> bool:
         return user_id in self._by_user

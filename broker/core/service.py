@@ -27,6 +27,7 @@ from broker.store import (
 )
 
 from .accounts import Accounts, LoginResult
+from .admin import AccountAdmin
 from .commits import CommitQueue
 from .presence import LiveSession, OnlineUser, Presence
 from .runner import StoreRunner
@@ -47,6 +48,7 @@ class Broker:
         self.presence = Presence()
         self.commits = CommitQueue(self.runner, self._deliver, quota=config.mailbox_quota)
         self.send_limits = SendRateLimiter(config.send_rate, config.send_burst)
+        self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
         self._pending_acks: dict[int, int] = {}
         # Highest seq any client of each user acknowledged here, written or not: a session that
         # starts before the store has it must not be handed those entries again.
@@ -71,10 +73,17 @@ class Broker:
     # -- sessions ---------------------------------------------------------------------------
 
     async def login(
-        self, username: str, password: str, *, create: bool, client: str, peer: str
+        self,
+        username: str,
+        password: str,
+        *,
+        create: bool,
+        client: str,
+        peer: str,
+        invite: str | None = None,
     ) -> LoginResult:
         return await self.accounts.login(
-            username, password, create=create, client=client, peer=peer
+            username, password, create=create, client=client, peer=peer, invite=invite
         )
 
     async def user_for_token(self, token: str) -> UserRecord:
@@ -91,12 +100,12 @@ class Broker:
 
     @asynccontextmanager
     async def live_session(
-        self, user: UserRecord, *, client: str, resume_after: int | None
+        self, user: UserRecord, *, client: str, resume_after: int | None, address: str = ""
     ) -> AsyncIterator[LiveSession]:
         """Register a live session (it shows in `who`) and feed it from its resume point."""
         acked = max(user.acked_seq, self._acked_through.get(user.id, 0))
         start = acked if resume_after is None else resume_after
-        session = LiveSession(user.id, user.username, client, cursor=max(0, start))
+        session = LiveSession(user.id, user.username, client, cursor=max(0, start), address=address)
         self.presence.add(session)
         log.info("session %d of %r online (%s)", session.id, user.username, client or "client")
         try:

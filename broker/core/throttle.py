@@ -1,11 +1,21 @@
-"""Rate limits kept in memory: token buckets for sending, sliding windows for login failures."""
+"""Rate limits kept in memory: token buckets for sending, spaced and capped login attempts.
+
+Login attempts are slowed, never locked out for good: after a few recent failures on an account
+or from an address, its next attempts are spaced out (0.25 s, doubling, up to a maximum), and an
+account takes at most `failures_per_hour` failures in any hour. Addresses its owner has logged in
+from before keep a small reserve of that budget, so an attack from elsewhere does not shut the
+owner out.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 import trio
+
+BASE_DELAY = 0.25  # seconds between attempts once slowing starts; doubles per further failure
+KNOWN_ADDRESSES_PER_ACCOUNT = 20
 
 
 @dataclass
@@ -56,7 +66,7 @@ class FailureWindow:
         if times is None:
             return deque()
         cutoff = trio.current_time() - self.WINDOW
-        while times and times[0] < cutoff:
+        while times and times[0] <= cutoff:
             times.popleft()
         if not times:
             del self._failures[key]
@@ -70,3 +80,123 @@ class FailureWindow:
 
     def clear(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    def seconds_until_below(self, key: str, limit: int) -> float:
+        """How long until fewer than `limit` failures are left in the window (0 if already)."""
+        times = self._recent(key)
+        if len(times) < limit:
+            return 0.0
+        oldest_to_expire = times[len(times) - limit]
+        return max(0.0, oldest_to_expire + self.WINDOW - trio.current_time())
+
+
+class LoginRefused(Exception):
+    """Too many recent failures: the attempt is not checked at all. Retry after `retry_after`."""
+
+    def __init__(self, retry_after: float, reason: str) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """An admitted attempt: wait `delay` seconds, check the password, then call `finish`."""
+
+    account_key: str
+    address_key: str
+    delay: float
+
+
+class LoginThrottle:
+    """Decides whether a login attempt is checked now, later (a delay), or not at all.
+
+    Every attempt counts as a failure while it is in flight, so parallel attempts cannot
+    overshoot the hourly cap. Delays space attempts on one key apart (a later attempt waits
+    for the earlier one's slot), so parallel connections do not multiply an attacker's rate.
+    """
+
+    def __init__(
+        self,
+        *,
+        failures_per_hour: int,
+        slow_after: int,
+        max_delay: float,
+        max_wait: float,
+    ) -> None:
+        self.failures_per_hour = failures_per_hour
+        self.slow_after = slow_after
+        self.max_delay = max_delay
+        self.max_wait = max_wait  # longer waits are refused with retry_after instead
+        # Failures left for the owner's known addresses once unknown ones have used the rest.
+        self.known_reserve = max(1, failures_per_hour // 10)
+        self.failures = FailureWindow()
+        self._in_flight: Counter[str] = Counter()
+        self._next_slot: dict[str, float] = {}
+        self._known: dict[str, OrderedDict[str, None]] = {}
+
+    def delay_after(self, failures: int) -> float:
+        """The spacing between attempts on a key with this many recent failures."""
+        if failures < self.slow_after:
+            return 0.0
+        return min(self.max_delay, BASE_DELAY * 2 ** min(failures - self.slow_after, 30))
+
+    def is_known(self, username: str, address: str) -> bool:
+        return address in self._known.get(username, ())
+
+    def _failures(self, key: str) -> int:
+        return self.failures.count(key) + self._in_flight[key]
+
+    def admit(self, username: str, address: str) -> LoginAttempt:
+        account_key, address_key = "user:" + username, "ip:" + address
+        known = self.is_known(username, address)
+        account_failures = self._failures(account_key)
+        budget = self.failures_per_hour if known else self.failures_per_hour - self.known_reserve
+        if account_failures >= budget:
+            retry = self.failures.seconds_until_below(account_key, budget)
+            raise LoginRefused(
+                max(1.0, retry), "too many failed logins for this account; try again later"
+            )
+        # The account's spacing applies to unknown addresses only: an attacker elsewhere
+        # must not slow the owner down at home. The address's own spacing applies to all.
+        keys = [address_key] if known else [address_key, account_key]
+        now = trio.current_time()
+        start = now
+        for key in keys:
+            start = max(start, self._next_slot.get(key, now))
+        delay = start - now
+        if delay > self.max_wait:
+            raise LoginRefused(delay, "too many failed logins; slow down")
+        self._in_flight[account_key] += 1
+        self._in_flight[address_key] += 1
+        for key in keys:
+            self._next_slot[key] = start + self.delay_after(self._failures(key))
+        return LoginAttempt(account_key, address_key, delay)
+
+    def finish(
+        self, attempt: LoginAttempt, *, ok: bool | None, username: str, address: str
+    ) -> None:
+        """Record an attempt's outcome: True/False, or None if the password was not checked."""
+        for key in (attempt.account_key, attempt.address_key):
+            if self._in_flight[key] > 0:
+                self._in_flight[key] -= 1
+                if not self._in_flight[key]:
+                    del self._in_flight[key]
+            if ok is False:
+                self.failures.record(key)
+        if ok:
+            known = self._known.setdefault(username, OrderedDict())
+            known[address] = None
+            known.move_to_end(address)
+            while len(known) > KNOWN_ADDRESSES_PER_ACCOUNT:
+                known.popitem(last=False)
+            # A success frees this address's spacing (not the account's failure count).
+            self._next_slot.pop(attempt.address_key, None)
+        self._forget_idle_slots()
+
+    def _forget_idle_slots(self) -> None:
+        if len(self._next_slot) < 10_000:
+            return
+        now = trio.current_time()
+        for key in [k for k, slot in self._next_slot.items() if slot <= now]:
+            del self._next_slot[key]

@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     STORAGE_FULL = "storage_full"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     TIMEOUT = "timeout"
+    SESSION_ENDED = "session_ended"  # kicked, disabled or password changed: log in again
     UNAVAILABLE = "unavailable"  # the database is unreachable; retry later
     INTERNAL = "internal"
 

@@ -26,6 +26,7 @@ MAX_CLIENT_MSG_ID_CHARS: Final = 64
 MAX_TOKEN_CHARS: Final = 128
 MAX_PAGE: Final = 1000
 MAX_SEARCH_CHARS: Final = 200
+MAX_INVITE_CHARS: Final = 64
 
 KINDS: Final = ("email", "text", "announcement", "rickroll")
 
@@ -37,6 +38,7 @@ class Login:
     create: bool = False
     resume_after: int | None = None
     client: str = ""
+    invite: str | None = None  # needed to create an account when registration is 'invite'
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,84 @@ class SetPrefs:
     prank_opt_out: bool
 
 
-Request = Login | Resume | Logout | Ping | Send | Ack | Inbox | MarkRead | Who | History | SetPrefs
+# -- account security and administration (docs/security.md) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePassword:
+    old_password: str
+    new_password: str
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unblock:
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListBlocks:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AdminUsers:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSetDisabled:
+    username: str
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKick:
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSessions:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAudit:
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AdminInvite:
+    pass
+
+
+Request = (
+    Login
+    | Resume
+    | Logout
+    | Ping
+    | Send
+    | Ack
+    | Inbox
+    | MarkRead
+    | Who
+    | History
+    | SetPrefs
+    | ChangePassword
+    | Block
+    | Unblock
+    | ListBlocks
+    | AdminUsers
+    | AdminSetDisabled
+    | AdminKick
+    | AdminSessions
+    | AdminAudit
+    | AdminInvite
+)
 
 
 def _bad(message: str) -> RemoteProtocolError:
@@ -254,6 +333,7 @@ def _parse(op: str, f: _Fields) -> Request:
                 create=f.bool("create"),
                 resume_after=f.int("resume_after", required=False),
                 client=f.str("client", required=False, max_chars=100) or "",
+                invite=f.str("invite", required=False, max_chars=MAX_INVITE_CHARS),
             )
         case "resume":
             return Resume(
@@ -286,6 +366,36 @@ def _parse(op: str, f: _Fields) -> Request:
             if not isinstance(value, bool):
                 raise _bad("field 'prank_opt_out' must be true or false")
             return SetPrefs(prank_opt_out=value)
+        case "change_password":
+            return ChangePassword(
+                old_password=f.str("old_password", max_chars=200, allow_empty=True),
+                new_password=check_password(f.str("new_password", max_chars=200)),
+            )
+        case "block":
+            return Block(username=normalize_username(f.frame.get("username")))
+        case "unblock":
+            return Unblock(username=normalize_username(f.frame.get("username")))
+        case "list_blocks":
+            return ListBlocks()
+        case "admin_users":
+            return AdminUsers()
+        case "admin_set_disabled":
+            value = f.frame.get("disabled")
+            if not isinstance(value, bool):
+                raise _bad("field 'disabled' must be true or false")
+            return AdminSetDisabled(
+                username=normalize_username(f.frame.get("username")), disabled=value
+            )
+        case "admin_kick":
+            return AdminKick(username=normalize_username(f.frame.get("username")))
+        case "admin_sessions":
+            return AdminSessions()
+        case "admin_audit":
+            return AdminAudit(
+                limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 100
+            )
+        case "admin_invite":
+            return AdminInvite()
     raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op[:40]!r}")
 
 

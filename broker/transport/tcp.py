@@ -45,16 +45,19 @@ class ConnectionLimits:
     def __init__(self, total: int, per_ip: int) -> None:
         self.total, self.per_ip = total, per_ip
         self.by_ip: Counter[str] = Counter()
+        self.open = 0
 
     def admit(self, ip: str) -> str | None:
-        if sum(self.by_ip.values()) >= self.total:
+        if self.open >= self.total:
             return "the broker has too many connections; try again later"
         if self.by_ip[ip] >= self.per_ip:
             return "too many connections from your address"
         self.by_ip[ip] += 1
+        self.open += 1
         return None
 
     def release(self, ip: str) -> None:
+        self.open -= 1
         self.by_ip[ip] -= 1
         if self.by_ip[ip] <= 0:
             del self.by_ip[ip]
@@ -80,11 +83,14 @@ class ClientConnection:
     session: LiveSession | None = None
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _closing: bool = False
+    # When the socket was accepted: the TLS handshake and the login share one deadline.
+    accepted_at: float | None = None
 
     def __post_init__(self) -> None:
         self.frames = FrameConnection(max_frame_bytes=self.config.max_frame_bytes)
         self._window = trio.Semaphore(self.config.max_in_flight_per_connection)
-        self._login_deadline = trio.current_time() + self.config.login_timeout
+        start = trio.current_time() if self.accepted_at is None else self.accepted_at
+        self._login_deadline = start + self.config.login_timeout
 
     async def write(self, *objs: dict[str, Any]) -> None:
         data = b"".join(self.frames.send(obj) for obj in objs)
@@ -239,6 +245,37 @@ class ClientConnection:
                 return {"items": [entry_view(e) for e in items]}
             case requests.SetPrefs(prank_opt_out=value):
                 return await broker.set_prefs(self._require_user(), value)
+            case requests.ChangePassword(old_password=old, new_password=new):
+                changed = await broker.admin.change_password(
+                    self._require_user(),
+                    old,
+                    new,
+                    peer=self.peer,
+                    client=self.session.client if self.session else "",
+                    current=self.session,
+                )
+                self.token = changed.token
+                return {"token": changed.token, "sessions_ended": changed.sessions_ended}
+            case requests.Block(username=name):
+                return await broker.admin.block(self._require_user(), name)
+            case requests.Unblock(username=name):
+                return await broker.admin.unblock(self._require_user(), name)
+            case requests.ListBlocks():
+                return {"blocks": await broker.admin.list_blocks(self._require_user())}
+            case requests.AdminUsers():
+                return {"users": await broker.admin.users(self._require_user())}
+            case requests.AdminSetDisabled(username=name, disabled=disabled):
+                return await broker.admin.set_disabled(self._require_user(), name, disabled)
+            case requests.AdminKick(username=name):
+                return await broker.admin.kick(self._require_user(), name)
+            case requests.AdminSessions():
+                return {"sessions": await broker.admin.sessions(self._require_user())}
+            case requests.AdminAudit(limit=limit):
+                return await broker.admin.audit(self._require_user(), limit)
+            case requests.AdminInvite():
+                return await broker.admin.create_invite(
+                    self._require_user(), self.config.invite_ttl
+                )
         raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, "unsupported operation")
 
     async def _log_in(self, request: requests.Login | requests.Resume) -> dict[str, Any]:
@@ -252,12 +289,14 @@ class ClientConnection:
                 create=request.create,
                 client=request.client,
                 peer=self.peer,
+                invite=request.invite,
             )
             user, token, created = result.user, result.token, result.created
         else:
             user, token = await self.broker.user_for_token(request.token), request.token
         self.user, self.token = user, token
         self.session = await self._nursery.start(self._run_feed, user, request)
+        self._nursery.start_soon(self._close_when_ended, self.session)
         return {
             "username": user.username,
             "role": user.role,
@@ -276,13 +315,26 @@ class ClientConnection:
         task_status: trio.TaskStatus[LiveSession] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with self.broker.live_session(
-            user, client=request.client, resume_after=request.resume_after
+            user, client=request.client, resume_after=request.resume_after, address=self.peer
         ) as session:
             task_status.started(session)
             while True:
                 entries, events = await session.next_items(self.broker.fetch_after)
                 frames = [event("mail", entry=entry_view(e)) for e in entries]
                 await self.write(*frames, *events)
+
+    async def _close_when_ended(self, session: LiveSession) -> None:
+        """Close the connection when the core ends its session (kick, disable, password)."""
+        await session.ended.wait()
+        log.info(
+            "closing session %d of %r from %s: %s",
+            session.id,
+            session.username,
+            self.peer,
+            session.end_reason,
+        )
+        await self._refuse_and_close(ErrorCode.SESSION_ENDED, session.end_reason)
+        self._nursery.cancel_scope.cancel()
 
 
 def _is_dropped_connection(exc: BaseException) -> bool:
@@ -300,17 +352,24 @@ async def handle_connection(
     ssl_context: ssl.SSLContext | None,
 ) -> None:
     """serve_tcp's handler: never raises, so one bad client cannot stop the listener."""
+    accepted_at = trio.current_time()
     peer = peer_address(stream)
     refusal = limits.admit(peer)
     try:
         if ssl_context is not None:
             stream = trio.SSLStream(stream, ssl_context, server_side=True)
-            with trio.move_on_after(config.login_timeout) as scope:
-                await stream.do_handshake()
+            # A refused connection gets a short handshake, just long enough to be told why.
+            limit = config.login_timeout if refusal is None else min(config.login_timeout, 2.0)
+            try:
+                with trio.move_on_after(limit) as scope:
+                    await stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                log.info("closing %s: TLS handshake failed: %s", peer, exc.__cause__ or exc)
+                return
             if scope.cancelled_caught:
                 log.info("closing %s: TLS handshake took too long", peer)
                 return
-        connection = ClientConnection(broker, config, stream, peer)
+        connection = ClientConnection(broker, config, stream, peer, accepted_at=accepted_at)
         if refusal is not None:
             log.warning("refusing connection from %s: %s", peer, refusal)
             await connection._refuse_and_close(ErrorCode.TOO_MANY_CONNECTIONS, refusal)

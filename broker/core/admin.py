@@ -1,0 +1,186 @@
+"""Account security services: password change, blocking, and the admin role's operations.
+
+Every admin operation re-reads the caller's account, so a demoted or disabled admin loses its
+powers at once, and is written to the audit log. Ending a user's live sessions goes through
+Presence: each transport waits on its sessions' `ended` event and closes the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import trio
+
+from broker.protocol import ErrorCode, RequestRefused
+from broker.store import UserRecord
+
+from .accounts import Accounts, hash_token
+from .presence import LiveSession, Presence
+from .runner import StoreRunner
+from .views import iso
+
+log = logging.getLogger("mailnet.admin")
+
+AUDIT_PAGE = 100
+
+
+@dataclass(frozen=True)
+class PasswordChanged:
+    token: str  # a fresh token for the session that asked; every other one is dead
+    sessions_ended: int
+
+
+class AccountAdmin:
+    def __init__(self, runner: StoreRunner, accounts: Accounts, presence: Presence) -> None:
+        self.runner = runner
+        self.accounts = accounts
+        self.presence = presence
+
+    # -- any user ---------------------------------------------------------------------------
+
+    async def change_password(
+        self,
+        user: UserRecord,
+        old_password: str,
+        new_password: str,
+        *,
+        peer: str,
+        client: str,
+        current: LiveSession | None = None,
+    ) -> PasswordChanged:
+        token = await self.accounts.change_password(
+            user, old_password, new_password, peer=peer, client=client
+        )
+        ended = self.presence.end_sessions_of(
+            user.id, "your password was changed; log in again", keep=current
+        )
+        return PasswordChanged(token=token, sessions_ended=ended)
+
+    async def _user_named(self, username: str) -> UserRecord:
+        other = await self.runner.read(self.runner.store.user_by_name, username)
+        if other is None:
+            raise RequestRefused(ErrorCode.NOT_FOUND, f"no such user: {username}")
+        return other
+
+    async def block(self, user: UserRecord, username: str) -> dict[str, Any]:
+        other = await self._user_named(username)
+        if other.id == user.id:
+            raise RequestRefused(ErrorCode.BAD_REQUEST, "you cannot block yourself")
+        added = await self.runner.write(self.runner.store.add_block, user.id, other.id)
+        if added:
+            log.info("%r blocked %r", user.username, other.username)
+        return {"blocked": other.username, "changed": added}
+
+    async def unblock(self, user: UserRecord, username: str) -> dict[str, Any]:
+        other = await self._user_named(username)
+        removed = await self.runner.write(self.runner.store.remove_block, user.id, other.id)
+        if removed:
+            log.info("%r unblocked %r", user.username, other.username)
+        return {"unblocked": other.username, "changed": removed}
+
+    async def list_blocks(self, user: UserRecord) -> list[dict[str, Any]]:
+        blocks = await self.runner.read(self.runner.store.blocks_of, user.id)
+        return [{"username": b.username, "since": iso(b.since)} for b in blocks]
+
+    # -- admins only ----------------------------------------------------------------------------
+
+    async def require_admin(self, user: UserRecord) -> UserRecord:
+        fresh = await self.runner.read(self.runner.store.user_by_id, user.id)
+        if fresh is None or fresh.role != "admin" or fresh.disabled:
+            log.warning("admin operation refused for %r", user.username)
+            raise RequestRefused(ErrorCode.FORBIDDEN, "this needs an admin account")
+        return fresh
+
+    async def _audit(self, admin: UserRecord, action: str, target: str, detail: str = "") -> None:
+        log.info("admin %r: %s %s %s", admin.username, action, target, detail)
+        await self.runner.write(self.runner.store.record_audit, admin.id, action, target, detail)
+
+    async def users(self, user: UserRecord) -> list[dict[str, Any]]:
+        await self.require_admin(user)
+        accounts = await self.runner.read(self.runner.store.list_accounts)
+        return [
+            {
+                "username": a.username,
+                "role": a.role,
+                "disabled": a.disabled,
+                "created": iso(a.created_at),
+                "online": self.presence.is_online(a.id),
+            }
+            for a in accounts
+        ]
+
+    async def set_disabled(self, user: UserRecord, username: str, disabled: bool) -> dict:
+        admin = await self.require_admin(user)
+        target = await self._user_named(username)
+        if disabled and target.id == admin.id:
+            raise RequestRefused(ErrorCode.BAD_REQUEST, "you cannot disable your own account")
+        logins = await self.runner.write(self.runner.store.set_disabled, target.id, disabled)
+        live = 0
+        if disabled:
+            live = self.presence.end_sessions_of(target.id, "your account was disabled")
+        action = "disable" if disabled else "enable"
+        await self._audit(admin, action, target.username, f"{logins} logins, {live} live")
+        return {"username": target.username, "disabled": disabled, "sessions_ended": live}
+
+    async def kick(self, user: UserRecord, username: str) -> dict[str, Any]:
+        admin = await self.require_admin(user)
+        target = await self._user_named(username)
+        logins = await self.runner.write(self.runner.store.delete_auth_sessions_of, target.id)
+        live = self.presence.end_sessions_of(target.id, "an admin ended your session")
+        await self._audit(admin, "kick", target.username, f"{logins} logins, {live} live")
+        return {"username": target.username, "sessions_ended": live, "tokens_revoked": logins}
+
+    async def sessions(self, user: UserRecord) -> list[dict[str, Any]]:
+        await self.require_admin(user)
+        now = trio.current_time()
+        live = sorted(self.presence.all_sessions(), key=lambda s: (s.username, s.id))
+        return [
+            {
+                "username": s.username,
+                "client": s.client,
+                "since": iso(s.since),
+                "idle_seconds": round(max(0.0, now - s.last_active), 1),
+                "address": s.address,
+            }
+            for s in live
+        ]
+
+    async def audit(self, user: UserRecord, limit: int = AUDIT_PAGE) -> dict[str, Any]:
+        await self.require_admin(user)
+        pranks = await self.runner.read(self.runner.store.recent_pranks, limit)
+        actions = await self.runner.read(self.runner.store.recent_audit, limit)
+        return {
+            "rickrolls": [
+                {
+                    "message_id": p.message_id,
+                    "sent_at": iso(p.sent_at),
+                    "sender": p.sender,
+                    "recipient": p.recipient,
+                }
+                for p in pranks
+            ],
+            "actions": [
+                {
+                    "at": iso(a.at),
+                    "admin": a.actor,
+                    "action": a.action,
+                    "target": a.target,
+                    "detail": a.detail,
+                }
+                for a in actions
+            ],
+        }
+
+    async def create_invite(self, user: UserRecord, ttl_seconds: float) -> dict[str, Any]:
+        admin = await self.require_admin(user)
+        code = secrets.token_urlsafe(16)  # 128 random bits; only its hash is stored
+        expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+        await self.runner.write(
+            self.runner.store.create_invite, admin.id, hash_token(code), expires
+        )
+        await self._audit(admin, "invite", "", f"expires {iso(expires)}")
+        return {"invite": code, "expires": iso(expires)}
