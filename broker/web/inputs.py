@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import aclosing
 from typing import Any
 
 import trio
@@ -43,13 +44,14 @@ async def read_json_object(request: Request, *, max_bytes: int, timeout: float) 
     chunks: list[bytes] = []
     size = 0
     with trio.move_on_after(timeout) as waiting:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise InputError(
-                    ErrorCode.FRAME_TOO_LARGE, f"the body is larger than {max_bytes} bytes"
-                )
-            chunks.append(chunk)
+        async with aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InputError(
+                        ErrorCode.FRAME_TOO_LARGE, f"the body is larger than {max_bytes} bytes"
+                    )
+                chunks.append(chunk)
     if waiting.cancelled_caught:
         raise InputError(ErrorCode.TIMEOUT, "the body took too long to arrive")
     raw = b"".join(chunks)
