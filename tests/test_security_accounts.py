@@ -275,38 +275,41 @@ async def test_blocked_sender_is_acked_but_nothing_reaches_the_blocker(
     broker: RunningBroker,
 ) -> None:
     with trio.fail_after(TIMEOUT):
-        async with broker.user("alice") as alice, broker.user("mallory") as mallory:
-            async with broker.user("bob") as bob:
-                assert (await alice.block("mallory"))["changed"]
-                assert not (await alice.block("mallory"))["changed"]
-                assert [b["username"] for b in await alice.list_blocks()] == ["mallory"]
-                text = await mallory.send_text("alice", "hello?")
-                assert text["ok"] and text["message_id"]
-                await mallory.send_email(["alice", "bob"], "hi both", "body")
-                await mallory.rickroll("alice")
-                await mallory.announce("news", "announcements reach everyone")
-                # bob is not blocking: he gets the email and the announcement.
-                assert (await bob.next_mail())["subject"] == "hi both"
-                assert (await bob.next_mail())["kind"] == "announcement"
-                # alice gets only the announcement, and then a message from someone else.
-                await bob.send_text("alice", "from bob")
-                assert (await alice.next_mail())["kind"] == "announcement"
-                assert (await alice.next_mail())["body"] == "from bob"
-                inbox = await alice.inbox()
-                assert [e["kind"] for e in inbox["entries"]] == ["text", "announcement"]
-                # The sender's own history looks like any other send.
-                sent = await mallory.history(kind="text")
-                assert [s["body"] for s in sent] == ["hello?"]
-                with pytest.raises(RequestFailed) as refused:
-                    await alice.block("alice")
-                assert refused.value.code == "bad_request"
-                with pytest.raises(RequestFailed) as refused:
-                    await alice.block("nobody")
-                assert refused.value.code == "not_found"
-                assert (await alice.unblock("mallory"))["changed"]
-                await mallory.send_text("alice", "again")
-                assert (await alice.next_mail())["body"] == "again"
-                assert await alice.list_blocks() == []
+        async with (
+            broker.user("alice") as alice,
+            broker.user("mallory") as mallory,
+            broker.user("bob") as bob,
+        ):
+            assert (await alice.block("mallory"))["changed"]
+            assert not (await alice.block("mallory"))["changed"]
+            assert [b["username"] for b in await alice.list_blocks()] == ["mallory"]
+            text = await mallory.send_text("alice", "hello?")
+            assert text["ok"] and text["message_id"]
+            await mallory.send_email(["alice", "bob"], "hi both", "body")
+            await mallory.rickroll("alice")
+            await mallory.announce("news", "announcements reach everyone")
+            # bob is not blocking: he gets the email and the announcement.
+            assert (await bob.next_mail())["subject"] == "hi both"
+            assert (await bob.next_mail())["kind"] == "announcement"
+            # alice gets only the announcement, and then a message from someone else.
+            await bob.send_text("alice", "from bob")
+            assert (await alice.next_mail())["kind"] == "announcement"
+            assert (await alice.next_mail())["body"] == "from bob"
+            inbox = await alice.inbox()
+            assert [e["kind"] for e in inbox["entries"]] == ["text", "announcement"]
+            # The sender's own history looks like any other send.
+            sent = await mallory.history(kind="text")
+            assert [s["body"] for s in sent] == ["hello?"]
+            with pytest.raises(RequestFailed) as refused:
+                await alice.block("alice")
+            assert refused.value.code == "bad_request"
+            with pytest.raises(RequestFailed) as refused:
+                await alice.block("nobody")
+            assert refused.value.code == "not_found"
+            assert (await alice.unblock("mallory"))["changed"]
+            await mallory.send_text("alice", "again")
+            assert (await alice.next_mail())["body"] == "again"
+            assert await alice.list_blocks() == []
 
 
 async def test_prank_opt_out_still_refuses_pranks(broker: RunningBroker) -> None:
