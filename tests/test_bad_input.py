@@ -448,3 +448,31 @@ async def test_a_client_that_never_logs_in_is_closed_after_the_login_timeout(
             "error": {"code": "timeout", "message": "login took too long"},
         }
         await raw.assert_closed()
+
+
+async def test_an_ack_beyond_the_mailbox_does_not_hide_later_mail(broker: RunningBroker) -> None:
+    """A buggy client acking a seq it was never sent must not silence its user's future mail."""
+    async with raw_connection(broker) as raw:
+        await raw.login("bob")
+        await raw.send({"op": "ack", "seq": 10**12})
+        assert (await raw.request("ping"))["ok"] is True  # the ack got no response
+        assert (await raw.request("logout"))["bye"] is True
+    with trio.fail_after(WAIT):
+        async with broker.user("bob") as bob, broker.user("alice") as alice:
+            await alice.send_text("bob", "can you still hear me?")
+            entry = await bob.next_mail()
+            assert entry["body"] == "can you still hear me?"
+
+
+async def test_an_announcement_nobody_else_can_receive_is_stored_without_error(
+    broker: RunningBroker,
+) -> None:
+    """The only user announces: no mailbox gets an entry, and the group commit must not choke on
+    a batch that allocates no sequence numbers (nor fail the other sends in it)."""
+    with trio.fail_after(WAIT):
+        async with broker.user("alone") as alone:
+            ack = await alone.announce("Hello?", "is anyone out there")
+            assert ack["message_id"] > 0 and ack["duplicate"] is False
+            items = await alone.history()
+            assert [(i["kind"], i["direction"]) for i in items] == [("announcement", "out")]
+    await assert_still_serving(broker)

@@ -220,7 +220,11 @@ class ClientConnection:
                 outcome = await broker.send(self._require_user(), request)
                 return {"message_id": outcome.message_id, "duplicate": outcome.duplicate}
             case requests.Ack(seq=seq):
-                broker.ack(self._require_user(), seq)
+                user = self._require_user()
+                # Only what this session was sent can be acknowledged (as on the web socket):
+                # a larger seq would hide the user's next mail from every later session.
+                sent_through = self.session.cursor if self.session is not None else 0
+                broker.ack(user, min(seq, sent_through))
                 return None
             case requests.Inbox():
                 entries, unread = await broker.inbox(self._require_user(), request)
