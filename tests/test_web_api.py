@@ -673,3 +673,15 @@ async def test_shutdown_closes_websockets_with_going_away(tmp_path):
             broker.stop()
             code, _ = await closed_with(ws)
     assert code == 1001
+
+
+async def test_an_admin_kick_closes_the_users_websocket(web):
+    async with http(web) as client:
+        await login(client, "root")  # the first account is the admin
+        bob = await login(client, "bob")
+        async with live(web, bob) as ws, web.user("root") as admin:
+            await admin.admin_kick("bob")
+            code, messages = await closed_with(ws)
+        assert code == 1008
+        assert messages[-1]["error"]["code"] == "session_ended"
+        assert (await client.get("/api/me", headers=bearer(bob))).status_code == 401

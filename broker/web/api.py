@@ -90,6 +90,7 @@ class HttpApi:
                 "username": body.get("username"),
                 "password": body.get("password"),
                 "create": body.get("create"),
+                "invite": body.get("invite"),
             }
         )
         assert isinstance(login, requests.Login)
@@ -99,6 +100,7 @@ class HttpApi:
             create=login.create,
             client="web",
             peer=client_address(request),
+            invite=login.invite,
         )
         return {
             "token": result.token,

@@ -32,6 +32,7 @@ STATUS_BY_CODE: dict[str, int] = {
     ErrorCode.STORAGE_FULL: 503,
     ErrorCode.TOO_MANY_CONNECTIONS: 503,
     ErrorCode.TIMEOUT: 408,
+    ErrorCode.SESSION_ENDED: 401,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
     "method_not_allowed": 405,

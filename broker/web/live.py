@@ -207,7 +207,7 @@ class LiveSocket:
 
     async def _run(self, user: UserRecord, resume_after: int | None) -> None:
         async with self.broker.live_session(
-            user, client="web", resume_after=resume_after
+            user, client="web", resume_after=resume_after, address=self.peer
         ) as session:
             await self.send(
                 {
@@ -220,8 +220,20 @@ class LiveSocket:
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed, session)
+                nursery.start_soon(self._close_when_ended, session, nursery.cancel_scope)
                 await self._read(user, session)
                 nursery.cancel_scope.cancel()
+
+    async def _close_when_ended(self, session: LiveSession, scope: trio.CancelScope) -> None:
+        """The core ended the session (kicked, disabled, password changed): close the socket."""
+        await session.ended.wait()
+        log.info(
+            "closing WebSocket of %r from %s: %s", session.username, self.peer, session.end_reason
+        )
+        await self.close(
+            CLOSE_POLICY, "session ended", _error(ErrorCode.SESSION_ENDED, session.end_reason)
+        )
+        scope.cancel()
 
     async def _feed(self, session: LiveSession) -> None:
         while True:

@@ -13,6 +13,7 @@ from broker.protocol import KINDS
 from broker.protocol.requests import (
     MAX_BODY_CHARS,
     MAX_CLIENT_MSG_ID_CHARS,
+    MAX_INVITE_CHARS,
     MAX_PAGE,
     MAX_RECIPIENTS,
     MAX_SEARCH_CHARS,
@@ -114,6 +115,11 @@ SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "default": False,
                 "description": "Create the account if the name is new (passwords: 6-72 bytes).",
+            },
+            "invite": {
+                "type": "string",
+                "maxLength": MAX_INVITE_CHARS,
+                "description": "An invite code, when the broker's registration is 'invite'.",
             },
         },
     },
