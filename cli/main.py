@@ -472,19 +472,7 @@ def history(
     if not items:
         click.echo("Nothing found.")
         return
-    rows = [
-        [
-            str(item["message_id"]),
-            item["kind"],
-            output.sender_label(item)
-            if item["direction"] == "out"
-            else "from " + output.sender_label(item),
-            output.relative_time(item["sent_at"]),
-            output.shorten(output.summary(item)),
-        ]
-        for item in items
-    ]
-    click.echo(output.table(rows, ["ID", "KIND", "WITH", "WHEN", "SUBJECT / TEXT"]))
+    click.echo(output.history_table(items))
     if len(items) == limit:
         click.echo(f"\nMore: add --before-id {items[-1]['message_id']}")
 

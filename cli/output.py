@@ -187,6 +187,20 @@ def entry_table(entries: Sequence[dict[str, Any]]) -> str:
     return table(rows, ["SEQ", "KIND", "FROM", "WHEN", "SUBJECT / TEXT"])
 
 
+def history_table(items: Sequence[dict[str, Any]]) -> str:
+    rows = [
+        [
+            str(item["message_id"]),
+            item["kind"],
+            sender_label(item) if item["direction"] == "out" else "from " + sender_label(item),
+            relative_time(item["sent_at"]),
+            shorten(summary(item)),
+        ]
+        for item in items
+    ]
+    return table(rows, ["ID", "KIND", "WITH", "WHEN", "SUBJECT / TEXT"])
+
+
 def entry_full(entry: dict[str, Any]) -> str:
     """The whole of one entry, headers first; a rick-roll's link is shown, never opened."""
     lines = [f"#{entry['seq']} {entry['kind']}" if entry.get("seq") else entry["kind"]]

@@ -7,6 +7,7 @@ another thread to live beside trio. Incoming mail is announced as it arrives, ab
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import sys
 from collections.abc import AsyncIterator
@@ -44,6 +45,10 @@ What would you like to do?
   6  Rick-roll someone
   7  History / search
   0  Disconnect"""
+SHORT_MENU = (
+    "\n1 email · 2 text · 3 announcement · 4 notifications{unread} · 5 who's online · "
+    "6 rick-roll · 7 history · 0 disconnect"
+)
 
 
 class InputClosed(Exception):
@@ -114,8 +119,9 @@ async def run_shell(options: ClientOptions) -> None:
     try:
         async with shell_session(options, console) as auth, stop_on_signals():
             await Shell(auth, console).run()
-    except InputClosed:
-        pass
+    except BaseException as exc:
+        if not isinstance(output.innermost(exc), InputClosed):  # input ended while logging in
+            raise
 
 
 @asynccontextmanager
@@ -167,7 +173,8 @@ class Shell:
         self.console.say(f"Connected to {self.auth.server} as {self.client.username}.")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.announce_incoming)
-            await self.menu()
+            with contextlib.suppress(InputClosed):  # the end of input means "disconnect"
+                await self.menu()
             nursery.cancel_scope.cancel()
         self.console.say("Disconnected. Bye!")
 
@@ -195,15 +202,19 @@ class Shell:
             "6": self.send_rickroll,
             "7": self.show_history,
         }
+        menu = MENU
         while True:
             unread = f" ({self.arrived} new)" if self.arrived else ""
-            self.console.say(MENU.format(unread=unread))
+            self.console.say(menu.format(unread=unread))
+            menu = SHORT_MENU  # the full menu once, then a reminder line
             choice = (await self.console.ask("Choose: ")).strip()
             if choice in ("0", "q", "quit", "exit"):
                 return
             action = actions.get(choice)
             if action is None:
-                self.console.say(f"Unknown choice {choice!r}: type a number from the menu.")
+                if choice not in ("", "?", "h", "help"):
+                    self.console.say(f"Unknown choice {choice!r}: type a number from the menu.")
+                menu = MENU
                 continue
             try:
                 await action()
@@ -274,4 +285,4 @@ class Shell:
         if not items:
             self.console.say("Nothing found.")
             return
-        self.console.say(output.entry_table(items))
+        self.console.say(output.history_table(items))
