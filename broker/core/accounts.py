@@ -180,6 +180,7 @@ class Accounts:
                 ErrorCode.REGISTRATION_CLOSED, "the invite code is unknown, used or expired"
             ) from None
         log.info("account %r created from %s (%s)", username, peer, user.role)
+        self.throttle.remember_address(username, peer)
         return user
 
     async def start_session(self, user: UserRecord, client: str) -> str:

@@ -144,6 +144,14 @@ class LoginThrottle:
     def is_known(self, username: str, address: str) -> bool:
         return address in self._known.get(username, ())
 
+    def remember_address(self, username: str, address: str) -> None:
+        """The account's owner was here (logged in, or created the account)."""
+        known = self._known.setdefault(username, OrderedDict())
+        known[address] = None
+        known.move_to_end(address)
+        while len(known) > KNOWN_ADDRESSES_PER_ACCOUNT:
+            known.popitem(last=False)
+
     def _failures(self, key: str) -> int:
         return self.failures.count(key) + self._in_flight[key]
 
@@ -185,11 +193,7 @@ class LoginThrottle:
             if ok is False:
                 self.failures.record(key)
         if ok:
-            known = self._known.setdefault(username, OrderedDict())
-            known[address] = None
-            known.move_to_end(address)
-            while len(known) > KNOWN_ADDRESSES_PER_ACCOUNT:
-                known.popitem(last=False)
+            self.remember_address(username, address)
             # A success frees this address's spacing (not the account's failure count).
             self._next_slot.pop(attempt.address_key, None)
         self._forget_idle_slots()
