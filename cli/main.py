@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-import trio
 
 from broker.client import RequestFailed
 from broker.protocol.requests import KINDS
@@ -39,6 +38,7 @@ from .output import (
 )
 from .session_file import SavedSession, delete_session, load_session, save_session
 
+AUTH_FAILED_MESSAGE = "unknown user or wrong password"
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -163,22 +163,28 @@ def login(
         create = password_stdin
     server = options.server or _saved_server() or DEFAULT_SERVER
 
-    async def run() -> tuple[dict[str, Any], int]:
+    offer_to_create = interactive and not create
+
+    async def attempt(password: str, create: bool) -> tuple[dict[str, Any], int] | None:
         async with open_client(options, server) as client:
             try:
                 response = await client.login(username, password, create=create)
             except RequestFailed as exc:
-                if exc.code != "auth_failed" or create or not interactive:
-                    raise
-                # The broker will not say whether the account exists: offer to create it.
-                if not await trio.to_thread.run_sync(_ask_create, username):
-                    raise
-                new_password = await trio.to_thread.run_sync(_ask_new_password)
-                response = await client.login(username, new_password, create=True)
+                if exc.code == "auth_failed" and offer_to_create and not create:
+                    return None
+                raise
             inbox = await client.inbox(unread_only=True, limit=1)
             return response, inbox["unread"]
 
-    response, unread = run_async(run)
+    result = run_async(attempt, password, create)
+    if result is None:
+        # The broker does not say whether the account exists: offer to create it. The questions
+        # are asked with no connection open, so a slow answer cannot hit the login timeout.
+        if not _ask_create(username):
+            fail(AUTH_FAILED_MESSAGE, EXIT_AUTH)
+        result = run_async(attempt, _ask_new_password(), True)
+        assert result is not None
+    response, unread = result
     path = save_session(
         SavedSession(
             server=server,

@@ -133,31 +133,40 @@ async def shell_session(options: ClientOptions, console: Console) -> AsyncIterat
             yield auth
         return
     server = options.server or DEFAULT_SERVER
-    async with open_client(options, server) as client:
-        response = await interactive_login(client, console)
-        saved = SavedSession(
-            server, response["username"], response["token"], response["resume_after"]
-        )
-        save_session(saved)
-        yield Authenticated(client, server, saved)
-
-
-async def interactive_login(client: Client, console: Console) -> dict[str, Any]:
-    """The original flow: user name, password; a new user name creates the account."""
+    # Questions are asked while no connection is open: the broker closes a connection that
+    # does not log in within its login timeout, and people type slower than that.
     username = (await console.ask("Username: ")).strip()
     password = await console.ask("Password: ", secret=True)
-    try:
-        return await client.login(username, password, create=False)
-    except RequestFailed as exc:
-        if exc.code != "auth_failed":
-            raise
+    async with open_client(options, server) as client:
+        try:
+            response = await client.login(username, password, create=False)
+        except RequestFailed as exc:
+            if exc.code != "auth_failed":
+                raise
+        else:
+            yield _saved(client, server, response)
+            return
+    new_password = await ask_new_account(console, username)
+    async with open_client(options, server) as client:
+        response = await client.login(username, new_password, create=True)
+        yield _saved(client, server, response)
+
+
+def _saved(client: Client, server: str, response: dict[str, Any]) -> Authenticated:
+    saved = SavedSession(server, response["username"], response["token"], response["resume_after"])
+    save_session(saved)
+    return Authenticated(client, server, saved)
+
+
+async def ask_new_account(console: Console, username: str) -> str:
+    """The original flow: an unknown user name is offered a new account, password twice."""
     if not await console.confirm(f"Login failed. Create a new account '{username}'?"):
         fail("unknown user or wrong password", EXIT_AUTH)
     for _ in range(3):
         first = await console.ask("New password: ", secret=True)
         second = await console.ask("Repeat the new password: ", secret=True)
         if first == second:
-            return await client.login(username, first, create=True)
+            return first
         console.say("The passwords differ; try again.")
     fail("the passwords did not match", EXIT_AUTH)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 import trio
-from cli_helpers import Expect, User, cli_env, read_to_end, run_cli, start_cli, stop
+from cli_helpers import REPO, Expect, User, cli_env, read_to_end, run_cli, start_cli, stop
 
 from cli.serve import redact_url
 
@@ -339,3 +340,37 @@ def test_database_passwords_are_not_printed() -> None:
         "postgresql+psycopg://mail:***@db:5432/mailnet"
     )
     assert redact_url("sqlite:////var/lib/mailnet.db") == "sqlite:////var/lib/mailnet.db"
+
+
+async def test_login_at_a_terminal_offers_to_create_the_account(alice: User) -> None:
+    """The interactive path: a pseudo-terminal, prompts, and the new password asked twice."""
+    import pexpect
+
+    def converse() -> tuple[int, str]:
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "cli", "login"],
+            env=alice.env,
+            cwd=str(REPO),
+            encoding="utf-8",
+            timeout=30,
+        )
+        child.expect("Username: ")
+        child.sendline("alice")
+        child.expect("Password: ")
+        child.sendline("first-try")
+        child.expect(r"Create account 'alice'\? \[y/N\]: ")
+        child.sendline("y")
+        child.expect("New password: ")
+        child.sendline("password1")
+        child.expect("Repeat the new password: ")
+        child.sendline("password1")
+        child.expect(pexpect.EOF)
+        child.close()
+        return child.exitstatus, child.before
+
+    status, said = await trio.to_thread.run_sync(converse)
+    assert status == 0, said
+    assert "Logged in as alice" in said and "new account created" in said
+    assert "first-try" not in said and "password1" not in said  # never echoed
+    await alice.ok("who")
