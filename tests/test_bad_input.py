@@ -476,3 +476,27 @@ async def test_an_announcement_nobody_else_can_receive_is_stored_without_error(
             items = await alone.history()
             assert [(i["kind"], i["direction"]) for i in items] == [("announcement", "out")]
     await assert_still_serving(broker)
+
+
+async def test_a_resume_point_beyond_the_mailbox_does_not_hide_mail(broker: RunningBroker) -> None:
+    """resume_after past the last seq (a client from before a database restore, or a buggy one)
+    starts from the end of the mailbox instead of skipping whatever comes next."""
+    async with broker.user("alice"), broker.user("bob"):
+        pass
+    with trio.fail_after(WAIT):
+        async with raw_connection(broker) as raw, broker.user("alice") as alice:
+            response = await raw.request(
+                "login", username="bob", password="password1", resume_after=10**12
+            )
+            assert response["ok"] is True
+            assert response["resume_after"] == response["last_seq"] == 0
+            await alice.send_text("bob", "first")
+            while (frame := await raw.receive()).get("event") != "mail":
+                pass
+            assert frame["entry"]["seq"] == 1
+            await raw.send({"op": "ack", "seq": 10**12})
+            assert (await raw.request("logout"))["bye"] is True
+        async with broker.user("bob") as bob, broker.user("alice") as alice:
+            await alice.send_text("bob", "second")
+            entry = await bob.next_mail()
+            assert (entry["seq"], entry["body"]) == (2, "second")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -68,7 +69,34 @@ class Broker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.commits.run)
             nursery.start_soon(self._flush_acks_forever)
+            if False and self.runner.store.shares_commits:
+                nursery.start_soon(self._follow_other_nodes)
             task_status.started()
+
+    async def _follow_other_nodes(self) -> None:
+        """Wake local sessions when any node commits mail for their user (PostgreSQL)."""
+        stop = threading.Event()
+
+        def on_notice(pairs: list[tuple[int, int]]) -> None:
+            try:
+                trio.from_thread.run_sync(self._notice_commits, pairs)
+            except trio.RunFinishedError:
+                stop.set()
+
+        try:
+            await trio.to_thread.run_sync(
+                self.runner.store.listen_for_commits,
+                on_notice,
+                stop.is_set,
+                abandon_on_cancel=True,
+            )
+        finally:
+            stop.set()
+
+    def _notice_commits(self, pairs: list[tuple[int, int]]) -> None:
+        for user_id, seq in pairs:
+            for session in self.presence.sessions_of(user_id):
+                session.notice_commit(seq)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -104,7 +132,9 @@ class Broker:
     ) -> AsyncIterator[LiveSession]:
         """Register a live session (it shows in `who`) and feed it from its resume point."""
         acked = max(user.acked_seq, self._acked_through.get(user.id, 0))
-        start = acked if resume_after is None else resume_after
+        # Nobody can have seen past the last seq given out (read at login): a larger resume
+        # point (a database restored from backup, a buggy client) would skip the next mail.
+        start = acked if resume_after is None else min(resume_after, max(user.last_seq, acked))
         session = LiveSession(user.id, user.username, client, cursor=max(0, start), address=address)
         self.presence.add(session)
         log.info("session %d of %r online (%s)", session.id, user.username, client or "client")
