@@ -63,6 +63,12 @@ class LiveSession:
             self._queued.append(entry)
         self._wakeup.set()
 
+    def notice_commit(self, seq: int) -> None:
+        """Another node (or this one) committed this user's entries through seq."""
+        if seq > self.cursor and not (self._queued and (self._queued[-1].seq or 0) >= seq):
+            self._must_fetch = True
+            self._wakeup.set()
+
     def offer_event(self, event: dict[str, Any]) -> None:
         if len(self._events) < MAX_QUEUED:
             self._events.append(event)
@@ -86,9 +92,9 @@ class LiveSession:
                     self.cursor = entries[-1].seq or self.cursor
                     return entries, self.take_events()
                 if queued and queued[0].seq != self.cursor + 1:
-                    # The gap is not visible in the store: drop the stragglers and refetch later.
+                    # The gap is not visible in the store yet: drop the stragglers; the next
+                    # offer or commit notice for this user fetches them from the store.
                     queued.clear()
-                    self._must_fetch = True
             ready: list[EntryRecord] = []
             while queued and queued[0].seq == self.cursor + 1:
                 entry = queued.popleft()

@@ -69,7 +69,7 @@ class Broker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.commits.run)
             nursery.start_soon(self._flush_acks_forever)
-            if False and self.runner.store.shares_commits:
+            if self.runner.store.shares_commits:
                 nursery.start_soon(self._follow_other_nodes)
             task_status.started()
 

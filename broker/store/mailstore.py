@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from .admin import AdminStoreMixin, blocked_pairs, redeem_invite
 from .database import Engines, make_engines
+from .notify import announce_commits, listen_for_commits
 from .models import AuthSession, MailboxEntry, Message, User, utcnow
 from .records import (
     Delivery,
@@ -358,6 +359,15 @@ class MailStore(AdminStoreMixin):
                 for row in conn.execute(stmt)
             ]
 
+    @property
+    def shares_commits(self) -> bool:
+        """True when other broker nodes may write this database (PostgreSQL)."""
+        return self.engines.write.dialect.name == "postgresql"
+
+    def listen_for_commits(self, on_notice, should_stop) -> None:  # type: ignore[no-untyped-def]
+        """Blocking (run it in a thread): report every node's commits as (user_id, seq)."""
+        listen_for_commits(self.engines.write, on_notice, should_stop)
+
     def integrity_check(self) -> str:
         with self.engines.read.connect() as conn:
             if not self.engines.is_sqlite:
@@ -451,6 +461,8 @@ class _SendBatch:
                 outcomes[index] = SendOutcome(message_id=message_id, deliveries=tuple(deliveries))
             if rows:
                 self.conn.execute(insert(mailbox), rows)
+                if self.conn.dialect.name == "postgresql":  # other nodes learn at commit
+                    announce_commits(self.conn, {r["user_id"]: r["seq"] for r in rows})
         for index, intent in enumerate(self.intents):
             if outcomes[index] is None:  # an in-batch retry of an earlier intent
                 key = (intent.sender_id, intent.client_msg_id or "")
