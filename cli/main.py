@@ -548,3 +548,11 @@ from .shell import shell  # noqa: E402
 main.add_command(serve)
 main.add_command(db)
 main.add_command(shell)
+
+from .admin import admin, block, blocks, passwd, unblock  # noqa: E402
+
+main.add_command(passwd)
+main.add_command(block)
+main.add_command(unblock)
+main.add_command(blocks)
+main.add_command(admin)
