@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import struct
 import typing
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +47,7 @@ from broker.protocol import (
     parse_request,
     request_id,
 )
+from broker.protocol import requests as requests_module
 from broker.protocol.requests import (
     MAX_BODY_CHARS,
     MAX_CLIENT_MSG_ID_CHARS,
@@ -693,3 +696,54 @@ def test_the_property_tests_tried_inputs() -> None:
     if any(count == 0 for count in tried.values()):
         pytest.skip("property tests were deselected in this run")
     assert tried["bytes"] > 0 and tried["dicts"] > 0 and tried["round_trips"] > 0
+
+
+# -- docs/protocol.md stays true ----------------------------------------------------------------
+
+PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def documented_exchanges() -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Every example request (`→ {...}`) in the doc, with the response (`← {...}`) that
+    answers it, if the example shows one."""
+    requests_: list[dict[str, Any]] = []
+    responses: dict[int | None, dict[str, Any]] = {}
+    pairs = []
+    for line in PROTOCOL_DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("→ {"):
+            requests_.append(json.loads(line[2:]))
+        elif line.startswith("← {"):
+            frame = json.loads(line[2:])
+            if "re" in frame:
+                responses[frame["re"]] = frame
+                if requests_ and request_id(requests_[-1]) == frame["re"]:
+                    pairs.append((requests_[-1], frame))
+    answered = {id(r) for r, _ in pairs}
+    pairs += [(r, None) for r in requests_ if id(r) not in answered]
+    return pairs
+
+
+def test_the_protocol_doc_names_every_error_code_and_operation() -> None:
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    for code in ErrorCode:
+        assert f"`{code.value}`" in text, f"error code {code.value} is not documented"
+    source = (Path(requests_module.__file__)).read_text(encoding="utf-8")
+    ops = re.findall(r'^\s+case "(\w+)":', source, flags=re.MULTILINE)
+    assert "login" in ops and "send" in ops
+    for op in ops:
+        assert f"`{op}`" in text, f"operation {op} is not documented"
+
+
+def test_the_protocol_doc_examples_agree_with_the_parser() -> None:
+    """Each example request parses, unless its documented response is the parser's error."""
+    exchanges = documented_exchanges()
+    assert len(exchanges) >= 20
+    for request, response in exchanges:
+        try:
+            parse_request(request)
+        except ProtocolError as exc:
+            assert response is not None, request
+            assert response["error"] == {"code": exc.code.value, "message": exc.message}
+        else:
+            if response is not None and not response["ok"]:
+                assert response["error"]["code"] not in ("bad_request", "unknown_op"), request
