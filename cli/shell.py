@@ -117,8 +117,10 @@ def shell(options: ClientOptions) -> None:
 async def run_shell(options: ClientOptions) -> None:
     console = Console()
     try:
-        async with shell_session(options, console) as auth, stop_on_signals():
-            await Shell(auth, console).run()
+        async with shell_session(options, console) as auth:
+            async with stop_on_signals():  # Ctrl-C and SIGTERM disconnect, as 0 does
+                await Shell(auth, console).run()
+            console.say("Disconnected. Bye!")
     except BaseException as exc:
         if not isinstance(output.innermost(exc), InputClosed):  # input ended while logging in
             raise
@@ -185,7 +187,6 @@ class Shell:
             with contextlib.suppress(InputClosed):  # the end of input means "disconnect"
                 await self.menu()
             nursery.cancel_scope.cancel()
-        self.console.say("Disconnected. Bye!")
 
     async def announce_incoming(self) -> None:
         while True:
