@@ -14,6 +14,7 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import trio
@@ -76,6 +77,20 @@ def _outbound_ipv4() -> list[str]:
             return [str(probe.getsockname()[0])]
     except OSError:
         return []
+
+
+def client_urls(urls: list[str]) -> list[str]:
+    """The web UI's URLs, with a wildcard host replaced by this machine's addresses."""
+    result: dict[str, None] = {}
+    for url in urls:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").strip("[]")
+        if host not in WILDCARD_HOSTS or parts.port is None:
+            result.setdefault(url, None)
+            continue
+        for address in client_addresses([(host, parts.port)]):
+            result.setdefault(urlunsplit(parts._replace(netloc=address)), None)
+    return list(result)
 
 
 @click.command()
@@ -149,7 +164,7 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
                 "addresses": addresses,
                 "tls": info.fingerprint is not None,
                 "fingerprint": info.fingerprint,
-                "web": list(info.web),
+                "web": client_urls(list(info.web)),
                 "db": database,
             }
         )
@@ -164,7 +179,7 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
             lines.append(
                 "Clients connect with --insecure-plaintext (or MAILNET_INSECURE_PLAINTEXT=1)."
             )
-        lines += [f"Web UI: {url}" for url in info.web]
+        lines += [f"Web UI: {url}" for url in client_urls(list(info.web))]
         lines.append(f"Database: {database}")
         lines.append("Stop with Ctrl-C.")
         click.echo("\n".join(lines))

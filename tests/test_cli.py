@@ -6,13 +6,15 @@ import json
 import socket
 import stat
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import trio
 from cli_helpers import REPO, Expect, User, cli_env, read_to_end, run_cli, start_cli, stop
 
-from cli.serve import redact_url
+from cli.output import duration, relative_time, table
+from cli.serve import client_addresses, client_urls, redact_url
 
 
 @pytest.fixture
@@ -374,3 +376,26 @@ async def test_login_at_a_terminal_offers_to_create_the_account(alice: User) -> 
     assert "Logged in as alice" in said and "new account created" in said
     assert "first-try" not in said and "password1" not in said  # never echoed
     await alice.ok("who")
+
+
+def test_a_wildcard_bind_is_shown_as_addresses_clients_can_use() -> None:
+    addresses = client_addresses([("0.0.0.0", 7878)])
+    assert addresses[0] == "127.0.0.1:7878"
+    assert all(a.endswith(":7878") and not a.startswith("0.0.0.0") for a in addresses)
+    assert client_addresses([("::", 7878)])[0] == "[::1]:7878"
+    assert client_addresses([("192.168.1.5", 7878)]) == ["192.168.1.5:7878"]
+    assert client_urls(["https://0.0.0.0:8080/"])[0] == "https://127.0.0.1:8080/"
+    assert client_urls(["http://127.0.0.1:8080/"]) == ["http://127.0.0.1:8080/"]
+
+
+def test_human_output_uses_relative_times_and_aligned_columns() -> None:
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    assert relative_time("2026-11-30T11:58:30.000000Z", now) == "1m ago"
+    assert relative_time(now - timedelta(hours=3, minutes=5), now) == "3h05m ago"
+    assert relative_time(now, now) == "just now"
+    assert duration(2 * 86400 + 5) == "2d"
+    assert table([["alice", "x"], ["bo", "longer text"]], ["USER", "NOTE"]).splitlines() == [
+        "USER   NOTE",
+        "alice  x",
+        "bo     longer text",
+    ]
