@@ -352,6 +352,7 @@ async def test_sender_is_always_the_authenticated_user(web):
         ("/api/read", b'{"seqs": []}', 422, "bad_request"),
         ("/api/read", b'{"seqs": [0]}', 422, "bad_request"),
         ("/api/read", b'{"seqs": [true]}', 422, "bad_request"),
+        ("/api/read", b'{"seqs": [405909669546727833600]}', 422, "bad_request"),
         ("/api/login", b'{"username": "no spaces allowed", "password": "x"}', 422, None),
         ("/api/login", b'{"username": 7, "password": "x"}', 422, "bad_request"),
     ],

@@ -319,7 +319,8 @@ def _parse_seqs(f: _Fields) -> MarkRead:
     seqs = f.frame.get("seqs")
     if not isinstance(seqs, list) or not seqs or len(seqs) > MAX_PAGE:
         raise _bad(f"field 'seqs' must be a list of 1 to {MAX_PAGE} sequence numbers")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seqs):
+    # Capped like every other integer field (_Fields.int): the database holds 64-bit integers.
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 2**62 for s in seqs):
         raise _bad("field 'seqs' must hold positive integers")
     return MarkRead(seqs=tuple(dict.fromkeys(seqs)))
 

@@ -20,7 +20,7 @@ from broker.protocol import ErrorCode, RemoteProtocolError
 
 _INTEGER_RE = re.compile(r"-?[0-9]{1,19}")
 _TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off", "")
+_FALSE = ("false", "0", "no", "off")
 
 
 class InputError(Exception):
@@ -68,7 +68,7 @@ async def read_json_object(request: Request, *, max_bytes: int, timeout: float) 
 
 def query_int(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if not _INTEGER_RE.fullmatch(raw.strip()):
         raise RemoteProtocolError(ErrorCode.BAD_REQUEST, f"parameter '{name}' must be an integer")
@@ -88,5 +88,5 @@ def query_bool(request: Request, name: str) -> bool:
 
 
 def query_str(request: Request, name: str) -> str | None:
-    raw = request.query_params.get(name)
-    return None if raw is None or raw == "" else raw
+    """The parameter as given; an empty value is passed on (and refused) rather than ignored."""
+    return request.query_params.get(name)

@@ -20,12 +20,23 @@ from broker.protocol.requests import (
     MAX_SUBJECT_CHARS,
 )
 
-USERNAME = {"type": "string", "minLength": 1, "maxLength": 32, "example": "bob"}
-CLIENT_MSG_ID = {
+MAX_INT = 2**62  # what broker.protocol accepts for any integer field
+
+USERNAME = {
     "type": "string",
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
+    "description": "1-32 letters, digits, '.', '_' or '-'; case does not matter.",
+    "example": "bob",
+}
+CLIENT_MSG_ID = {
+    "type": ["string", "null"],
     "minLength": 1,
     "maxLength": MAX_CLIENT_MSG_ID_CHARS,
     "description": "Your id for this send: a retry with the same id is stored once.",
+}
+ONE_RECIPIENT = {
+    "anyOf": [USERNAME, {"type": "array", "items": USERNAME, "minItems": 1}],
+    "description": "The one recipient (a list naming only that user is accepted too).",
 }
 SUBJECT = {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT_CHARS}
 BODY = {"type": "string", "minLength": 1, "maxLength": MAX_BODY_CHARS}
@@ -181,7 +192,13 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["to", "subject", "body"],
         "properties": {
-            "to": {"type": "array", "items": USERNAME, "minItems": 1, "maxItems": MAX_RECIPIENTS},
+            "to": {
+                "anyOf": [
+                    {"type": "array", "items": USERNAME, "minItems": 1, "maxItems": MAX_RECIPIENTS},
+                    USERNAME,
+                ],
+                "description": "The recipients (one name may be given as a string).",
+            },
             "subject": SUBJECT,
             "body": BODY,
             "client_msg_id": CLIENT_MSG_ID,
@@ -190,7 +207,7 @@ SCHEMAS: dict[str, Any] = {
     "TextRequest": {
         "type": "object",
         "required": ["to", "body"],
-        "properties": {"to": USERNAME, "body": BODY, "client_msg_id": CLIENT_MSG_ID},
+        "properties": {"to": ONE_RECIPIENT, "body": BODY, "client_msg_id": CLIENT_MSG_ID},
     },
     "AnnouncementRequest": {
         "type": "object",
@@ -200,7 +217,7 @@ SCHEMAS: dict[str, Any] = {
     "RickrollRequest": {
         "type": "object",
         "required": ["to"],
-        "properties": {"to": USERNAME, "client_msg_id": CLIENT_MSG_ID},
+        "properties": {"to": ONE_RECIPIENT, "client_msg_id": CLIENT_MSG_ID},
     },
     "SendResult": {
         "type": "object",
@@ -221,7 +238,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "seqs": {
                 "type": "array",
-                "items": {"type": "integer", "minimum": 1},
+                "items": {"type": "integer", "minimum": 1, "maximum": MAX_INT},
                 "minItems": 1,
                 "maxItems": MAX_PAGE,
             }
@@ -302,7 +319,7 @@ def openapi_schema() -> dict[str, Any]:
                         _query("limit", LIMIT, "Page size."),
                         _query(
                             "before_seq",
-                            {"type": "integer", "minimum": 1},
+                            {"type": "integer", "minimum": 1, "maximum": MAX_INT},
                             "Entries older than this seq (paging).",
                         ),
                     ],
@@ -330,7 +347,7 @@ def openapi_schema() -> dict[str, Any]:
                         _query("limit", LIMIT, "Page size."),
                         _query(
                             "before_id",
-                            {"type": "integer", "minimum": 1},
+                            {"type": "integer", "minimum": 1, "maximum": MAX_INT},
                             "Messages older than this message id (paging).",
                         ),
                     ],
