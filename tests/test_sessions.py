@@ -31,6 +31,7 @@ class RawClient:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.frames = FrameConnection()
+        self.token: str | None = None
 
     async def send(self, frame: dict[str, Any]) -> None:
         await self.stream.send_all(self.frames.send(frame))
@@ -71,7 +72,9 @@ async def silent_session(broker, name: str) -> AsyncIterator[RawClient]:
         await raw.send(
             {"op": "login", "id": 1, "username": name, "password": "password1", "create": True}
         )
-        assert (await raw.response(1))["ok"] is True
+        response = await raw.response(1)
+        assert response["ok"] is True
+        raw.token = response["token"]
         yield raw
     finally:
         await trio.aclose_forcefully(stream)
@@ -200,6 +203,9 @@ async def test_expired_user_can_log_in_again_at_once(broker, autojump_clock):
                 # And the new session works: mail reaches it.
                 await bob.send_text("alice", "welcome back")
                 assert (await again.next_mail())["body"] == "welcome back"
+            # Expiry ended the connection, not the login: its saved token still resumes.
+            async with broker.client() as resumed:
+                assert (await resumed.resume(alice.token))["username"] == "alice"
 
 
 async def test_client_with_heartbeats_stays_online_past_the_timeout(broker, autojump_clock):
