@@ -274,3 +274,25 @@ async def test_quota_refusal_is_not_remembered_as_a_send(tmp_path: Path) -> None
             async with broker.user("lee") as lee:
                 reply = await lee.send_text("kim", "second", client_msg_id="second")
     assert reply["duplicate"] is False
+
+
+async def test_quota_holds_when_many_sends_share_one_group_commit(tmp_path: Path) -> None:
+    config = make_config(tmp_path, mailbox_quota=5, send_rate=1000.0)
+    outcomes: list[str] = []
+
+    async def send(client: Client, i: int) -> None:
+        try:
+            await client.send_text("mo", f"burst {i}")
+            outcomes.append("ok")
+        except RequestFailed as exc:
+            outcomes.append(exc.code)
+
+    async with running_broker(config) as broker:
+        with trio.fail_after(30):
+            async with broker.user("mo") as mo:
+                await mo.logout()
+            async with broker.user("ned") as ned, trio.open_nursery() as nursery:
+                for i in range(12):  # all in flight together: one or two batches
+                    nursery.start_soon(send, ned, i)
+    assert sorted(outcomes) == ["ok"] * 5 + ["quota_exceeded"] * 7
+    assert query(tmp_path / "mailnet.db", "SELECT count(*) FROM mailbox") == [(5,)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,6 +10,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from broker.config import Config
+
+
+def known_settings(settings: dict[str, object]) -> dict[str, object]:
+    """The settings this version's Config has (limits come and go as the broker evolves)."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    return {name: value for name, value in settings.items() if name in known}
 
 
 def free_port() -> int:
