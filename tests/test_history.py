@@ -174,25 +174,30 @@ async def test_history_search_is_case_insensitive_and_takes_wildcards_literally(
 
 async def test_history_since_a_date(broker):
     with trio.fail_after(WAIT):
-        async with broker.user("alice") as alice, broker.user("bob"):
+        async with broker.user("alice") as alice, broker.user("bob") as bob:
             old = await alice.send_text("bob", "last year")
             await alice.send_text("bob", "this year")
-            # Backdate the first message in the store (the clock cannot be sent back in time).
+            # Backdate the first message in the store (the clock cannot be sent back in time),
+            # keeping the stored format: "YYYY-MM-DD HH:MM:SS.ffffff", in UTC.
             [(stamp,)] = db_execute(
                 broker.config, "SELECT created_at FROM messages WHERE id = ?", old["message_id"]
             )
+            backdated = "2020-06-15 12:00:00.000000"
+            assert len(stamp) == len(backdated)
             db_execute(
                 broker.config,
                 "UPDATE messages SET created_at = ? WHERE id = ?",
-                "2020-06-15" + stamp[10:],
+                backdated,
                 old["message_id"],
             )
+            both = ["this year", "last year"]
             assert bodies(await alice.history(since="2021-01-01")) == ["this year"]
-            assert bodies(await alice.history(since="2020-06-15T00:00:00+00:00")) == [
-                "this year",
-                "last year",
-            ]
+            assert bodies(await alice.history(since="2020-06-15")) == both
             assert bodies(await alice.history(since="2020-06-16")) == ["this year"]
+            # A date-time with an offset is compared in UTC: 13:30+02:00 is 11:30Z.
+            assert bodies(await bob.history(since="2020-06-15T13:30:00+02:00")) == both
+            assert bodies(await bob.history(since="2020-06-15T14:30:00+02:00")) == ["this year"]
+            assert bodies(await bob.history(since="2020-06-15T12:00:00Z")) == both
             with pytest.raises(RequestFailed) as refused:
                 await alice.history(since="last tuesday")
             assert refused.value.code == "bad_request"
