@@ -51,6 +51,9 @@ def note(message: str) -> None:
     click.echo(message, err=True)
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=True))
 

@@ -1,0 +1,199 @@
+"""`mailnet inbox`, `read`, `who`, `history` and `listen`: received mail, and who is on."""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from broker.protocol.requests import KINDS
+
+from . import output
+from .connect import ClientOptions, client_options, run_async, session_client, stop_on_signals
+from .output import EXIT_REFUSED, EXIT_USAGE, emit_json, fail, json_option, note
+from .session_file import save_session
+
+
+@click.command()
+@click.option("--unread", is_flag=True, help="Only unread mail.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+@client_options
+def inbox(unread: bool, limit: int, as_json: bool, options: ClientOptions) -> None:
+    """List your mail, newest first (* marks unread)."""
+
+    async def run() -> dict[str, Any]:
+        async with session_client(options) as auth:
+            return await auth.client.inbox(unread_only=unread, limit=limit)
+
+    result = run_async(run)
+    if as_json:
+        for entry in result["entries"]:
+            emit_json(entry)
+        return
+    if not result["entries"]:
+        click.echo("No unread mail." if unread else "No mail.")
+        return
+    click.echo(output.entry_table(result["entries"]))
+    click.echo(f"\n{result['unread']} unread. Read one with `mailnet read SEQ`.")
+
+
+async def find_entries(client: Any, seqs: list[int]) -> list[dict[str, Any]]:
+    """Each of the user's mailbox entries with these seqs, looked up through the inbox."""
+    found = []
+    for seq in seqs:
+        page = await client.inbox(limit=1, before_seq=seq + 1)
+        entries = [entry for entry in page["entries"] if entry["seq"] == seq]
+        if not entries:
+            fail(f"no message #{seq} in your mailbox", EXIT_REFUSED)
+        found.append(entries[0])
+    return found
+
+
+@click.command()
+@click.argument("seqs", nargs=-1, required=True, type=click.IntRange(min=1))
+@json_option
+@client_options
+def read(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> None:
+    """Show the messages with these SEQ numbers (from `inbox`) and mark them read."""
+    wanted = list(dict.fromkeys(seqs))
+
+    async def run() -> list[dict[str, Any]]:
+        async with session_client(options) as auth:
+            entries = await find_entries(auth.client, wanted)
+            await auth.client.mark_read(wanted)
+            return [{**entry, "read": True} for entry in entries]
+
+    entries = run_async(run)
+    if as_json:
+        for entry in entries:
+            emit_json(entry)
+        return
+    click.echo("\n\n".join(output.entry_full(entry) for entry in entries))
+
+
+@click.command()
+@json_option
+@client_options
+def who(as_json: bool, options: ClientOptions) -> None:
+    """Who is online now: since when, and idle for how long."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with session_client(options) as auth:
+            return await auth.client.who()
+
+    users = run_async(run)
+    if as_json:
+        for user in users:
+            emit_json(user)
+        return
+    rows = [
+        [
+            user["username"],
+            output.relative_time(user["since"]),
+            output.duration(user["idle_seconds"]),
+            str(user["sessions"]),
+        ]
+        for user in users
+    ]
+    click.echo(output.table(rows, ["USER", "ONLINE SINCE", "IDLE", "SESSIONS"]))
+
+
+_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str) -> str:
+    """An ISO date/date-time, or a relative '30m', '2h', '7d': as the ISO text the broker wants."""
+    match = _RELATIVE.match(value.strip())
+    if match:
+        delta = timedelta(**{_UNITS[match[2]]: int(match[1])})
+        return (datetime.now(UTC) - delta).isoformat()
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(
+            f"--since {value!r}: use an ISO date (2026-11-30), date-time, or 30m/2h/7d", EXIT_USAGE
+        )
+    return moment.isoformat()
+
+
+@click.command()
+@click.option("--with", "with_user", metavar="USER", help="Only mail to or from USER.")
+@click.option("--kind", type=click.Choice(KINDS), help="Only this kind of message.")
+@click.option("--search", metavar="TEXT", help="Text in the subject or body.")
+@click.option("--since", metavar="DATE", help="ISO date/date-time, or relative: 30m, 2h, 7d.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--before-id", type=click.IntRange(min=1), help="Page: messages older than this id.")
+@json_option
+@client_options
+def history(
+    with_user: str | None,
+    kind: str | None,
+    search: str | None,
+    since: str | None,
+    limit: int,
+    before_id: int | None,
+    as_json: bool,
+    options: ClientOptions,
+) -> None:
+    """Mail you sent and received, newest first, with filters."""
+    filters = {
+        "with_user": with_user,
+        "kind": kind,
+        "search": search,
+        "since": parse_since(since) if since else None,
+        "limit": limit,
+        "before_id": before_id,
+    }
+
+    async def run() -> list[dict[str, Any]]:
+        async with session_client(options) as auth:
+            return await auth.client.history(**filters)
+
+    items = run_async(run)
+    if as_json:
+        for item in items:
+            emit_json(item)
+        return
+    if not items:
+        click.echo("Nothing found.")
+        return
+    click.echo(output.history_table(items))
+    if len(items) == limit:
+        click.echo(f"\nMore: add --before-id {items[-1]['message_id']}")
+
+
+@click.command()
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many messages.")
+@json_option
+@client_options
+def listen(count: int | None, as_json: bool, options: ClientOptions) -> None:
+    """Stay connected and print mail as it arrives (queued mail first), acknowledging it.
+
+    Ctrl-C or SIGTERM stops it (exit 0).
+    """
+
+    async def run() -> None:
+        async with session_client(options, live=True) as auth, stop_on_signals():
+            client, shown = auth.client, 0
+            note(f"mailnet: listening as {client.username} on {auth.server} (Ctrl-C stops)")
+            while count is None or shown < count:
+                entry = await client.next_mail()
+                if as_json:
+                    emit_json(entry)
+                else:
+                    click.echo(
+                        f"[{output.relative_time(entry['sent_at'])}] #{entry['seq']} "
+                        + output.notification_line(entry)
+                    )
+                sys.stdout.flush()
+                shown += 1
+                await client.flush_ack()
+                if auth.saved is not None:
+                    save_session(auth.saved.with_last_seq(client.last_seq))
+
+    run_async(run)
