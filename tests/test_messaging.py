@@ -209,3 +209,28 @@ async def test_sending_before_login_is_refused(broker):
                 await anonymous.send_text("bob", "who am I?")
             assert refused.value.code == "not_authenticated"
     assert db_rows(broker.config, "SELECT count(*) FROM messages") == [(0,)]
+
+
+async def test_a_refused_send_does_not_fail_the_sends_committed_with_it(broker):
+    # Sends in flight together are committed in one transaction (group commit); one refused
+    # send must not take the others down with it.
+    with trio.fail_after(WAIT):
+        async with broker.user("alice") as alice, broker.user("bob") as bob:
+            acks: dict[int, dict] = {}
+            refusals: list[RequestFailed] = []
+
+            async def send(n: int) -> None:
+                try:
+                    to = ["bob", "nobody"] if n == 5 else ["bob"]
+                    acks[n] = await alice.send_email(to, f"s{n}", f"b{n}")
+                except RequestFailed as exc:
+                    refusals.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(10):
+                    nursery.start_soon(send, n)
+            assert [r.code for r in refusals] == ["unknown_recipient"]
+            assert sorted(acks) == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+            got = [await bob.next_mail() for _ in range(9)]
+            assert {e["message_id"] for e in got} == {a["message_id"] for a in acks.values()}
+    assert db_rows(broker.config, "SELECT count(*) FROM messages") == [(9,)]
