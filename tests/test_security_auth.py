@@ -352,3 +352,17 @@ async def test_a_prank_never_reveals_its_sender_to_the_recipient(broker: Running
         assert "alice" not in json.dumps(view)
     assert with_alice == []  # filtering by the suspect must not confirm the guess
     assert [s["sender"] for s in sent] == ["alice"]
+
+
+async def test_a_connection_is_closed_after_three_failed_logins(
+    broker: RunningBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(TIMEOUT):
+        async with raw_connection(broker) as raw:
+            for guess in ("guess1", "guess2"):
+                reply = await raw.request("login", username="alice", password=guess)
+                assert reply["error"]["code"] == "auth_failed"
+            await raw.request("resume", token="not-a-token")
+            assert await raw.wait_closed() == []  # the third answer came, then the close
+    assert logged(caplog, "3 failed logins") == 1

@@ -156,7 +156,7 @@ async def test_slow_and_silent_sockets_are_closed_at_the_login_timeout_while_a_c
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    login_timeout = 2.0
+    login_timeout = 5.0  # generous: the 50 sockets and the real client must all start first
     config = make_config(
         tmp_path,
         insecure_plaintext=False,  # TLS, so some sockets can stall inside the handshake

@@ -37,6 +37,7 @@ from broker.store import UserRecord
 log = logging.getLogger("mailnet.tcp")
 
 RECEIVE_SIZE = 64 * 1024
+MAX_FAILED_LOGINS_PER_CONNECTION = 3
 
 
 class ConnectionLimits:
@@ -82,9 +83,11 @@ class ClientConnection:
     token: str | None = None
     session: LiveSession | None = None
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
+    _outgoing: list[bytes] = field(default_factory=list)
     _closing: bool = False
     # When the socket was accepted: the TLS handshake and the login share one deadline.
     accepted_at: float | None = None
+    _failed_logins: int = 0
 
     def __post_init__(self) -> None:
         self.frames = FrameConnection(max_frame_bytes=self.config.max_frame_bytes)
@@ -93,9 +96,17 @@ class ClientConnection:
         self._login_deadline = start + self.config.login_timeout
 
     async def write(self, *objs: dict[str, Any]) -> None:
-        data = b"".join(self.frames.send(obj) for obj in objs)
+        """Send frames; returns once they are handed to the socket (backpressure).
+
+        Writers queue their bytes and whoever holds the lock sends everything queued, so the
+        responses to a group commit's sends leave in one syscall instead of one each.
+        """
+        self._outgoing.append(b"".join(self.frames.send(obj) for obj in objs))
         async with self._send_lock:
-            await self.stream.send_all(data)
+            if self._outgoing:  # else an earlier writer already sent ours
+                data = b"".join(self._outgoing)
+                self._outgoing.clear()
+                await self.stream.send_all(data)
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -210,7 +221,11 @@ class ClientConnection:
             case requests.Ping():
                 return {"pong": True}
             case requests.Login() | requests.Resume():
-                return await self._log_in(request)
+                try:
+                    return await self._log_in(request)
+                except RequestRefused as exc:
+                    self._count_failed_login(exc)
+                    raise
             case requests.Logout():
                 user = self._require_user()
                 await broker.logout(user, self.token)
@@ -281,6 +296,15 @@ class ClientConnection:
                     self._require_user(), self.config.invite_ttl
                 )
         raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, "unsupported operation")
+
+    def _count_failed_login(self, refusal: RequestRefused) -> None:
+        """A few failed logins and the connection is closed after its answer: a guesser must
+        reconnect (and count against the connection limits) to keep guessing."""
+        if refusal.code in (ErrorCode.AUTH_FAILED, ErrorCode.RATE_LIMITED):
+            self._failed_logins += 1
+            if self._failed_logins >= MAX_FAILED_LOGINS_PER_CONNECTION:
+                log.info("closing %s: %d failed logins", self.peer, self._failed_logins)
+                self._closing = True
 
     async def _log_in(self, request: requests.Login | requests.Resume) -> dict[str, Any]:
         if self.user is not None:
