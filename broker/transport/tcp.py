@@ -177,6 +177,11 @@ class ClientConnection:
         try:
             request = parse_request(frame)
         except ProtocolError as exc:
+            # Code and op only: the message may quote a field, and a field may hold a secret.
+            op = frame.get("op")
+            log.info(
+                "%s from %s (op %.20r)", exc.code, self.peer, op if isinstance(op, str) else None
+            )
             await self.write(error_response(rid, exc.code, exc.message))
             return
         if isinstance(request, requests.Send):
