@@ -36,6 +36,12 @@ def assert_one_error_line(result, code: int) -> str:
     return lines[0]
 
 
+async def both_log_in(*users: User) -> None:
+    async with trio.open_nursery() as nursery:
+        for user in users:
+            nursery.start_soon(user.login)
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -106,8 +112,7 @@ async def test_logout_revokes_the_token_and_deletes_the_file(alice: User) -> Non
 async def test_send_text_announce_inbox_read_history_as_json(
     alice: User, bob: User, broker
 ) -> None:
-    await alice.login()
-    await bob.login()
+    await both_log_in(alice, bob)
 
     email = await alice.ok(
         "send", "--to", "bob,alice", "--subject", "Lunch?", "--body", "At noon", "--json"
@@ -151,8 +156,7 @@ async def test_send_text_announce_inbox_read_history_as_json(
 
 
 async def test_body_is_read_from_stdin_when_omitted(alice: User, bob: User) -> None:
-    await alice.login()
-    await bob.login()
+    await both_log_in(alice, bob)
     await alice.ok("send", "--to", "bob", "--subject", "Report", stdin=b"line one\nline two\n")
     await alice.ok("text", "bob", stdin=b"texted from a pipe\n")
     bodies = [e["body"] for e in (await bob.ok("inbox", "--json")).json_lines()]
@@ -160,8 +164,7 @@ async def test_body_is_read_from_stdin_when_omitted(alice: User, bob: User) -> N
 
 
 async def test_rickroll_hides_the_sender_and_only_shows_the_link(alice: User, bob: User) -> None:
-    await alice.login()
-    await bob.login()
+    await both_log_in(alice, bob)
     await alice.ok("rickroll", "bob")
     entry = (await bob.ok("inbox", "--json")).json_lines()[0]
     assert entry["kind"] == "rickroll" and entry["sender"] is None
@@ -176,8 +179,7 @@ async def test_rickroll_hides_the_sender_and_only_shows_the_link(alice: User, bo
 
 
 async def test_offline_recipient_sees_queued_mail_after_logging_in(alice: User, bob: User) -> None:
-    await alice.login()
-    await bob.login()  # bob now exists, and is offline: no command of his is running
+    await both_log_in(alice, bob)  # bob now exists, and is offline: no command of his runs
     await alice.ok("text", "bob", "you were away")
     await alice.ok("send", "--to", "bob", "--subject", "Minutes", "--body", "attached")
 
