@@ -366,3 +366,16 @@ async def test_a_connection_is_closed_after_three_failed_logins(
             await raw.request("resume", token="not-a-token")
             assert await raw.wait_closed() == []  # the third answer came, then the close
     assert logged(caplog, "3 failed logins") == 1
+
+
+async def test_the_throttle_forgets_names_and_addresses_after_an_hour(
+    autojump_clock: object,
+) -> None:
+    throttle = _throttle(failures_per_hour=10_000, max_delay=0.0)
+    for i in range(2048):  # a spray of made-up names from many addresses
+        _fail(throttle, f"user{i}", f"198.51.100.{i % 200}")
+    assert len(throttle.failures._failures) > 2000
+    await trio.sleep(3601)
+    for _ in range(1024):
+        _fail(throttle, "alice", "203.0.113.9")
+    assert set(throttle.failures._failures) == {"user:alice", "ip:203.0.113.9"}

@@ -60,6 +60,7 @@ class FailureWindow:
 
     def __init__(self) -> None:
         self._failures: dict[str, deque[float]] = {}
+        self._records = 0
 
     def _recent(self, key: str) -> deque[float]:
         times = self._failures.get(key)
@@ -77,6 +78,10 @@ class FailureWindow:
 
     def record(self, key: str) -> None:
         self._failures.setdefault(key, deque()).append(trio.current_time())
+        self._records += 1
+        if self._records % 1024 == 0:  # forget keys with nothing left in the window
+            for stale in list(self._failures):
+                self._recent(stale)
 
     def clear(self, key: str) -> None:
         self._failures.pop(key, None)
