@@ -20,25 +20,31 @@ from .session_file import save_session
 @click.command()
 @click.option("--unread", is_flag=True, help="Only unread mail.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--before", type=click.IntRange(min=1), metavar="SEQ", help="Page: mail before SEQ.")
 @json_option
 @client_options
-def inbox(unread: bool, limit: int, as_json: bool, options: ClientOptions) -> None:
+def inbox(
+    unread: bool, limit: int, before: int | None, as_json: bool, options: ClientOptions
+) -> None:
     """List your mail, newest first (* marks unread)."""
 
     async def run() -> dict[str, Any]:
         async with session_client(options) as auth:
-            return await auth.client.inbox(unread_only=unread, limit=limit)
+            return await auth.client.inbox(unread_only=unread, limit=limit, before_seq=before)
 
     result = run_async(run)
+    entries = result["entries"]
     if as_json:
-        for entry in result["entries"]:
+        for entry in entries:
             emit_json(entry)
         return
-    if not result["entries"]:
+    if not entries:
         click.echo("No unread mail." if unread else "No mail.")
         return
-    click.echo(output.entry_table(result["entries"]))
+    click.echo(output.entry_table(entries))
     click.echo(f"\n{result['unread']} unread. Read one with `mailnet read SEQ`.")
+    if len(entries) == limit:
+        click.echo(f"More: add --before {entries[-1]['seq']}")
 
 
 async def find_entries(client: Any, seqs: list[int]) -> list[dict[str, Any]]:

@@ -211,6 +211,28 @@ async def test_listen_prints_mail_as_it_arrives(alice: User, bob: User, broker) 
         await stop(process)
 
 
+async def test_listen_stops_cleanly_on_sigterm(bob: User) -> None:
+    await bob.login()
+    process = await start_cli("listen", env=bob.env)
+    try:
+        await Expect(process.stderr).expect("listening as bob")
+    finally:
+        assert await stop(process) == 0
+
+
+async def test_inbox_pages_back_with_before(alice: User, bob: User, broker) -> None:
+    await both_log_in(alice, bob)
+    async with broker.user("alice", "password1") as client:
+        for n in range(3):
+            await client.send_text("bob", f"number {n}")
+    first = (await bob.ok("inbox", "--limit", "2", "--json")).json_lines()
+    assert [e["body"] for e in first] == ["number 2", "number 1"]
+    human = await bob.ok("inbox", "--limit", "2")
+    assert f"More: add --before {first[-1]['seq']}" in human.stdout
+    rest = await bob.ok("inbox", "--before", str(first[-1]["seq"]), "--json")
+    assert [e["body"] for e in rest.json_lines()] == ["number 0"]
+
+
 # -- failures ------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import trio
@@ -96,5 +97,18 @@ async def test_shell_shows_mail_that_arrived_while_offline(tmp_path: Path, broke
         await shell.stdin.send_all(b"0\n")
         with trio.fail_after(30):
             assert await shell.wait() == 0
+    finally:
+        await stop(shell)
+
+
+async def test_shell_disconnects_on_sigint(tmp_path: Path, broker) -> None:
+    alice = User("alice", tmp_path / "alice-config", broker.address)
+    await alice.login()
+    shell = await start_cli("shell", env=alice.env)
+    try:
+        out = Expect(shell.stdout)
+        await out.expect("Choose: ")
+        assert await stop(shell, signal.SIGINT) == 0
+        await out.expect("Disconnected. Bye!")
     finally:
         await stop(shell)
