@@ -686,3 +686,23 @@ async def test_an_admin_kick_closes_the_users_websocket(web):
         assert code == 1008
         assert messages[-1]["error"]["code"] == "session_ended"
         assert (await client.get("/api/me", headers=bearer(bob))).status_code == 401
+
+
+async def test_an_oversized_websocket_message_closes_the_socket(tmp_path):
+    config = make_config(tmp_path, web_port=0, max_frame_bytes=4096)
+    async with running_broker(config) as broker, http(broker) as client:
+        alice = await login(client, "alice")
+        async with live(broker, alice) as ws:
+            await ws.send_message(json.dumps({"op": "ping", "pad": "x" * 10_000}))
+            code, _ = await closed_with(ws)
+        assert code == 1009
+
+
+async def test_websockets_beyond_the_per_address_limit_are_refused(tmp_path):
+    config = make_config(tmp_path, web_port=0, max_connections_per_ip=1)
+    async with running_broker(config) as broker, http(broker) as client:
+        alice = await login(client, "alice")
+        async with live(broker, alice), open_websocket(broker) as second:
+            code, messages = await closed_with(second)
+        assert code == 1013
+        assert messages[0]["error"]["code"] == "too_many_connections"
