@@ -312,3 +312,18 @@ async def test_mailbox_quota_refuses_sends_until_the_owner_catches_up(
                     await bob.logout()  # acknowledges what it received
                 await alice.send_text("bob", "room again")
     assert logged(caplog, "mailbox full") == 1
+
+
+def test_limits_count_an_ipv6_subscriber_by_its_64() -> None:
+    from broker.core.throttle import client_network
+
+    assert client_network("2001:db8:1:2:aaaa::1") == client_network("2001:db8:1:2:bbbb::9")
+    assert client_network("2001:db8:1:2::1") != client_network("2001:db8:1:3::1")
+    assert client_network("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_network("192.0.2.7") == "192.0.2.7"
+    limits = tcp.ConnectionLimits(total=10, per_ip=2)
+    assert limits.admit("2001:db8::1") is None
+    assert limits.admit("2001:db8::2") is None
+    assert limits.admit("2001:db8::3") == "too many connections from your address"
+    limits.release("2001:db8::1")
+    assert limits.admit("2001:db8::4") is None

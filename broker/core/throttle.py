@@ -9,6 +9,7 @@ owner out.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -16,6 +17,20 @@ import trio
 
 BASE_DELAY = 0.25  # seconds between attempts once slowing starts; doubles per further failure
 KNOWN_ADDRESSES_PER_ACCOUNT = 20
+
+
+def client_network(address: str) -> str:
+    """The unit limits count by: an IPv4 address, or an IPv6 address's /64 (one subscriber
+    usually holds a whole /64, so counting single IPv6 addresses would count nothing)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @dataclass
@@ -147,13 +162,14 @@ class LoginThrottle:
         return min(self.max_delay, BASE_DELAY * 2 ** min(failures - self.slow_after, 30))
 
     def is_known(self, username: str, address: str) -> bool:
-        return address in self._known.get(username, ())
+        return client_network(address) in self._known.get(username, ())
 
     def remember_address(self, username: str, address: str) -> None:
         """The account's owner was here (logged in, or created the account)."""
+        network = client_network(address)
         known = self._known.setdefault(username, OrderedDict())
-        known[address] = None
-        known.move_to_end(address)
+        known[network] = None
+        known.move_to_end(network)
         while len(known) > KNOWN_ADDRESSES_PER_ACCOUNT:
             known.popitem(last=False)
 
@@ -161,7 +177,7 @@ class LoginThrottle:
         return self.failures.count(key) + self._in_flight[key]
 
     def admit(self, username: str, address: str) -> LoginAttempt:
-        account_key, address_key = "user:" + username, "ip:" + address
+        account_key, address_key = "user:" + username, "ip:" + client_network(address)
         known = self.is_known(username, address)
         account_failures = self._failures(account_key)
         budget = self.failures_per_hour if known else self.failures_per_hour - self.known_reserve

@@ -18,6 +18,7 @@ import trio
 
 from broker.config import Config
 from broker.core import Broker, LiveSession, entry_view, iso
+from broker.core.throttle import client_network
 from broker.protocol import (
     NEED_DATA,
     ErrorCode,
@@ -49,6 +50,7 @@ class ConnectionLimits:
         self.open = 0
 
     def admit(self, ip: str) -> str | None:
+        ip = client_network(ip)
         if self.open >= self.total:
             return "the broker has too many connections; try again later"
         if self.by_ip[ip] >= self.per_ip:
@@ -58,6 +60,7 @@ class ConnectionLimits:
         return None
 
     def release(self, ip: str) -> None:
+        ip = client_network(ip)
         self.open -= 1
         self.by_ip[ip] -= 1
         if self.by_ip[ip] <= 0:
