@@ -203,7 +203,12 @@ class Client:
     def _after_login(self, response: dict[str, Any]) -> dict[str, Any]:
         self.username = response["username"]
         self.token = response["token"]
-        self.last_seq = self._acked_seq = max(self.last_seq, response["resume_after"])
+        # The broker starts this session after resume_after, so that much needs no ack. Mail
+        # routed before this runs (pushed right behind the response) is not acked yet: taking
+        # last_seq as acknowledged here would leave it unacked and have it sent again next time.
+        resume_after = response["resume_after"]
+        self.last_seq = max(self.last_seq, resume_after)
+        self._acked_seq = max(self._acked_seq, resume_after)
         self._nursery.start_soon(self._heartbeat, float(response["heartbeat_interval"]))
         return response
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
+from functools import partial
 
 import trio
 from conftest import make_config, running_broker
 
+from broker.client import Trust, connect
 from broker.core import Broker
-from broker.protocol import requests
+from broker.protocol import NEED_DATA, FrameConnection, requests
 from broker.server import open_store
 
 WAIT = 10
@@ -276,3 +278,55 @@ async def test_flushing_acks_waits_for_a_flush_already_in_flight(tmp_path):
                 ]
     finally:
         store.close()
+
+
+# -- acknowledgements, in the client library ----------------------------------------------
+
+
+async def test_client_acks_mail_that_arrived_in_the_same_read_as_its_login_response():
+    # A backlog pushed right behind the login response can be routed (last_seq raised) before
+    # login() resumes. The library then took those seqs as already acknowledged and never
+    # acked them, so the next login got them all again. A stand-in broker on loopback sends
+    # the response and three entries in one write, then reads what the client acks.
+    frames = FrameConnection()
+    acked: list[int] = []
+    done = trio.Event()
+
+    def mail(seq: int) -> dict:
+        entry = {"seq": seq, "message_id": seq, "kind": "text", "sender": "alice"}
+        entry |= {"recipients": ["bob"], "subject": None, "body": f"m{seq}"}
+        entry |= {"sent_at": "2026-01-01T00:00:00.000000Z", "read": False, "direction": "in"}
+        return {"event": "mail", "entry": entry}
+
+    async def stand_in(stream: trio.SocketStream) -> None:
+        incoming = FrameConnection()
+        while not done.is_set():
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            incoming.receive_data(data)
+            while (frame := incoming.next_frame()) is not NEED_DATA:
+                assert isinstance(frame, dict)
+                if frame["op"] == "login":
+                    response = {"re": frame["id"], "ok": True, "username": "bob", "role": "user"}
+                    response |= {"token": "t", "created": False, "last_seq": 3}
+                    response |= {"resume_after": 0, "heartbeat_interval": 3600.0}
+                    burst = [response, mail(1), mail(2), mail(3)]
+                    await stream.send_all(b"".join(frames.send(f) for f in burst))
+                elif frame["op"] == "ack":
+                    acked.append(frame["seq"])
+                elif frame["op"] == "ping":
+                    await stream.send_all(frames.send({"re": frame["id"], "ok": True}))
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            [listener] = await nursery.start(partial(trio.serve_tcp, stand_in, 0, host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            async with connect(f"127.0.0.1:{port}", trust=Trust.plaintext()) as bob:
+                await bob.login("bob", "password1")
+                assert [(await bob.next_mail())["seq"] for _ in range(3)] == [1, 2, 3]
+                await bob.flush_ack()
+                await bob.ping()  # the stand-in reads frames in order: the ack came first
+                done.set()
+            nursery.cancel_scope.cancel()
+    assert acked == [3]
