@@ -3,12 +3,15 @@ registration policies, blocking. Every test runs over real loopback sockets."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
 from broker.client import BrokerUnreachable, RequestFailed
 from broker.config import Config
 from tests.conftest import RunningBroker, make_config, running_broker
+from tests.test_migrations import pg_url, requires_pg  # noqa: F401 (pg_url is a fixture)
 
 TIMEOUT = 10
 
@@ -218,7 +221,7 @@ async def test_audit_shows_prank_senders_and_admin_actions(broker: RunningBroker
 
 
 async def test_closed_registration_refuses_new_accounts_but_not_the_first_local_admin(
-    tmp_path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     config = make_config(tmp_path, registration="closed")
     with trio.fail_after(TIMEOUT):
@@ -234,7 +237,7 @@ async def test_closed_registration_refuses_new_accounts_but_not_the_first_local_
                 await client.login("root", "password1", create=True)
 
 
-async def test_invite_registration_takes_one_use_codes_from_an_admin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_invite_registration_takes_one_use_codes_from_an_admin(tmp_path: Path) -> None:
     config = make_config(tmp_path, registration="invite")
     with trio.fail_after(TIMEOUT):
         async with running_broker(config) as broker:
@@ -261,7 +264,7 @@ async def test_invite_registration_takes_one_use_codes_from_an_admin(tmp_path) -
                 assert refused.value.code == "registration_closed"
 
 
-def test_unknown_registration_policy_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_registration_policy_is_refused(tmp_path: Path) -> None:
     from broker.core.accounts import Accounts
 
     with pytest.raises(ValueError, match="registration"):
@@ -319,3 +322,38 @@ async def test_prank_opt_out_still_refuses_pranks(broker: RunningBroker) -> None
             with pytest.raises(RequestFailed) as refused:
                 await bob.rickroll("alice")
             assert refused.value.code == "prank_refused"
+
+
+# -- the same store features on PostgreSQL -----------------------------------------------------
+
+
+@requires_pg
+async def test_blocks_admin_and_invites_on_postgresql(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    config = make_config(tmp_path, db=pg_url, registration="invite")
+    with trio.fail_after(30):
+        async with running_broker(config) as broker:
+            async with broker.user("root") as root:
+                invites = [(await root.admin_invite())["invite"] for _ in range(2)]
+            for name, invite in zip(("alice", "bob"), invites, strict=True):
+                async with broker.client() as client:
+                    await client.login(name, "password1", create=True, invite=invite)
+            async with (
+                broker.user("root") as root,
+                broker.user("alice") as alice,
+                broker.user("bob") as bob,
+            ):
+                await alice.block("bob")
+                await bob.send_text("alice", "blocked")
+                await bob.rickroll("alice")
+                await root.send_text("alice", "not blocked")
+                assert (await alice.next_mail())["body"] == "not blocked"
+                assert await alice.history(with_user="bob") == []
+                audit = await root.admin_audit()
+                assert [(p["sender"], p["recipient"]) for p in audit["rickrolls"]] == [
+                    ("bob", "alice")
+                ]
+                await root.admin_set_disabled("bob", True)
+                assert (await _closed_by_broker(bob))["code"] == "session_ended"
+                await alice.change_password("password1", "password2")
+                users = {u["username"]: u for u in await root.admin_users()}
+                assert users["bob"]["disabled"] and not users["alice"]["disabled"]
