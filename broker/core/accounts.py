@@ -19,7 +19,7 @@ import trio
 from broker.config import Config
 from broker.protocol import ErrorCode, RequestRefused, check_password
 from broker.protocol.requests import MAX_PASSWORD_BYTES
-from broker.store import InviteInvalid, UsernameTaken, UserRecord
+from broker.store import InviteInvalid, MailStore, UsernameTaken, UserRecord
 
 from .runner import StoreRunner
 from .throttle import LoginRefused, LoginThrottle
@@ -217,5 +217,7 @@ class Accounts:
         return await self.start_session(user, client)
 
 
-def _create_user(store, username: str, password_hash: str, invite_hash: str | None):  # type: ignore[no-untyped-def]
+def _create_user(
+    store: MailStore, username: str, password_hash: str, invite_hash: str | None
+) -> UserRecord:
     return store.create_user(username, password_hash, invite_hash=invite_hash)

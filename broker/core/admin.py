@@ -113,7 +113,7 @@ class AccountAdmin:
             for a in accounts
         ]
 
-    async def set_disabled(self, user: UserRecord, username: str, disabled: bool) -> dict:
+    async def set_disabled(self, user: UserRecord, username: str, disabled: bool) -> dict[str, Any]:
         admin = await self.require_admin(user)
         target = await self._user_named(username)
         if disabled and target.id == admin.id:

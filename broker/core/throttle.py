@@ -107,7 +107,7 @@ class FailureWindow:
         if len(times) < limit:
             return 0.0
         oldest_to_expire = times[len(times) - limit]
-        return max(0.0, oldest_to_expire + self.WINDOW - trio.current_time())
+        return max(0.0, oldest_to_expire + self.WINDOW - float(trio.current_time()))
 
 
 class LoginRefused(Exception):
@@ -159,7 +159,7 @@ class LoginThrottle:
         """The spacing between attempts on a key with this many recent failures."""
         if failures < self.slow_after:
             return 0.0
-        return min(self.max_delay, BASE_DELAY * 2 ** min(failures - self.slow_after, 30))
+        return min(self.max_delay, BASE_DELAY * 2.0 ** min(failures - self.slow_after, 30))
 
     def is_known(self, username: str, address: str) -> bool:
         return client_network(address) in self._known.get(username, ())

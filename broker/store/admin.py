@@ -7,19 +7,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .database import Engines
 from .models import AuditEntry, AuthSession, Block, Invite, Message, User, utcnow
 
-users = User.__table__
-sessions = AuthSession.__table__
-blocks = Block.__table__
-audit_log = AuditEntry.__table__
-invites = Invite.__table__
-messages = Message.__table__
+users = cast(Table, User.__table__)
+sessions = cast(Table, AuthSession.__table__)
+blocks = cast(Table, Block.__table__)
+audit_log = cast(Table, AuditEntry.__table__)
+invites = cast(Table, Invite.__table__)
+messages = cast(Table, Message.__table__)
 
 
 class InviteInvalid(Exception):
