@@ -161,13 +161,33 @@ def run_async(function: Callable[..., Awaitable[T]], *args: Any) -> T:
 @asynccontextmanager
 async def open_client(options: ClientOptions, server: str) -> AsyncIterator[Client]:
     """A connected client; says so on stderr when the broker's certificate is pinned now."""
-    async with connect(server, trust=options.trust()) as client:
-        if client.pin is not None and client.pin.newly_pinned:
-            note(
-                f"mailnet: pinned the certificate of {client.pin.server}: "
-                f"{client.pin.fingerprint} (saved in {known_servers_path()})"
-            )
-        yield client
+    client: Client | None = None
+    try:
+        async with connect(server, trust=options.trust()) as client:
+            if client.pin is not None and client.pin.newly_pinned:
+                note(
+                    f"mailnet: pinned the certificate of {client.pin.server}: "
+                    f"{client.pin.fingerprint} (saved in {known_servers_path()})"
+                )
+            yield client
+    except BaseException as raw:
+        exc = innermost(raw)
+        # Dropped before logging in, by a reachable broker: most often TLS on one side only.
+        if (
+            isinstance(exc, BrokerUnreachable)
+            and (client is None or client.username is None)
+            and not str(exc).startswith("cannot reach")
+        ):
+            raise BrokerUnreachable(f"{exc} {_tls_hint(options)}") from None
+        raise
+
+
+def _tls_hint(options: ClientOptions) -> str:
+    if options.insecure_plaintext:
+        return (
+            "(if the broker uses TLS, leave out --insecure-plaintext / MAILNET_INSECURE_PLAINTEXT)"
+        )
+    return "(if the broker runs with --insecure-plaintext, connect with --insecure-plaintext too)"
 
 
 def env_credentials() -> tuple[str, str] | None:

@@ -254,6 +254,13 @@ async def test_broker_down_is_exit_4(tmp_path: Path) -> None:
     assert "cannot reach the broker" in assert_one_error_line(result, 4)
 
 
+async def test_tls_client_against_a_plaintext_broker_gets_a_hint(tmp_path: Path, broker) -> None:
+    env = cli_env(tmp_path, broker.address, MAILNET_USER="alice", MAILNET_PASSWORD="password1")
+    result = await run_cli("inbox", env=env)  # TLS with pinning: the default
+    line = assert_one_error_line(result, 4)
+    assert "TLS handshake" in line and "--insecure-plaintext" in line
+
+
 @pytest.mark.parametrize(
     "args",
     [
