@@ -206,3 +206,63 @@ async def test_random_and_broken_frames_never_stop_the_broker(
     assert integrity == "ok"
     broken = [r for r in caplog.records if r.name.startswith("mailnet") and r.levelno >= 40]
     assert broken == [], [r.getMessage() for r in broken]
+
+
+async def test_garbage_at_the_tls_layer_never_stops_the_broker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Random bytes instead of a ClientHello, a ClientHello cut short, and garbage after a good
+    handshake: each ends in a closed connection and a log line, and real clients carry on."""
+    import ssl
+
+    from broker.client import Trust, connect
+
+    caplog.set_level(logging.INFO)
+    rng = random.Random(SEED + 1)
+    config = make_config(tmp_path, insecure_plaintext=False, login_timeout=5.0)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    tried = Counter[str]()
+    with trio.fail_after(60):
+        async with running_broker(config) as broker:
+            port = broker.info.tcp_port
+
+            async def attack(kind: str, noise: bytes) -> None:
+                tried[kind] += 1
+                stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
+                try:
+                    if kind == "random":  # another protocol, then noise
+                        await stream.send_all(b"GET / HTTP/1.1\r\n" + noise)
+                    elif kind == "bad_record":  # a handshake record longer than TLS allows
+                        await stream.send_all(b"\x16\x03\x01\xff\xff" + noise)
+                    else:  # a good handshake, then bytes that are not TLS records
+                        stream = trio.SSLStream(stream, context, server_hostname="localhost")
+                        await stream.do_handshake()
+                        await stream.transport_stream.send_all(noise)
+                    while await stream.receive_some(4096):
+                        pass
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                finally:
+                    await trio.aclose_forcefully(stream)
+
+            for _ in range(3):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(20):
+                        kind = rng.choice(["random", "bad_record", "after"])
+                        nursery.start_soon(attack, kind, rng.randbytes(rng.randint(1, 2048)))
+                known = tmp_path / "known_servers.json"
+                async with connect(broker.address, trust=Trust.pinning(known)) as client:
+                    await client.login("alice", "password1", create=True)
+                    await client.send_text("alice", "still here")
+                    assert (await client.next_mail())["body"] == "still here"
+    print(f"\ntls fuzz: {sum(tried.values())} connections, seed {SEED + 1}: {dict(tried)}")
+    assert sum(tried.values()) == 60
+    assert logged_lines(caplog, "TLS handshake failed") == tried["random"] + tried["bad_record"]
+    broken = [r for r in caplog.records if r.name.startswith("mailnet") and r.levelno >= 40]
+    assert broken == [], [r.getMessage() for r in broken]
+
+
+def logged_lines(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records if r.name.startswith("mailnet"))
