@@ -379,3 +379,13 @@ async def test_the_throttle_forgets_names_and_addresses_after_an_hour(
     for _ in range(1024):
         _fail(throttle, "alice", "203.0.113.9")
     assert set(throttle.failures._failures) == {"user:alice", "ip:203.0.113.9"}
+
+
+async def test_a_success_of_your_own_does_not_reset_your_spacing(autojump_clock: object) -> None:
+    throttle = _throttle()
+    for i in range(8):  # spraying guesses at other people's accounts
+        await trio.sleep(_fail(throttle, f"victim{i}", "203.0.113.9"))
+    own = throttle.admit("mallory", "203.0.113.9")
+    await trio.sleep(own.delay)
+    throttle.finish(own, ok=True, username="mallory", address="203.0.113.9")
+    assert throttle.admit("victim9", "203.0.113.9").delay > 0

@@ -214,9 +214,9 @@ class LoginThrottle:
             if ok is False:
                 self.failures.record(key)
         if ok:
+            # A success frees nothing: a guesser could log in to an account of their own
+            # between guesses at others to wipe their address's spacing.
             self.remember_address(username, address)
-            # A success frees this address's spacing (not the account's failure count).
-            self._next_slot.pop(attempt.address_key, None)
         self._forget_idle_slots()
 
     def _forget_idle_slots(self) -> None:
