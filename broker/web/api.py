@@ -59,7 +59,7 @@ class HttpApi:
                 result = await handler(request)
             except RequestRefused as exc:
                 log.info("refused %s %s: %s", request.method, request.url.path, exc.message)
-                return error_response(exc.code, exc.message, **exc.details)
+                return error_response(exc.code, exc.message, details=exc.details)
             except (ProtocolError, InputError) as exc:
                 return error_response(exc.code, exc.message)
             except Exception:

@@ -8,6 +8,7 @@ import logging
 import ssl
 from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -171,7 +172,8 @@ async def serve_web(
     app = create_app(broker, config)
     hconfig = hypercorn_config(config)
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(hypercorn_serve, app, hconfig))
+        # hypercorn's ASGI types are narrower than Starlette's; the app is plain ASGI 3.
+        binds = await nursery.start(partial(hypercorn_serve, cast(Any, app), hconfig))
         urls = [url.rstrip("/") + "/" for url in binds]
         log.info("web UI at %s", ", ".join(urls))
         task_status.started(urls)

@@ -7,6 +7,7 @@ wire protocol's (docs/protocol.md) plus two that only HTTP has (`method_not_allo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -50,9 +51,14 @@ def status_for(code: str) -> int:
 
 
 def error_response(
-    code: str, message: str, *, headers: dict[str, str] | None = None, **details: Any
+    code: str,
+    message: str,
+    *,
+    details: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The JSON error for `code`, with its status and the headers that go with it."""
+    details = details or {}
     status = status_for(code)
     extra = dict(NO_STORE)
     if status == 401:
