@@ -872,7 +872,8 @@
     if (kind === 'email') {
       const to = splitRecipients(toRaw);
       if (!to.length) return fail('Add at least one recipient.');
-      if (!subject && !body.trim()) return fail('Write a subject or a message.');
+      if (!subject) return fail('Add a subject.');
+      if (!body.trim()) return fail('Write a message.');
       path = '/api/emails'; payload = { to, subject, body };
       done = `Email sent to ${to.join(', ')}.`;
     } else if (kind === 'text') {
@@ -882,7 +883,8 @@
       path = '/api/texts'; payload = { to, body };
       done = `Text sent to ${to}.`;
     } else if (kind === 'announcement') {
-      if (!subject && !body.trim()) return fail('Write a subject or a message.');
+      if (!subject) return fail('Add a subject.');
+      if (!body.trim()) return fail('Write a message.');
       path = '/api/announcements'; payload = { subject, body };
       done = 'Announcement sent.';
     } else if (kind === 'rickroll') {
