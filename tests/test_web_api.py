@@ -16,6 +16,8 @@ import trio
 from conftest import RunningBroker, make_config, running_broker
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from broker.client import RequestFailed
+from broker.core import Broker
 from broker.server import certificate_paths
 
 WAIT = 10
@@ -706,3 +708,41 @@ async def test_websockets_beyond_the_per_address_limit_are_refused(tmp_path):
             code, messages = await closed_with(second)
         assert code == 1013
         assert messages[0]["error"]["code"] == "too_many_connections"
+
+
+async def test_sending_too_fast_is_rate_limited_like_over_tcp(tmp_path):
+    config = make_config(tmp_path, web_port=0, send_rate=0.01, send_burst=2)
+    async with running_broker(config) as broker, http(broker) as client:
+        alice = await login(client, "alice")
+        await login(client, "bob")
+        statuses = []
+        for n in range(3):
+            response = await client.post(
+                "/api/texts", headers=bearer(alice), json={"to": "bob", "body": f"m{n}"}
+            )
+            statuses.append(response.status_code)
+        assert statuses == [200, 200, 429]
+        assert error_code(response) == "rate_limited"
+        assert int(response.headers["retry-after"]) >= 1
+        async with broker.user(
+            "alice"
+        ) as tcp_alice:  # the budget is the user's, not the transport's
+            with pytest.raises(RequestFailed) as refused:
+                await tcp_alice.send_text("bob", "over TCP")
+            assert refused.value.code == "rate_limited"
+
+
+async def test_an_unexpected_failure_is_a_json_500_without_details(web, monkeypatch, caplog):
+    def broken(self):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(Broker, "who", broken)
+    async with http(web) as client:
+        token = await login(client, "alice")
+        response = await client.get("/api/who", headers=bearer(token))
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"code": "internal", "message": "internal error; it was logged"}
+    }
+    assert "secret internals" not in response.text
+    assert "secret internals" in caplog.text  # logged for the operator
