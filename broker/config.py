@@ -42,6 +42,9 @@ class Config:
     login_max_delay: float = 30.0  # the longest spacing between attempts on one account/IP
     registration: str = "open"  # open | closed | invite
     invite_ttl: float = 7 * 24 * 3600.0  # seconds an invite code stays valid
+    # With several nodes on one database: how often each node closes live sessions whose login
+    # another node revoked (kick, disable, password change).
+    revoked_session_check: float = 5.0
     bcrypt_rounds: int = 12
     max_in_flight_per_connection: int = 256
 

@@ -357,3 +357,27 @@ async def test_blocks_admin_and_invites_on_postgresql(pg_url: str, tmp_path: Pat
                 await alice.change_password("password1", "password2")
                 users = {u["username"]: u for u in await root.admin_users()}
                 assert users["bob"]["disabled"] and not users["alice"]["disabled"]
+
+
+@requires_pg
+async def test_kick_and_password_change_reach_sessions_on_another_node(
+    pg_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    node_a = make_config(tmp_path / "a", db=pg_url, revoked_session_check=0.1)
+    node_b = make_config(tmp_path / "b", db=pg_url, revoked_session_check=0.1)
+    with trio.fail_after(30):
+        async with running_broker(node_a) as a, running_broker(node_b) as b:
+            async with a.user("root") as root, b.user("bob") as bob_on_b:
+                await root.admin_kick("bob")
+                assert (await _closed_by_broker(bob_on_b))["code"] == "session_ended"
+            async with (
+                a.user("alice") as alice_on_a,
+                b.user("alice") as alice_on_b,
+            ):
+                await alice_on_a.change_password("password1", "password2")
+                assert (await _closed_by_broker(alice_on_b))["code"] == "session_ended"
+                # The session that changed the password stays, through later sweeps too.
+                await trio.sleep(0.5)
+                assert not alice_on_a.closed
+                await alice_on_a.who()

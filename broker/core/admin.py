@@ -52,9 +52,13 @@ class AccountAdmin:
         client: str,
         current: LiveSession | None = None,
     ) -> PasswordChanged:
+        if current is not None:
+            current.token_hash = ""  # exempt from revocation sweeps while its login changes
         token = await self.accounts.change_password(
             user, old_password, new_password, peer=peer, client=client
         )
+        if current is not None:
+            current.token_hash = hash_token(token)
         ended = self.presence.end_sessions_of(
             user.id, "your password was changed; log in again", keep=current
         )
@@ -85,6 +89,29 @@ class AccountAdmin:
     async def list_blocks(self, user: UserRecord) -> list[dict[str, Any]]:
         blocks = await self.runner.read(self.runner.store.blocks_of, user.id)
         return [{"username": b.username, "since": iso(b.since)} for b in blocks]
+
+    async def end_revoked_sessions_forever(self, interval: float) -> None:
+        """With several nodes on one database, a kick, disable or password change on one node
+        revokes the logins in the database; this closes the live sessions that ran under them
+        on this node. (On one node the sessions are ended at once, without waiting.)"""
+        if not self.runner.store.shares_commits:
+            return
+        while True:
+            await trio.sleep(interval)
+            sessions = [s for s in self.presence.all_sessions() if s.token_hash]
+            if not sessions:
+                continue
+            asked = {s.token_hash for s in sessions}
+            try:
+                alive = await self.runner.read(
+                    self.runner.store.existing_token_hashes, sorted(asked)
+                )
+            except RequestRefused:
+                continue  # the database is unavailable: check again later
+            for session in sessions:
+                if session.token_hash in asked and session.token_hash not in alive:
+                    log.info("session %d of %r was revoked elsewhere", session.id, session.username)
+                    session.end("your login was ended (kicked, disabled or password changed)")
 
     # -- admins only ----------------------------------------------------------------------------
 

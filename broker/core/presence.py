@@ -42,6 +42,7 @@ class LiveSession:
     _must_fetch: bool = True  # the backlog, first
     _wakeup: trio.Event = field(default_factory=trio.Event)
     address: str = ""  # the client's IP address, for admins
+    token_hash: str = ""  # the login it runs under ("" while it changes, or for none)
     # Set when the session must end now (kicked, disabled, password changed); every transport
     # waits on it and closes the connection, telling the client `end_reason`.
     ended: trio.Event = field(default_factory=trio.Event)

@@ -69,6 +69,9 @@ class Broker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.commits.run)
             nursery.start_soon(self._flush_acks_forever)
+            nursery.start_soon(
+                self.admin.end_revoked_sessions_forever, self.config.revoked_session_check
+            )
             if self.runner.store.shares_commits:
                 nursery.start_soon(self._follow_other_nodes)
             task_status.started()

@@ -107,6 +107,19 @@ class AdminStoreMixin:
             result = conn.execute(delete(sessions).where(sessions.c.user_id == user_id))
         return result.rowcount
 
+    def existing_token_hashes(self, token_hashes: list[str]) -> set[str]:
+        """Which of these login sessions still exist (the others were revoked)."""
+        found: set[str] = set()
+        with self.engines.read.connect() as conn:
+            for start in range(0, len(token_hashes), 2000):
+                chunk = token_hashes[start : start + 2000]
+                found.update(
+                    conn.execute(
+                        select(sessions.c.token_hash).where(sessions.c.token_hash.in_(chunk))
+                    ).scalars()
+                )
+        return found
+
     def delete_auth_sessions_of(self, user_id: int) -> int:
         with self.engines.write.begin() as conn:
             result = conn.execute(delete(sessions).where(sessions.c.user_id == user_id))

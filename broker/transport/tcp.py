@@ -18,6 +18,7 @@ import trio
 
 from broker.config import Config
 from broker.core import Broker, LiveSession, entry_view, iso
+from broker.core.accounts import hash_token
 from broker.core.throttle import client_network
 from broker.protocol import (
     NEED_DATA,
@@ -332,6 +333,7 @@ class ClientConnection:
             user, token = await self.broker.user_for_token(request.token), request.token
         self.user, self.token = user, token
         self.session = await self._nursery.start(self._run_feed, user, request)
+        self.session.token_hash = hash_token(token)  # so a revocation elsewhere can end it
         self._nursery.start_soon(self._close_when_ended, self.session)
         return {
             "username": user.username,
