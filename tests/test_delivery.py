@@ -154,6 +154,24 @@ async def test_second_session_starts_after_what_a_live_session_acknowledged(brok
                 assert (entry["seq"], entry["body"]) == (2, "twice")
 
 
+async def test_acks_of_a_live_session_are_written_in_the_background(broker, autojump_clock):
+    # Without a logout or a stop, the broker writes acks on its own within about a second.
+    # Virtual time (autojump) races ahead while SQLite threads run, so this waits for the
+    # stored value to change rather than for a fixed time.
+    def stored_ack() -> int:
+        [(acked,)] = db_rows(broker.config, "SELECT acked_seq FROM users WHERE username = 'bob'")
+        return acked
+
+    with trio.fail_after(3600):  # virtual seconds, generous for the races described above
+        async with broker.user("alice") as alice, broker.user("bob") as bob:
+            for n in range(3):
+                await alice.send_text("bob", f"m{n}")
+            assert [(await bob.next_mail())["seq"] for _ in range(3)] == [1, 2, 3]
+            await bob.flush_ack()
+            while stored_ack() != 3:
+                await trio.sleep(1)
+
+
 async def test_resume_after_n_delivers_exactly_the_entries_after_n(broker):
     with trio.fail_after(WAIT):
         await create_accounts(broker, "bob")
