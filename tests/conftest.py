@@ -10,13 +10,16 @@ import pytest
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     # pytest-trio runs each test inside a nursery, which wraps every failure in a one-item
-    # ExceptionGroup; unwrapping it keeps the report pointing at the real assertion.
+    # ExceptionGroup, and so does each client connection's nursery the failure passes through;
+    # unwrapping them keeps the report pointing at the real assertion.
     try:
         return (yield)
     except BaseExceptionGroup as group:
         if len(group.exceptions) != 1:
             raise
         only_failure = group.exceptions[0]
+        while isinstance(only_failure, BaseExceptionGroup) and len(only_failure.exceptions) == 1:
+            only_failure = only_failure.exceptions[0]
     # Raised outside the except block so the group does not become the failure's context.
     raise only_failure
 
