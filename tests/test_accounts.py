@@ -156,3 +156,37 @@ async def test_each_login_gets_a_new_token_stored_only_as_a_hash(broker):
     stored = {row[0] for row in db_rows(broker.config, "SELECT token_hash FROM auth_sessions")}
     assert len(stored) == 2
     assert not stored & tokens
+
+
+async def test_accounts_created_at_once_get_exactly_one_admin(broker):
+    roles: dict[str, str] = {}
+
+    async def sign_up(name: str) -> None:
+        async with broker.client() as client:
+            roles[name] = (await client.login(name, "password1", create=True))["role"]
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            for n in range(6):
+                nursery.start_soon(sign_up, f"user{n}")
+    assert sorted(roles.values()) == ["admin"] + ["user"] * 5
+    assert db_rows(broker.config, "SELECT count(*) FROM users WHERE role = 'admin'") == [(1,)]
+
+
+async def test_one_name_claimed_twice_at_once_is_created_once(broker):
+    outcomes: list[object] = []
+
+    async def claim(password: str) -> None:
+        async with broker.client() as client:
+            try:
+                outcomes.append((await client.login("alice", password, create=True))["created"])
+            except RequestFailed as exc:
+                outcomes.append(exc.code)
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim, "password1")
+            nursery.start_soon(claim, "password2")
+    # One claim made the account; the other found it taken and its password was checked.
+    assert sorted(outcomes, key=str) == [True, "auth_failed"]
+    assert db_rows(broker.config, "SELECT count(*) FROM users") == [(1,)]
