@@ -69,3 +69,7 @@ main.add_command(block)
 main.add_command(unblock)
 main.add_command(blocks)
 main.add_command(admin)
+
+from .bench import bench  # noqa: E402
+
+main.add_command(bench)

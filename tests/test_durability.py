@@ -36,7 +36,7 @@ async def kill9_and_restart(process: BrokerProcess) -> None:
 
 async def terminate_and_restart(process: BrokerProcess) -> None:
     code = await trio.to_thread.run_sync(process.terminate)
-    assert code == 0
+    assert code == 0, f"graceful stop exited {code}:\n{process.log_tail()}"
     await trio.to_thread.run_sync(process.start)
 
 

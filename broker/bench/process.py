@@ -61,6 +61,18 @@ class BrokerProcess:
         return self.data_dir / "mailnet.db"
 
     @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the broker's stderr (every run of it), for failure messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
@@ -83,14 +95,22 @@ class BrokerProcess:
     def start(self, timeout: float = 30.0) -> None:
         assert self.proc is None, "already running"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env
-        )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the handle
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=subprocess.PIPE,
+                stderr=log if self.stderr is None else self.stderr,
+                text=True,
+                env=env,
+            )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line:
             code = self.proc.wait(timeout)
             self.proc = None
-            raise RuntimeError(f"the broker exited with code {code} before listening")
+            raise RuntimeError(
+                f"the broker exited with code {code} before listening:\n{self.log_tail()}"
+            )
         info = json.loads(line)
         assert info["port"] == self.port, info
         self.starts += 1

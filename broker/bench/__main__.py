@@ -1,0 +1,40 @@
+"""`python -m broker.bench [--json] [--quick] [--duration S]`: see broker/bench/run.py."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .run import Plan, format_table, mosquitto_address, run_benchmark
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m broker.bench",
+        description="Benchmark mailnet on 127.0.0.1 (and Mosquitto, if one is running).",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
+    parser.add_argument("--duration", type=float, help="seconds measured per timed workload")
+    parser.add_argument("--load-procs", type=int, help="load generator processes")
+    parser.add_argument("--no-mosquitto", action="store_true", help="skip the Mosquitto peer")
+    args = parser.parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan()
+    if args.duration is not None:
+        plan = dataclasses.replace(plan, duration=args.duration)
+    if args.load_procs is not None:
+        plan = dataclasses.replace(plan, load_procs=args.load_procs)
+    if not args.no_mosquitto:
+        plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
+    results = run_benchmark(plan)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(results), indent=2))
+    else:
+        print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

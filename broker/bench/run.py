@@ -1,0 +1,457 @@
+"""The benchmark: a broker in a child process, load processes driving it, a table of figures.
+
+Each scenario gets a fresh broker on a fresh temporary SQLite file (WAL, synchronous=FULL: every
+acknowledgement is after fsync, exactly as in production), plaintext on 127.0.0.1, with the
+per-user send rate limits and quotas raised so the benchmark measures throughput, not policy.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+
+from .load import PASSWORD
+from .process import BrokerProcess, known_settings
+
+BENCH_SETTINGS: dict[str, object] = {
+    "send_rate": 1e9,
+    "send_burst": 1_000_000_000,
+    "mailbox_quota": 10_000_000,
+    "max_connections": 19_000,
+    "max_connections_per_ip": 19_000,
+    "heartbeat_timeout": 600.0,
+    "login_timeout": 120.0,
+    "min_free_disk_bytes": 0,
+    # Every load client logs in from 127.0.0.1 at once: keep login throttling out of the way.
+    "login_slow_after": 1_000_000,
+    "login_max_delay": 0.0,
+}
+
+TARGETS = {
+    "peer_texts": "≥ 1.5× Mosquitto",
+    "request_response": "≥ 20,000 msgs/s, p99 ≤ 15 ms",
+    "steady_rate": "p99 ≤ 10 ms at 5,000 msgs/s",
+    "backlog": "≥ 100,000 msgs/s",
+    "announcement": "(no target)",
+}
+
+
+@dataclass
+class Plan:
+    duration: float = 10.0
+    warmup: float = 2.0
+    load_procs: int = 1
+    pairs: int = 100  # peer texts: senders (each with an online recipient)
+    window: int = 32
+    rr_connections: int = 100
+    steady_rate: float = 5000.0
+    steady_pairs: int = 50
+    backlog: int = 100_000
+    backlog_senders: int = 50
+    announce_users: int = 10_000
+    announce_online: int = 1_000
+    mosquitto: str | None = None  # host:port of a Mosquitto to compare with
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            duration=3.0,
+            warmup=1.0,
+            backlog=20_000,
+            announce_users=2_000,
+            announce_online=200,
+        )
+
+
+@dataclass
+class Results:
+    machine: dict[str, Any] = field(default_factory=dict)
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+    import platform
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def mosquitto_address() -> str | None:
+    """127.0.0.1:1883 if a Mosquitto (or any MQTT broker) answers there."""
+    try:
+        with socket.create_connection(("127.0.0.1", 1883), timeout=0.5):
+            return "127.0.0.1:1883"
+    except OSError:
+        return None
+
+
+def run_load(
+    module: str, address: str, shards: list[dict[str, Any]], *, scenario: str | None = None
+) -> list[dict[str, Any]]:
+    """Start one load process per shard, let them connect, start them together, collect."""
+    procs = []
+    for params in shards:
+        cmd = [sys.executable, "-m", module]
+        if scenario is not None:
+            cmd.append(scenario)
+        cmd += [address, json.dumps(params)]
+        procs.append(
+            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        )
+    try:
+        for proc in procs:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if not line or not json.loads(line).get("ready"):
+                raise RuntimeError(f"a load process ({module} {scenario}) failed to start")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            line = proc.stdout.readline() if proc.stdout else ""
+            if not line:
+                raise RuntimeError(f"a load process ({module} {scenario}) failed")
+            results.append(json.loads(line))
+        return results
+    finally:
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def shards_of(total: int, procs: int) -> list[int]:
+    return [total // procs + (1 if i < total % procs else 0) for i in range(procs)]
+
+
+def merge_latency(results: list[dict[str, Any]]) -> dict[str, float]:
+    # Shards' percentiles are combined conservatively: the worst shard's p99.
+    lat = [r["latency"] for r in results if r["latency"]["samples"]]
+    if not lat:
+        return {}
+    return {
+        "p50_ms": max(x["p50_ms"] for x in lat),
+        "p99_ms": max(x["p99_ms"] for x in lat),
+        "max_ms": max(x["max_ms"] for x in lat),
+        "samples": sum(x["samples"] for x in lat),
+    }
+
+
+def rate(count: float, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+class Bench:
+    def __init__(self, plan: Plan, workdir: Path) -> None:
+        self.plan = plan
+        self.workdir = workdir
+        self.results = Results(machine=machine_info())
+
+    def fresh_broker(self, name: str) -> BrokerProcess:
+        broker = BrokerProcess(
+            self.workdir / name, settings=known_settings(BENCH_SETTINGS), stderr=subprocess.DEVNULL
+        )
+        broker.start()
+        return broker
+
+    def scenario(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        progress(f"{name}: running")
+        try:
+            result = fn()
+        except Exception as exc:  # one failed scenario should not hide the others' figures
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        self.results.scenarios[name] = result
+        progress(f"{name}: {json.dumps(result)}")
+
+    def run(self) -> Results:
+        self.scenario("peer_texts", self.peer_texts)
+        if self.plan.mosquitto:
+            self.scenario("mosquitto_peer", self.mosquitto_peer)
+            mailnet = self.results.scenarios["peer_texts"].get("delivered_per_s")
+            peer = self.results.scenarios["mosquitto_peer"].get("delivered_per_s")
+            if mailnet and peer:
+                self.results.scenarios["peer_texts"]["ratio_to_mosquitto"] = round(
+                    mailnet / peer, 3
+                )
+        self.scenario("request_response", self.request_response)
+        self.scenario("steady_rate", self.steady_rate)
+        self.scenario("backlog", self.backlog)
+        self.scenario("announcement", self.announcement)
+        return self.results
+
+    def _timed_shards(self, **params: Any) -> list[dict[str, Any]]:
+        p = self.plan
+        return [
+            {"duration": p.duration, "warmup": p.warmup, "shard": i, **params}
+            for i in range(p.load_procs)
+        ]
+
+    def peer_texts(self) -> dict[str, Any]:
+        p = self.plan
+        broker = self.fresh_broker("peer")
+        try:
+            shards = self._timed_shards(window=p.window)
+            for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
+                shard["pairs"] = pairs
+            results = run_load("broker.bench.load", broker.address, shards, scenario="peer_texts")
+        finally:
+            broker.kill()
+        elapsed = max(r["elapsed"] for r in results)
+        return {
+            "senders": p.pairs,
+            "window": p.window,
+            "acked_per_s": rate(sum(r["acked"] for r in results), elapsed),
+            "delivered_per_s": rate(sum(r["delivered"] for r in results), elapsed),
+            "send_to_deliver": merge_latency(results),
+        }
+
+    def mosquitto_peer(self) -> dict[str, Any]:
+        p = self.plan
+        assert p.mosquitto is not None
+        shards = self._timed_shards(window=p.window)
+        for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
+            shard["pairs"] = pairs
+        results = run_load("broker.bench.mqttload", p.mosquitto, shards)
+        elapsed = max(r["elapsed"] for r in results)
+        return {
+            "address": p.mosquitto,
+            "pairs": p.pairs,
+            "window": p.window,
+            "acked_per_s": rate(sum(r["acked"] for r in results), elapsed),
+            "delivered_per_s": rate(sum(r["delivered"] for r in results), elapsed),
+            "send_to_deliver": merge_latency(results),
+        }
+
+    def request_response(self) -> dict[str, Any]:
+        p = self.plan
+        broker = self.fresh_broker("rr")
+        try:
+            create_users(broker.db_path, ["sink"])
+            shards = self._timed_shards(sink="sink")
+            for shard, n in zip(shards, shards_of(p.rr_connections, p.load_procs), strict=True):
+                shard["connections"] = n
+            results = run_load(
+                "broker.bench.load", broker.address, shards, scenario="request_response"
+            )
+        finally:
+            broker.kill()
+        elapsed = max(r["elapsed"] for r in results)
+        return {
+            "connections": p.rr_connections,
+            "msgs_per_s": rate(sum(r["acked"] for r in results), elapsed),
+            "latency": merge_latency(results),
+        }
+
+    def steady_rate(self) -> dict[str, Any]:
+        p = self.plan
+        broker = self.fresh_broker("steady")
+        try:
+            shards = self._timed_shards(rate=p.steady_rate / p.load_procs)
+            for shard, n in zip(shards, shards_of(p.steady_pairs, p.load_procs), strict=True):
+                shard["pairs"] = n
+            results = run_load("broker.bench.load", broker.address, shards, scenario="steady_rate")
+        finally:
+            broker.kill()
+        elapsed = max(r["elapsed"] for r in results)
+        return {
+            "target_per_s": p.steady_rate,
+            "sent_per_s": rate(sum(r["sent"] for r in results), elapsed),
+            "delivered_per_s": rate(sum(r["delivered"] for r in results), elapsed),
+            "send_to_deliver": merge_latency(results),
+        }
+
+    def backlog(self) -> dict[str, Any]:
+        p = self.plan
+        broker = self.fresh_broker("backlog")
+        try:
+            create_users(broker.db_path, ["offline"])
+            shards = [
+                {"senders": n, "window": p.window, "to": "offline", "shard": i}
+                for i, n in enumerate(shards_of(p.backlog_senders, p.load_procs))
+            ]
+            counts = shards_of(p.backlog, p.load_procs)
+            for shard, n in zip(shards, counts, strict=True):
+                shard["count"] = n
+            progress(f"backlog: queueing {p.backlog} messages through {p.backlog_senders} senders")
+            fill = run_load("broker.bench.load", broker.address, shards, scenario="fill_backlog")
+            fill_elapsed = max(r["elapsed"] for r in fill)
+            progress("backlog: draining")
+            drain = run_load(
+                "broker.bench.load",
+                broker.address,
+                [{"user": "offline", "count": p.backlog}],
+                scenario="drain_backlog",
+            )[0]
+        finally:
+            broker.kill()
+        return {
+            "messages": p.backlog,
+            "queued_per_s": rate(p.backlog, fill_elapsed),
+            "drain_per_s": rate(drain["delivered"], drain["elapsed"]),
+            "drain_s": round(drain["elapsed"], 3),
+            "login_s": round(drain["login_s"], 4),
+        }
+
+    def announcement(self) -> dict[str, Any]:
+        p = self.plan
+        broker = self.fresh_broker("announce")
+        try:
+            users = [f"a{i}" for i in range(p.announce_users)]
+            progress(f"announcement: creating {len(users)} users by direct insert (setup)")
+            create_users(broker.db_path, ["announcer", *users])
+            result = run_load(
+                "broker.bench.load",
+                broker.address,
+                [{"users": users, "online": p.announce_online, "announcer": "announcer"}],
+                scenario="announcement",
+            )[0]
+        finally:
+            broker.kill()
+        return {
+            "users": p.announce_users,
+            "online": p.announce_online,
+            "durable_s": round(result["durable_s"], 4),
+            "pushed_to_all_online_s": round(result["pushed_s"], 4),
+        }
+
+
+def create_users(db_path: Path, names: list[str]) -> None:
+    """Benchmark setup only: insert accounts straight into the broker's SQLite file.
+
+    One transaction and one precomputed bcrypt hash (cost 4) instead of a login per account;
+    the broker reads users from the database, so they work like any other account.
+    """
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    conn = sqlite3.connect(db_path, timeout=30)
+    try:
+        with conn:
+            conn.executemany(
+                "INSERT INTO users (username, password_hash, role, disabled, prank_opt_out,"
+                " last_seq, acked_seq, created_at) VALUES (?, ?, 'user', 0, 0, 0, 0, ?)",
+                [(name, hashed, created) for name in names],
+            )
+    finally:
+        conn.close()
+
+
+def format_table(results: Results) -> str:
+    s = results.scenarios
+    rows: list[tuple[str, str, str]] = []
+
+    def add(name: str, figure: str, target_key: str) -> None:
+        rows.append((name, figure, TARGETS.get(target_key, "")))
+
+    def err(name: str) -> str | None:
+        return s.get(name, {}).get("error")
+
+    if "peer_texts" in s:
+        r = s["peer_texts"]
+        if err("peer_texts"):
+            add("durable 1:1 texts e2e", "error: " + r["error"], "peer_texts")
+        else:
+            ratio = r.get("ratio_to_mosquitto")
+            figure = (
+                f"{r['delivered_per_s']:,.0f} msgs/s delivered ({r['acked_per_s']:,.0f} acked), "
+                f"{r['senders']} senders × window {r['window']}"
+            )
+            if ratio is not None:
+                figure += f"; {ratio:.2f}× Mosquitto"
+            add("durable 1:1 texts e2e", figure, "peer_texts")
+    if "mosquitto_peer" in s:
+        r = s["mosquitto_peer"]
+        figure = (
+            "error: " + r["error"]
+            if err("mosquitto_peer")
+            else f"{r['delivered_per_s']:,.0f} msgs/s delivered (QoS 1, {r['pairs']} pairs)"
+        )
+        add("  Mosquitto, same workload", figure, "")
+    if "request_response" in s:
+        r = s["request_response"]
+        figure = (
+            "error: " + r["error"]
+            if err("request_response")
+            else f"{r['msgs_per_s']:,.0f} msgs/s, p50 {r['latency']['p50_ms']:.2f} ms, "
+            f"p99 {r['latency']['p99_ms']:.2f} ms ({r['connections']} conns)"
+        )
+        add("request/response", figure, "request_response")
+    if "steady_rate" in s:
+        r = s["steady_rate"]
+        if err("steady_rate"):
+            figure = "error: " + r["error"]
+        else:
+            lat = r["send_to_deliver"]
+            figure = (
+                f"at {r['delivered_per_s']:,.0f} msgs/s delivered "
+                f"(asked {r['target_per_s']:,.0f}): "
+                f"p50 {lat.get('p50_ms', float('nan')):.2f} ms, "
+                f"p99 {lat.get('p99_ms', float('nan')):.2f} ms"
+            )
+        add("send→deliver latency", figure, "steady_rate")
+    if "backlog" in s:
+        r = s["backlog"]
+        figure = (
+            "error: " + r["error"]
+            if err("backlog")
+            else f"{r['drain_per_s']:,.0f} msgs/s ({r['messages']:,} in {r['drain_s']:.2f} s)"
+        )
+        add("backlog drain at login", figure, "backlog")
+    if "announcement" in s:
+        r = s["announcement"]
+        figure = (
+            "error: " + r["error"]
+            if err("announcement")
+            else f"{r['users']:,} users: durable in {r['durable_s'] * 1000:.0f} ms, pushed to "
+            f"{r['online']:,} online in {r['pushed_to_all_online_s'] * 1000:.0f} ms"
+        )
+        add("announcement", figure, "announcement")
+    width = max(len(r[0]) for r in rows) if rows else 10
+    fig_width = max(len(r[1]) for r in rows) if rows else 10
+    lines = [f"{'workload':<{width}}  {'measured':<{fig_width}}  target"]
+    lines.append("-" * len(lines[0]) + "-" * 20)
+    lines += [f"{a:<{width}}  {b:<{fig_width}}  {c}" for a, b, c in rows]
+    m = results.machine
+    lines.append("")
+    lines.append(
+        f"machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), Python {m.get('python')}, "
+        f"SQLite {m.get('sqlite')}"
+    )
+    return "\n".join(lines)
+
+
+def run_benchmark(plan: Plan) -> Results:
+    with tempfile.TemporaryDirectory(prefix="mailnet-bench-") as tmp:
+        return Bench(plan, Path(tmp)).run()

@@ -1,0 +1,38 @@
+"""`mailnet bench`: run the benchmark (broker.bench) and print its table or JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import click
+
+from broker.bench.run import Plan, format_table, mosquitto_address, run_benchmark
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
+@click.option("--quick", is_flag=True, help="A short run (well under a minute).")
+@click.option("--duration", type=float, help="Seconds measured per timed workload.")
+@click.option("--load-procs", type=click.IntRange(1, 16), help="Load generator processes.")
+@click.option("--no-mosquitto", is_flag=True, help="Skip the Mosquitto comparison.")
+def bench(
+    as_json: bool, quick: bool, duration: float | None, load_procs: int | None, no_mosquitto: bool
+) -> None:
+    """Benchmark a fresh local broker (127.0.0.1, temporary database) and print the figures.
+
+    Progress goes to stderr. Where an MQTT broker answers on 127.0.0.1:1883 (Mosquitto), the
+    same peer workload runs against it and mailnet's figure is shown as a ratio.
+    """
+    plan = Plan.quick() if quick else Plan()
+    if duration is not None:
+        plan = dataclasses.replace(plan, duration=duration)
+    if load_procs is not None:
+        plan = dataclasses.replace(plan, load_procs=load_procs)
+    if not no_mosquitto:
+        plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
+    results = run_benchmark(plan)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(results), indent=2))
+    else:
+        click.echo(format_table(results))
