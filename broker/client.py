@@ -128,7 +128,7 @@ class Client:
                     assert isinstance(frame, dict)
                     self._route(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError) as exc:
-            self._closed = f"connection lost: {exc}"
+            self._closed = self._closed or f"connection lost: {exc}"
         finally:
             if self._closed is None:
                 self._closed = "the broker closed the connection"
