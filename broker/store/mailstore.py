@@ -7,6 +7,7 @@ one transaction, and only its outcome is what senders are acknowledged with.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -32,6 +33,7 @@ messages = Message.__table__
 mailbox = MailboxEntry.__table__
 
 _CHUNK = 2000  # bound on bound parameters per statement (SQLite allows 32766)
+_SQLITE_MAX_PARAMS = 30_000  # per raw multi-row statement; SQLite 3.32+ allows 32766
 
 
 class UsernameTaken(Exception):
@@ -470,8 +472,9 @@ class _SendBatch:
                     deliveries.append(Delivery(target.id, target.username, entry))
                 outcomes[index] = SendOutcome(message_id=message_id, deliveries=tuple(deliveries))
             if rows and self.sqlite:
-                self._executemany(
-                    "INSERT INTO mailbox (user_id, seq, message_id) VALUES (?, ?, ?)",
+                self._insert_rows(
+                    "mailbox",
+                    "user_id, seq, message_id",
                     [(r["user_id"], r["seq"], r["message_id"]) for r in rows],
                 )
             elif rows:
@@ -488,21 +491,20 @@ class _SendBatch:
 
     def _existing_ids(self) -> dict[tuple[int, str], int]:
         if self.sqlite:
-            # One indexed lookup per key on the raw connection: a prepared statement costs
-            # microseconds, where a query per sender through SQLAlchemy costs a millisecond.
-            cursor = self.conn.connection.driver_connection.cursor()
+            # One statement for the whole batch: the keys as a VALUES list driving indexed
+            # lookups (CROSS JOIN keeps that order), not one query per sender.
+            keys = list({(i.sender_id, i.client_msg_id) for i in self.intents if i.client_msg_id})
             found: dict[tuple[int, str], int] = {}
-            try:
-                for intent in self.intents:
-                    if intent.client_msg_id:
-                        row = cursor.execute(
-                            "SELECT id FROM messages WHERE sender_id = ? AND client_msg_id = ?",
-                            (intent.sender_id, intent.client_msg_id),
-                        ).fetchone()
-                        if row is not None:
-                            found[(intent.sender_id, intent.client_msg_id)] = row[0]
-            finally:
-                cursor.close()
+            for chunk in _chunks(keys, self._max_params() // 2):
+                sql = (
+                    "SELECT m.id, v.column1, v.column2 FROM (VALUES "
+                    + ",".join(["(?, ?)"] * len(chunk))
+                    + ") AS v CROSS JOIN messages AS m"
+                    " ON m.sender_id = v.column1 AND m.client_msg_id = v.column2"
+                )
+                params = [value for key in chunk for value in key]
+                for message_id, sender_id, client_msg_id in self._raw(sql, params):
+                    found[(sender_id, client_msg_id)] = message_id
             return found
         keyed: dict[int, list[str]] = defaultdict(list)
         for intent in self.intents:
@@ -519,13 +521,27 @@ class _SendBatch:
                     found[(sender_id, row.client_msg_id)] = row.id
         return found
 
-    def _executemany(self, sql: str, params: list[tuple]) -> None:
-        """SQLite only: one prepared statement run for every row, on the raw connection."""
+    def _max_params(self) -> int:
+        raw = self.conn.connection.driver_connection
+        return min(_SQLITE_MAX_PARAMS, raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+
+    def _raw(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        """SQLite only: run one statement on the raw DBAPI connection (same transaction)."""
         cursor = self.conn.connection.driver_connection.cursor()
         try:
-            cursor.executemany(sql, params)
+            return cursor.execute(sql, params).fetchall()
         finally:
             cursor.close()
+
+    def _insert_rows(self, table: str, columns: str, rows: list[tuple]) -> None:
+        """SQLite only: multi-row INSERTs. Each statement is one step of the SQLite engine
+        (one release of the GIL), where executemany would step, and hand the GIL over to the
+        event loop's thread, once per row."""
+        width = len(rows[0])
+        marks = "(" + ", ".join(["?"] * width) + ")"
+        for chunk in _chunks(rows, self._max_params() // width):
+            sql = f"INSERT INTO {table} ({columns}) VALUES " + ",".join([marks] * len(chunk))
+            self._raw(sql, [value for row in chunk for value in row])
 
     def _users_by_name(self, names: set[str]) -> dict[str, Row]:
         found: dict[str, Row] = {}
@@ -558,9 +574,9 @@ class _SendBatch:
             # The timestamp goes through its column type once, not once per row.
             created_at = messages.c.created_at.type._cached_bind_processor(self.conn.dialect)
             stamp = created_at(self.now) if created_at else self.now
-            self._executemany(
-                "INSERT INTO messages (id, kind, sender_id, recipients, subject, body,"
-                " client_msg_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            self._insert_rows(
+                "messages",
+                "id, kind, sender_id, recipients, subject, body, client_msg_id, created_at",
                 [
                     (
                         message_id,
