@@ -500,3 +500,31 @@ async def test_a_resume_point_beyond_the_mailbox_does_not_hide_mail(broker: Runn
             await alice.send_text("bob", "second")
             entry = await bob.next_mail()
             assert (entry["seq"], entry["body"]) == (2, "second")
+
+
+async def test_extreme_dates_and_numbers_are_refused_or_answered_never_internal(
+    broker: RunningBroker,
+) -> None:
+    """Values at the edges of what the database can hold get a clear answer, not a traceback."""
+    async with raw_connection(broker) as raw:
+        await raw.login("alice")
+        for fields in (
+            {"since": "9999-12-31T23:59:59-14:00"},
+            {"since": "0001-01-01T00:00:00+14:00"},
+        ):
+            response = await raw.request("history", **fields)
+            assert response["error"]["code"] == "bad_request", fields
+        edge_cases: list[tuple[str, dict[str, Any]]] = [
+            ("history", {"since": "9999-12-31T00:00:00Z"}),
+            ("history", {"since": "0001-01-01"}),
+            ("history", {"before_id": 2**62}),
+            ("inbox", {"before_seq": 2**62}),
+        ]
+        for op, fields in edge_cases:
+            response = await raw.request(op, **fields)
+            assert response["ok"] is True, (op, fields, response)
+        for seqs in ([2**62], [2**63], [10**30]):
+            response = await raw.request("mark_read", seqs=seqs)
+            assert response["error"]["code"] in ("not_found", "bad_request"), seqs
+        response = await raw.request("ack", seq=2**63)
+        assert response["error"]["code"] == "bad_request"

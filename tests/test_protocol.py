@@ -526,6 +526,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     ("history unknown kind", {"op": "history", "kind": "fax"}, "must be one of"),
     ("history since not a date", {"op": "history", "since": "yesterday"}, "ISO date"),
     ("history since a number", {"op": "history", "since": 20260101}, "must be a string"),
+    ("history since after 9999", {"op": "history", "since": "9999-12-31T23:59-14:00"}, "range"),
+    ("history since before 1", {"op": "history", "since": "0001-01-01T00:00+14:00"}, "range"),
     ("history search too long", {"op": "history", "search": "s" * 201}, "longer than"),
     ("history limit zero", {"op": "history", "limit": 0}, "between 1"),
     ("history before_id a string", {"op": "history", "before_id": "9"}, "must be an integer"),

@@ -259,8 +259,11 @@ def _parse_since(value: str) -> datetime:
     except ValueError:
         raise _bad(f"'since' must be an ISO date or date-time, not {value[:40]!r}") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
+        return moment.replace(tzinfo=UTC)
+    try:  # in UTC here, so no database sees a date it cannot hold (9999-12-31T23:00-05:00)
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise _bad(f"'since' is out of range: {value[:40]!r}") from None
 
 
 def _parse_send(f: _Fields) -> Send:
