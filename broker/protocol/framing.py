@@ -36,9 +36,14 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder and one encoder for every frame: json.loads/dumps with options build one per call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_frame(obj: dict[str, Any], *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
     try:
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(obj)
         payload = text.encode("utf-8")
     except (TypeError, ValueError) as exc:  # not JSON-able, NaN, a lone surrogate
         raise LocalProtocolError(ErrorCode.BAD_FRAME, f"cannot encode frame: {exc}") from None
@@ -52,7 +57,7 @@ def encode_frame(obj: dict[str, Any], *, max_frame_bytes: int = DEFAULT_MAX_FRAM
 def decode_payload(payload: bytes) -> dict[str, Any]:
     """A frame's body as a dict; RemoteProtocolError(bad_frame) for anything but a JSON object."""
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+        obj = _DECODER.decode(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame is not valid UTF-8") from None
     except (ValueError, RecursionError):  # JSONDecodeError, NaN, a 5,000-digit number, nesting
