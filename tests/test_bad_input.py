@@ -29,6 +29,7 @@ class RawClient:
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
+        self.wait: float = WAIT  # per receive; raise it under autojump_clock (virtual time)
         self._buffer = bytearray()
         self._next_id = 0
 
@@ -50,7 +51,7 @@ class RawClient:
 
     async def receive_raw(self) -> bytes | None:
         """The next frame's bytes, header included; None if the broker closed the connection."""
-        with trio.fail_after(WAIT):
+        with trio.fail_after(self.wait):
             while True:
                 if len(self._buffer) >= 4:
                     (length,) = struct.unpack_from(">I", self._buffer)
@@ -528,3 +529,36 @@ async def test_extreme_dates_and_numbers_are_refused_or_answered_never_internal(
             assert response["error"]["code"] in ("not_found", "bad_request"), seqs
         response = await raw.request("ack", seq=2**63)
         assert response["error"]["code"] == "bad_request"
+
+
+async def test_only_well_formed_frames_keep_a_session_alive(
+    broker: RunningBroker, autojump_clock: trio.abc.Clock
+) -> None:
+    """Any frame that is a JSON object resets the heartbeat timer, even an ack (no response) or
+    a request refused as unknown or invalid; garbage does not, so it cannot hold a session."""
+    timeout = broker.config.heartbeat_timeout
+    keepalives: list[dict[str, Any]] = [
+        {"op": "ack", "seq": 0},
+        {"op": "fly", "id": 900},  # unknown_op
+        {"op": "send", "id": 901},  # bad_request
+    ]
+    with trio.fail_after(24 * 3600):  # virtual time; a hang jumps straight here
+        async with raw_connection(broker) as raw:
+            # Waiting on bcrypt's thread lets virtual time race ahead: no per-receive limit.
+            raw.wait = 24 * 3600
+            await raw.login("keeper")
+            for frame in keepalives * 2:
+                await trio.sleep(timeout * 2 / 3)
+                await raw.send(frame)
+            assert (await raw.request("ping"))["ok"] is True  # 4 timeouts later, still here
+            last_good = trio.current_time()
+            await trio.sleep(timeout * 2 / 3)
+            await raw.send_raw(frame_with_payload(b"not json"))
+            assert (await raw.receive_error())["error"]["code"] == "bad_frame"
+            expired = await raw.receive_error()
+            assert expired["error"] == {
+                "code": "timeout",
+                "message": "no heartbeat: session expired",
+            }
+            assert trio.current_time() - last_good >= timeout
+            await raw.assert_closed()
