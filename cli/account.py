@@ -52,12 +52,19 @@ def _read_password_line() -> str:
     default=None,
     help="Create the account if it is new (default: ask at a terminal; yes with --password-stdin).",
 )
+@click.option(
+    "--invite",
+    metavar="CODE",
+    envvar="MAILNET_INVITE",
+    help="Invite code for a new account, on a broker with --registration invite.",
+)
 @json_option
 @client_options
 def login(
     username: str | None,
     password_stdin: bool,
     create: bool | None,
+    invite: str | None,
     as_json: bool,
     options: ClientOptions,
 ) -> None:
@@ -84,7 +91,9 @@ def login(
     async def attempt(password: str, create: bool) -> tuple[dict[str, Any], int] | None:
         async with open_client(options, server) as client:
             try:
-                response = await client.login(username, password, create=create)
+                response = await client.login(
+                    username, password, create=create, invite=invite if create else None
+                )
             except RequestFailed as exc:
                 if exc.code == "auth_failed" and offer_to_create and not create:
                     return None

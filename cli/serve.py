@@ -93,6 +93,38 @@ def client_urls(urls: list[str]) -> list[str]:
     return list(result)
 
 
+# The limits of docs/security.md, one flag each (defaults from broker.config.Config).
+LIMIT_FLAGS: tuple[tuple[str, Any, str], ...] = (
+    ("max_frame_bytes", click.IntRange(min=1024), "largest frame accepted, in bytes"),
+    ("login_timeout", click.FloatRange(min=0.1), "seconds to finish TLS and log in"),
+    ("max_connections", click.IntRange(min=1), "open connections in total"),
+    ("max_connections_per_ip", click.IntRange(min=1), "open connections per address"),
+    ("send_rate", click.FloatRange(min=0.01), "sends per second per user, sustained"),
+    ("send_burst", click.IntRange(min=1), "sends per user in a burst"),
+    ("mailbox_quota", click.IntRange(min=1), "undelivered entries a mailbox may hold"),
+    ("min_free_disk_bytes", click.IntRange(min=0), "refuse sends below this free disk space"),
+    ("login_failures_per_hour", click.IntRange(min=1), "failed logins per account per hour"),
+    ("login_slow_after", click.IntRange(min=1), "failures before attempts are spaced out"),
+    ("login_max_delay", click.FloatRange(min=0), "longest spacing between login attempts"),
+    ("invite_ttl", click.FloatRange(min=1), "seconds an invite code stays valid"),
+    ("revoked_session_check", click.FloatRange(min=0.1), "seconds between revocation checks"),
+    ("max_in_flight_per_connection", click.IntRange(min=1), "sends in flight per connection"),
+    ("bcrypt_rounds", click.IntRange(4, 31), "bcrypt cost of new password hashes"),
+)
+
+
+def limit_options(command: Any) -> Any:
+    defaults = Config.__dataclass_fields__
+    for name, kind, text in reversed(LIMIT_FLAGS):
+        default = defaults[name].default
+        command = click.option(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            help=f"{text[0].upper()}{text[1:]} [default {default}; env MAILNET_{name.upper()}].",
+        )(command)
+    return command
+
+
 @click.command()
 @click.option("--host", help="Address to bind [env MAILNET_HOST; default 127.0.0.1].")
 @click.option("--port", type=click.IntRange(0, 65535), help="TCP port [default 7878; 0: any].")
@@ -109,7 +141,12 @@ def client_urls(urls: list[str]) -> list[str]:
     default=None,
     help="Allow --insecure-plaintext on a non-loopback address.",
 )
-@click.option("--registration", type=click.Choice(["open", "closed"]))
+@click.option(
+    "--registration",
+    type=click.Choice(["open", "closed", "invite"]),
+    help="Who may create accounts [default open].",
+)
+@limit_options
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),

@@ -319,6 +319,21 @@ async def test_serve_prints_its_address_and_stops_cleanly_on_sigterm(tmp_path: P
     assert "Traceback" not in stderr
 
 
+async def test_serve_flags_set_the_limits(tmp_path: Path) -> None:
+    process, address, _ = await start_broker(
+        tmp_path / "data",
+        "--port", "0", "--insecure-plaintext", "--send-burst", "1", "--send-rate", "0.01",
+    )  # fmt: skip
+    try:
+        user = User("alice", tmp_path / "config", address)
+        await user.login()
+        await user.ok("text", "alice", "the one send the burst allows")
+        result = await user("text", "alice", "one too many")
+        assert "sending too fast" in assert_one_error_line(result, 5)
+    finally:
+        assert await stop(process) == 0
+
+
 async def test_tls_pins_on_first_use_and_refuses_a_changed_certificate(tmp_path: Path) -> None:
     config = tmp_path / "config"
     first, address, banner = await start_broker(tmp_path / "data-1", "--port", "0")

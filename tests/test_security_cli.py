@@ -94,3 +94,27 @@ async def test_passwd_changes_the_password_and_keeps_this_computer_logged_in(
     one_error_line(await root("passwd"), 2)  # no terminal, no --password-stdin
     root.password = "new-password"
     await root.login()
+
+
+async def test_login_with_an_invite_creates_an_account_on_an_invite_only_broker(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import make_config, running_broker
+
+    config = make_config(tmp_path / "data", registration="invite")
+    async with running_broker(config) as broker:
+        root = User("root", tmp_path / "root-config", broker.address)
+        carol = User("carol", tmp_path / "carol-config", broker.address)
+        dave = User("dave", tmp_path / "dave-config", broker.address)
+        await root.login()  # the first account (the admin) may be made from loopback
+        code = (await root.ok("admin", "invite")).stdout.strip()
+        refused = await dave("login", "dave", "--password-stdin", stdin=b"password1\n")
+        assert "invite" in one_error_line(refused, 5)
+        joined = await carol.ok(
+            "login", "carol", "--password-stdin", "--invite", code, stdin=b"password1\n"
+        )
+        assert "new account created" in joined.stdout
+        reused = await dave(
+            "login", "dave", "--password-stdin", "--invite", code, stdin=b"password1\n"
+        )
+        one_error_line(reused, 5)  # one use only
