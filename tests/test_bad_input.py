@@ -562,3 +562,28 @@ async def test_only_well_formed_frames_keep_a_session_alive(
             }
             assert trio.current_time() - last_good >= timeout
             await raw.assert_closed()
+
+
+async def test_a_page_of_long_messages_is_cut_to_fit_a_frame_never_dropped(
+    broker: RunningBroker,
+) -> None:
+    """70 maximal texts (64,000 four-byte characters each, ~17 MiB) do not fit one frame: the
+    inbox and history pages stop short, say so, and the next page carries on."""
+    body = "📧" * 64_000
+    with trio.fail_after(60):
+        async with broker.user("alice") as alice, broker.user("bob") as bob:
+            async with trio.open_nursery() as nursery:
+                for _ in range(70):
+                    nursery.start_soon(alice.send_text, "bob", body)
+            first = await bob.inbox(limit=100)
+            assert first["truncated"] is True
+            assert 1 <= len(first["entries"]) < 70
+            assert all(e["body"] == body for e in first["entries"])
+            rest = await bob.inbox(limit=100, before_seq=first["entries"][-1]["seq"])
+            assert "truncated" not in rest
+            seqs = [e["seq"] for e in first["entries"] + rest["entries"]]
+            assert seqs == list(range(70, 0, -1))
+            history = await bob.request("history", limit=100)
+            assert history["truncated"] is True and len(history["items"]) < 70
+            small = await bob.inbox(limit=5)
+            assert len(small["entries"]) == 5 and "truncated" not in small

@@ -7,6 +7,7 @@ import broker.protocol
 EXPECTED = [
     "DEFAULT_MAX_FRAME_BYTES",
     "KINDS",
+    "MAX_SENT_FRAME_BYTES",
     "NEED_DATA",
     "Ack",
     "ErrorCode",
@@ -30,6 +31,7 @@ EXPECTED = [
     "encode_frame",
     "error_response",
     "event",
+    "fit_page",
     "normalize_username",
     "ok_response",
     "parse_request",

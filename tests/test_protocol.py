@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from broker.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     KINDS,
+    MAX_SENT_FRAME_BYTES,
     NEED_DATA,
     Ack,
     ErrorCode,
@@ -43,11 +44,14 @@ from broker.protocol import (
     encode_frame,
     error_response,
     event,
+    fit_page,
     ok_response,
     parse_request,
     request_id,
 )
 from broker.protocol import requests as requests_module
+from broker.protocol.framing import json_size
+from broker.protocol.messages import _size_bound
 from broker.protocol.requests import (
     MAX_BODY_CHARS,
     MAX_CLIENT_MSG_ID_CHARS,
@@ -589,7 +593,7 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 REQUEST_TYPES = typing.get_args(Request)  # every request class, however many there are
-tried: dict[str, int] = {"bytes": 0, "dicts": 0, "round_trips": 0}
+tried: dict[str, int] = {"bytes": 0, "dicts": 0, "round_trips": 0, "size_bounds": 0}
 
 json_scalars = (
     st.none()
@@ -693,13 +697,6 @@ def test_encode_then_decode_round_trips_any_json_object(obj: dict[str, Any], chu
     assert conn.buffered == 0
 
 
-def test_the_property_tests_tried_inputs() -> None:
-    """Runs after the three property tests (file order): each must have seen examples."""
-    if any(count == 0 for count in tried.values()):
-        pytest.skip("property tests were deselected in this run")
-    assert tried["bytes"] > 0 and tried["dicts"] > 0 and tried["round_trips"] > 0
-
-
 # -- docs/protocol.md stays true ----------------------------------------------------------------
 
 PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -749,3 +746,61 @@ def test_the_protocol_doc_examples_agree_with_the_parser() -> None:
         else:
             if response is not None and not response["ok"]:
                 assert response["error"]["code"] not in ("bad_request", "unknown_op"), request
+
+
+# -- pages cut to fit a frame -------------------------------------------------------------------
+
+
+def test_fit_page_keeps_a_page_that_fits() -> None:
+    items = [{"seq": i, "body": "x" * 100} for i in range(10)]
+    assert fit_page(items, budget=10_000) == (items, False)
+    assert fit_page([], budget=0) == ([], False)
+
+
+def test_fit_page_cuts_to_the_budget_but_keeps_one_item() -> None:
+    items = [{"seq": i, "body": "é" * 1000} for i in range(10)]
+    size = json_size(items[0]) + 1
+    page, cut = fit_page(items, budget=3 * size)
+    assert cut and page == items[:3]
+    assert fit_page(items, budget=1) == (items[:1], True)
+
+
+def test_broker_pages_fit_in_what_clients_accept() -> None:
+    """A page cut to the default budget, wrapped in its response, fits MAX_SENT_FRAME_BYTES."""
+    entry = {"seq": 1, "body": "📧" * 64_000, "subject": None, "recipients": ["a" * 32] * 100}
+    page, cut = fit_page([entry] * 100)
+    assert cut
+    frame = ok_response(2**53 - 1, entries=page, unread=2**62, truncated=True)
+    assert len(encode_frame(frame, max_frame_bytes=MAX_SENT_FRAME_BYTES)) <= MAX_SENT_FRAME_BYTES
+
+
+def test_a_frame_connection_may_send_more_than_it_accepts() -> None:
+    conn = FrameConnection(max_frame_bytes=100, max_send_bytes=1000)
+    assert len(conn.send({"x": "y" * 500})) > 100
+    with pytest.raises(LocalProtocolError):
+        conn.send({"x": "y" * 1000})
+    with pytest.raises(RemoteProtocolError):
+        conn.receive_data(struct.pack(">I", 101))
+
+
+@EXAMPLES
+@given(value=json_values)
+def test_the_size_bound_is_never_below_the_real_size(value: Any) -> None:
+    tried["size_bounds"] += 1
+    assert _size_bound(value) >= json_size(value)
+
+
+PROPERTY_TESTS = {
+    "test_arbitrary_bytes_in_arbitrary_chunks_raise_only_remote_protocol_error": "bytes",
+    "test_arbitrary_dicts_parse_to_a_request_or_raise_protocol_error": "dicts",
+    "test_encode_then_decode_round_trips_any_json_object": "round_trips",
+    "test_the_size_bound_is_never_below_the_real_size": "size_bounds",
+}
+
+
+def test_the_property_tests_tried_inputs(request: pytest.FixtureRequest) -> None:
+    """Runs after the property tests (file order): each one selected in this run saw examples."""
+    selected = {item.name for item in request.session.items}
+    ran = {counter: tried[counter] for name, counter in PROPERTY_TESTS.items() if name in selected}
+    assert set(PROPERTY_TESTS.values()) == set(tried)
+    assert all(count > 0 for count in ran.values()), ran

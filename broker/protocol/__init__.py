@@ -7,8 +7,14 @@ from .errors import (
     RemoteProtocolError,
     RequestRefused,
 )
-from .framing import DEFAULT_MAX_FRAME_BYTES, NEED_DATA, FrameConnection, encode_frame
-from .messages import error_response, event, ok_response
+from .framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_SENT_FRAME_BYTES,
+    NEED_DATA,
+    FrameConnection,
+    encode_frame,
+)
+from .messages import error_response, event, fit_page, ok_response
 from .requests import (
     KINDS,
     Ack,
@@ -32,6 +38,7 @@ from .requests import (
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "KINDS",
+    "MAX_SENT_FRAME_BYTES",
     "NEED_DATA",
     "Ack",
     "ErrorCode",
@@ -55,6 +62,7 @@ __all__ = [
     "encode_frame",
     "error_response",
     "event",
+    "fit_page",
     "normalize_username",
     "ok_response",
     "parse_request",

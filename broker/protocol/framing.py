@@ -18,6 +18,9 @@ from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
+# The largest frame a broker sends, and so what every client must accept: a page of long
+# messages is larger than any request needs to be. Pages are cut to fit (messages.fit_page).
+MAX_SENT_FRAME_BYTES: Final = 16 * 1024 * 1024
 
 # A \uD800-\uDFFF escape may be half of a surrogate pair or a lone surrogate; only the latter
 # is invalid, and it must not get in: it cannot be encoded again, to the database or to a peer.
@@ -39,6 +42,11 @@ def _refuse_constant(name: str) -> NoReturn:
 # One decoder and one encoder for every frame: json.loads/dumps with options build one per call.
 _DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def json_size(obj: object) -> int:
+    """How many bytes obj takes in a frame's payload."""
+    return len(_ENCODER.encode(obj).encode("utf-8"))
 
 
 def encode_frame(obj: dict[str, Any], *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
@@ -77,8 +85,11 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
 class FrameConnection:
     """Turns a byte stream into frames and back. One per connection, either side."""
 
-    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
+    def __init__(
+        self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_send_bytes: int | None = None
+    ) -> None:
+        self.max_frame_bytes = max_frame_bytes  # what this side accepts
+        self.max_send_bytes = max_frame_bytes if max_send_bytes is None else max_send_bytes
         self._buffer = bytearray()
         self._broken = False
 
@@ -139,4 +150,5 @@ class FrameConnection:
         return decode_payload(payload)
 
     def send(self, obj: dict[str, Any]) -> bytes:
-        return encode_frame(obj, max_frame_bytes=self.max_frame_bytes)
+        """The frame's bytes; LocalProtocolError if it is over max_send_bytes (nothing sent)."""
+        return encode_frame(obj, max_frame_bytes=self.max_send_bytes)

@@ -21,14 +21,17 @@ from broker.core import Broker, LiveSession, entry_view, iso
 from broker.core.accounts import hash_token
 from broker.core.throttle import client_network
 from broker.protocol import (
+    MAX_SENT_FRAME_BYTES,
     NEED_DATA,
     ErrorCode,
     FrameConnection,
+    LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
     RequestRefused,
     error_response,
     event,
+    fit_page,
     ok_response,
     parse_request,
     request_id,
@@ -94,7 +97,9 @@ class ClientConnection:
     _failed_logins: int = 0
 
     def __post_init__(self) -> None:
-        self.frames = FrameConnection(max_frame_bytes=self.config.max_frame_bytes)
+        self.frames = FrameConnection(
+            max_frame_bytes=self.config.max_frame_bytes, max_send_bytes=MAX_SENT_FRAME_BYTES
+        )
         self._window = trio.Semaphore(self.config.max_in_flight_per_connection)
         start = trio.current_time() if self.accepted_at is None else self.accepted_at
         self._login_deadline = start + self.config.login_timeout
@@ -215,7 +220,11 @@ class ClientConnection:
             if result is None:
                 return
             response = ok_response(rid, **result)
-        await self.write(response)
+        try:
+            await self.write(response)
+        except LocalProtocolError as exc:  # too large to send; nothing was written
+            log.error("cannot answer %s from %s: %s", type(request).__name__, self.peer, exc)
+            await self.write(error_response(rid, ErrorCode.INTERNAL, "the answer is too large"))
 
     def _require_user(self) -> UserRecord:
         if self.user is None:
@@ -252,7 +261,8 @@ class ClientConnection:
                 return None
             case requests.Inbox():
                 entries, unread = await broker.inbox(self._require_user(), request)
-                return {"entries": [entry_view(e) for e in entries], "unread": unread}
+                page, cut = fit_page([entry_view(e) for e in entries])
+                return {"entries": page, "unread": unread, **({"truncated": True} if cut else {})}
             case requests.MarkRead(seqs=seqs):
                 return {"marked": await broker.mark_read(self._require_user(), seqs)}
             case requests.Who():
@@ -270,7 +280,8 @@ class ClientConnection:
                 }
             case requests.History():
                 items = await broker.history(self._require_user(), request)
-                return {"items": [entry_view(e) for e in items]}
+                page, cut = fit_page([entry_view(e) for e in items])
+                return {"items": page, **({"truncated": True} if cut else {})}
             case requests.SetPrefs(prank_opt_out=value):
                 return await broker.set_prefs(self._require_user(), value)
             case requests.ChangePassword(old_password=old, new_password=new):
