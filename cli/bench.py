@@ -16,8 +16,14 @@ from broker.bench.run import Plan, format_table, mosquitto_address, run_benchmar
 @click.option("--duration", type=float, help="Seconds measured per timed workload.")
 @click.option("--load-procs", type=click.IntRange(1, 16), help="Load generator processes.")
 @click.option("--no-mosquitto", is_flag=True, help="Skip the Mosquitto comparison.")
+@click.option("--rate", type=float, help="Msgs/s for the latency run (default 5000).")
 def bench(
-    as_json: bool, quick: bool, duration: float | None, load_procs: int | None, no_mosquitto: bool
+    as_json: bool,
+    quick: bool,
+    duration: float | None,
+    load_procs: int | None,
+    no_mosquitto: bool,
+    rate: float | None,
 ) -> None:
     """Benchmark a fresh local broker (127.0.0.1, temporary database) and print the figures.
 
@@ -29,6 +35,8 @@ def bench(
         plan = dataclasses.replace(plan, duration=duration)
     if load_procs is not None:
         plan = dataclasses.replace(plan, load_procs=load_procs)
+    if rate is not None:
+        plan = dataclasses.replace(plan, steady_rate=rate)
     if not no_mosquitto:
         plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
     results = run_benchmark(plan)

@@ -20,12 +20,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds measured per timed workload")
     parser.add_argument("--load-procs", type=int, help="load generator processes")
     parser.add_argument("--no-mosquitto", action="store_true", help="skip the Mosquitto peer")
+    parser.add_argument("--rate", type=float, help="msgs/s for the latency run (default 5000)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=["peer_texts", "request_response", "steady_rate", "backlog", "announcement"],
+        help="run only this workload (repeatable)",
+    )
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     if args.duration is not None:
         plan = dataclasses.replace(plan, duration=args.duration)
     if args.load_procs is not None:
         plan = dataclasses.replace(plan, load_procs=args.load_procs)
+    if args.only:
+        plan = dataclasses.replace(plan, only=tuple(args.only))
+    if args.rate is not None:
+        plan = dataclasses.replace(plan, steady_rate=args.rate)
     if not args.no_mosquitto:
         plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
     results = run_benchmark(plan)

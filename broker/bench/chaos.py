@@ -319,6 +319,8 @@ class ChaosRun:
                             last_seq = max(last_seq, seq)
                             self.received[name].append((seq, entry["message_id"]))
                             self.report.delivered += 1
+                            if seq % 20 == 0:
+                                await client.flush_ack()
                             continue
                         if self.stop_receiving.is_set():
                             await client.flush_ack()

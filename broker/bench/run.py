@@ -63,6 +63,7 @@ class Plan:
     announce_users: int = 10_000
     announce_online: int = 1_000
     mosquitto: str | None = None  # host:port of a Mosquitto to compare with
+    only: tuple[str, ...] = ()  # run just these workloads (names as in the JSON)
 
     @classmethod
     def quick(cls) -> Plan:
@@ -188,6 +189,8 @@ class Bench:
         return broker
 
     def scenario(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if self.plan.only and name not in self.plan.only:
+            return
         progress(f"{name}: running")
         try:
             result = fn()
@@ -198,7 +201,7 @@ class Bench:
 
     def run(self) -> Results:
         self.scenario("peer_texts", self.peer_texts)
-        if self.plan.mosquitto:
+        if self.plan.mosquitto and (not self.plan.only or "peer_texts" in self.plan.only):
             self.scenario("mosquitto_peer", self.mosquitto_peer)
             mailnet = self.results.scenarios["peer_texts"].get("delivered_per_s")
             peer = self.results.scenarios["mosquitto_peer"].get("delivered_per_s")

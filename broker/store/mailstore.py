@@ -11,7 +11,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Row, and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import Row, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from .admin import AdminStoreMixin, blocked_pairs, redeem_invite
@@ -609,15 +609,25 @@ class _SendBatch:
             for targets in targets_per_message:
                 for target in targets:
                     next_seq.setdefault(target.id, target.last_seq + 1)
-            self.conn.execute(
-                update(users)
-                .where(users.c.id == bindparam("user_id"))
-                .values(last_seq=bindparam("new_last_seq")),
-                [
-                    {"user_id": user_id, "new_last_seq": next_seq[user_id] + count - 1}
-                    for user_id, count in counts.items()
-                ],
-            )
+            new_last = [(uid, next_seq[uid] + count - 1) for uid, count in counts.items()]
+            if sqlite3.sqlite_version_info >= (3, 33):  # UPDATE ... FROM
+                # One statement per chunk, not one per user.
+                for chunk in _chunks(new_last, self._max_params() // 2):
+                    self._raw(
+                        "UPDATE users SET last_seq = v.column2 FROM (VALUES "
+                        + ",".join(["(?, ?)"] * len(chunk))
+                        + ") AS v WHERE users.id = v.column1",
+                        [value for pair in chunk for value in pair],
+                    )
+            else:
+                cursor = self.conn.connection.driver_connection.cursor()
+                try:
+                    cursor.executemany(
+                        "UPDATE users SET last_seq = ? WHERE id = ?",
+                        [(last, uid) for uid, last in new_last],
+                    )
+                finally:
+                    cursor.close()
         by_count: dict[int, list[int]] = defaultdict(list)
         for user_id, count in counts.items():
             if not self.sqlite:
