@@ -18,6 +18,7 @@ import trio
 from broker.bench.chaos import CHAOS_SETTINGS, ChaosRun
 from broker.bench.process import BrokerProcess
 from broker.client import Client, RequestFailed, Trust, connect
+from broker.store import MailStore
 from tests.conftest import make_config, running_broker
 
 PASSWORD = "password1"
@@ -296,3 +297,15 @@ async def test_quota_holds_when_many_sends_share_one_group_commit(tmp_path: Path
                     nursery.start_soon(send, ned, i)
     assert sorted(outcomes) == ["ok"] * 5 + ["quota_exceeded"] * 7
     assert query(tmp_path / "mailnet.db", "SELECT count(*) FROM mailbox") == [(5,)]
+
+
+def test_the_writer_connection_is_wal_with_full_fsync(tmp_path: Path) -> None:
+    """kill -9 cannot lose what the OS already has; power loss can. synchronous=FULL covers it."""
+    store = MailStore.open(f"sqlite:///{tmp_path / 'mailnet.db'}")
+    try:
+        with store.engines.write.connect() as conn:
+            journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+    finally:
+        store.close()
+    assert (journal, synchronous) == ("wal", 2)  # 2 = FULL: fsync at every commit
