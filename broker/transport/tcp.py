@@ -194,7 +194,10 @@ class ClientConnection:
             await self.write(error_response(rid, exc.code, exc.message))
             return
         if isinstance(request, requests.Send):
-            await self._window.acquire()  # backpressure: stop reading when the window is full
+            try:  # no scheduling round trip per frame while the window has room
+                self._window.acquire_nowait()
+            except trio.WouldBlock:
+                await self._window.acquire()  # backpressure: stop reading when the window is full
             self._nursery.start_soon(self._answer_send, rid, request)
         else:
             await self._answer(rid, request)
