@@ -7,7 +7,9 @@ import json
 
 import click
 
-from broker.bench.run import Plan, format_table, mosquitto_address, run_benchmark
+from broker.bench.run import WORKLOADS, Plan, format_table, mosquitto_address, run_benchmark
+
+from . import output
 
 
 @click.command()
@@ -17,6 +19,12 @@ from broker.bench.run import Plan, format_table, mosquitto_address, run_benchmar
 @click.option("--load-procs", type=click.IntRange(1, 16), help="Load generator processes.")
 @click.option("--no-mosquitto", is_flag=True, help="Skip the Mosquitto comparison.")
 @click.option("--rate", type=float, help="Msgs/s for the latency run (default 5000).")
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(list(WORKLOADS)),
+    help="Run only this workload (repeatable).",
+)
 def bench(
     as_json: bool,
     quick: bool,
@@ -24,6 +32,7 @@ def bench(
     load_procs: int | None,
     no_mosquitto: bool,
     rate: float | None,
+    only: tuple[str, ...],
 ) -> None:
     """Benchmark a fresh local broker (127.0.0.1, temporary database) and print the figures.
 
@@ -35,6 +44,8 @@ def bench(
         plan = dataclasses.replace(plan, duration=duration)
     if load_procs is not None:
         plan = dataclasses.replace(plan, load_procs=load_procs)
+    if only:
+        plan = dataclasses.replace(plan, only=only)
     if rate is not None:
         plan = dataclasses.replace(plan, steady_rate=rate)
     if not no_mosquitto:
@@ -44,3 +55,6 @@ def bench(
         click.echo(json.dumps(dataclasses.asdict(results), indent=2))
     else:
         click.echo(format_table(results))
+    failed = [name for name, r in results.scenarios.items() if "error" in r]
+    if failed:
+        output.fail("workloads failed: " + ", ".join(failed), output.EXIT_UNEXPECTED)

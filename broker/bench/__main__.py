@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from .run import Plan, format_table, mosquitto_address, run_benchmark
+from .run import WORKLOADS, Plan, format_table, mosquitto_address, run_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         action="append",
         default=[],
-        choices=["peer_texts", "request_response", "steady_rate", "backlog", "announcement"],
+        choices=WORKLOADS,
         help="run only this workload (repeatable)",
     )
     args = parser.parse_args(argv)
@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(dataclasses.asdict(results), indent=2))
     else:
         print(format_table(results))
+    failed = [name for name, r in results.scenarios.items() if "error" in r]
+    if failed:
+        print("workloads failed: " + ", ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

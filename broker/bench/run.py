@@ -39,6 +39,8 @@ BENCH_SETTINGS: dict[str, object] = {
     "login_max_delay": 0.0,
 }
 
+WORKLOADS = ("peer_texts", "request_response", "steady_rate", "backlog", "announcement")
+
 TARGETS = {
     "peer_texts": "≥ 1.5× Mosquitto",
     "request_response": "≥ 20,000 msgs/s, p99 ≤ 15 ms",
