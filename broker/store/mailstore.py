@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from .admin import AdminStoreMixin, blocked_pairs, redeem_invite
 from .database import Engines, make_engines
-from .notify import announce_commits, listen_for_commits
 from .models import AuthSession, MailboxEntry, Message, User, utcnow
+from .notify import announce_commits, listen_for_commits
 from .records import (
     Delivery,
     EntryRecord,
