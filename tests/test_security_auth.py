@@ -389,3 +389,15 @@ async def test_a_success_of_your_own_does_not_reset_your_spacing(autojump_clock:
     await trio.sleep(own.delay)
     throttle.finish(own, ok=True, username="mallory", address="203.0.113.9")
     assert throttle.admit("victim9", "203.0.113.9").delay > 0
+
+
+async def test_many_good_logins_from_one_address_at_once_are_not_slowed(
+    autojump_clock: object,
+) -> None:
+    """An office behind one NAT address reconnecting after a broker restart."""
+    throttle = _throttle()
+    attempts = [throttle.admit(f"user{i}", "203.0.113.9") for i in range(50)]
+    assert [a.delay for a in attempts] == [0.0] * 50
+    for i, attempt in enumerate(attempts):
+        throttle.finish(attempt, ok=True, username=f"user{i}", address="203.0.113.9")
+    assert throttle.admit("user50", "203.0.113.9").delay == 0.0

@@ -131,9 +131,11 @@ class LoginAttempt:
 class LoginThrottle:
     """Decides whether a login attempt is checked now, later (a delay), or not at all.
 
-    Every attempt counts as a failure while it is in flight, so parallel attempts cannot
-    overshoot the hourly cap. Delays space attempts on one key apart (a later attempt waits
-    for the earlier one's slot), so parallel connections do not multiply an attacker's rate.
+    Every attempt counts as a failure against its account while it is in flight, so parallel
+    attempts cannot overshoot the hourly cap. Delays space attempts on one key apart (a later
+    attempt waits for the earlier one's slot), so parallel connections do not multiply an
+    attacker's rate. An address is slowed by its recorded failures only, so many people behind
+    one NAT address logging in at once are not taken for a guesser.
     """
 
     def __init__(
@@ -199,7 +201,11 @@ class LoginThrottle:
         self._in_flight[account_key] += 1
         self._in_flight[address_key] += 1
         for key in keys:
-            self._next_slot[key] = start + self.delay_after(self._failures(key))
+            # An account's spacing counts its attempts in flight as failures already; an
+            # address's counts recorded failures only: fifty people behind one NAT address
+            # logging in at once after a restart are not fifty failures.
+            failures = self._failures(key) if key == account_key else self.failures.count(key)
+            self._next_slot[key] = start + self.delay_after(failures)
         return LoginAttempt(account_key, address_key, delay)
 
     def finish(
