@@ -421,16 +421,26 @@ async def connect(server: str, *, trust: Trust) -> AsyncIterator[Client]:
     """Open a connection to a broker; closes it (and its background tasks) on exit."""
     host, port = parse_server(server)
     stream, pin = await _open_stream(host, port, trust)
-    async with trio.open_nursery() as nursery:
-        client = Client(stream, nursery)
-        client.pin = pin
-        nursery.start_soon(client._reader)
-        try:
-            yield client
-        finally:
-            # Close first, shielded, and cancel last: a checkpoint after cancelling the nursery
-            # would raise Cancelled, which the nursery then swallows along with the exception
-            # the body raised (the caller would see the `async with` end normally).
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            client = Client(stream, nursery)
+            client.pin = pin
+            nursery.start_soon(client._reader)
+            try:
+                yield client
+            finally:
+                # Close first, shielded, and cancel last: a checkpoint after cancelling the
+                # nursery would raise Cancelled, which the nursery then swallows along with the
+                # exception the body raised (the caller would see the `async with` end normally).
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery is ours, not the caller's: hand back the body's own exception as it was
+        # raised (`except*` still matches it), not wrapped in a group of one.
+        only = group
+        while isinstance(only, BaseExceptionGroup) and len(only.exceptions) == 1:
+            only = only.exceptions[0]
+        if isinstance(only, BaseExceptionGroup):
+            raise
+        raise only from None

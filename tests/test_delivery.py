@@ -7,6 +7,7 @@ import sqlite3
 from contextlib import closing
 from functools import partial
 
+import pytest
 import trio
 from conftest import make_config, running_broker
 
@@ -348,3 +349,13 @@ async def test_client_acks_mail_that_arrived_in_the_same_read_as_its_login_respo
                 done.set()
             nursery.cancel_scope.cancel()
     assert acked == [3]
+
+
+async def test_an_exception_in_a_connect_block_reaches_the_caller_unwrapped(broker) -> None:
+    from broker.client import RequestFailed
+
+    with trio.fail_after(10):
+        with pytest.raises(RequestFailed) as refused:
+            async with broker.user("alice") as alice:
+                await alice.send_text("nobody-here", "hello?")
+    assert refused.value.code == "unknown_recipient"
