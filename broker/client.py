@@ -221,8 +221,12 @@ class Client:
         resume_after: int | None = None,
         client: str = "mailnet-python",
         invite: str | None = None,
+        live: bool = True,
     ) -> dict[str, Any]:
+        """Log in. live=False: a one-shot session, not shown online and pushed no mail."""
         fields: dict[str, Any] = {"username": username, "password": password, "create": create}
+        if not live:
+            fields["live"] = False
         if resume_after is not None:
             fields["resume_after"] = resume_after
         if invite is not None:
@@ -231,9 +235,16 @@ class Client:
         return self._after_login(response)
 
     async def resume(
-        self, token: str, *, resume_after: int | None = None, client: str = "mailnet-python"
+        self,
+        token: str,
+        *,
+        resume_after: int | None = None,
+        client: str = "mailnet-python",
+        live: bool = True,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {"token": token, "client": client}
+        if not live:
+            fields["live"] = False
         if resume_after is not None:
             fields["resume_after"] = resume_after
         return self._after_login(await self.request("resume", **fields))

@@ -45,9 +45,6 @@ from .output import (
 from .session_file import SavedSession, SessionFileError, known_servers_path, load_session
 
 DEFAULT_SERVER = "127.0.0.1:7878"
-# A one-shot command resumes "after" every possible seq: the broker then pushes no backlog to
-# it, and the command acknowledges nothing, so mail stays queued for `listen` and `shell`.
-NO_BACKLOG = 2**62
 NOT_LOGGED_IN = "not logged in: run `mailnet login`"
 
 AUTH_CODES = {"auth_failed", "not_authenticated", "account_disabled"}
@@ -224,26 +221,25 @@ async def session_client(
     A `live` client (listen, shell) gets the mail queued after what this computer has shown
     (the saved last_seq; with env credentials, after what the user acknowledged last).
     """
+    # A one-shot command logs in quietly: it is not shown online, the broker pushes it nothing
+    # and it acknowledges nothing, so mail stays queued for `listen` and `shell`.
     credentials = env_credentials()
-    resume_after: int | None = NO_BACKLOG
     if credentials is not None:
-        if live:
-            resume_after = None
         server = options.server or DEFAULT_SERVER
         async with open_client(options, server) as client:
-            await client.login(*credentials, create=False, resume_after=resume_after)
+            await client.login(*credentials, create=False, live=live)
             yield Authenticated(client, server, None)
             if not client.closed:  # these credentials make a new token each time: revoke it
                 with trio.move_on_after(5):
                     await client.logout()
         return
     saved = saved_session_for(options)
-    if live:
-        resume_after = saved.last_seq
     server = normalize_server(saved.server)
     async with open_client(options, server) as client:
         try:
-            await client.resume(saved.token, resume_after=resume_after)
+            await client.resume(
+                saved.token, resume_after=saved.last_seq if live else None, live=live
+            )
         except RequestFailed as exc:
             if exc.code == "auth_failed":
                 fail(

@@ -228,3 +228,35 @@ async def test_library_reports_a_session_the_broker_expired(broker, autojump_clo
             with pytest.raises(BrokerUnreachable) as dropped:
                 await alice.next_mail()
             assert "heartbeat" in str(dropped.value)
+
+
+async def test_a_quiet_session_is_not_online_and_is_pushed_nothing(broker):
+    """One-shot commands (`mailnet text ...`) log in with live=False."""
+    with trio.fail_after(10):
+        async with broker.user("alice") as alice, broker.user("bob") as bob:
+            await bob.send_text("alice", "queued for alice's live clients")
+            async with broker.client() as quiet:
+                await quiet.login("alice", "password1", live=False)
+                assert [u["username"] for u in await bob.who()] == ["alice", "bob"]
+                assert [u["sessions"] for u in await bob.who()] == [1, 1]
+                await bob.send_text("alice", "second")
+                assert [e["body"] for e in (await quiet.inbox())["entries"]] == [
+                    "second",
+                    "queued for alice's live clients",
+                ]
+                await quiet.send_text("bob", "from a one-shot command")
+                assert (await bob.next_mail())["body"] == "from a one-shot command"
+                assert quiet.pending_mail() == []
+            # The quiet session came and went without a presence event for bob ...
+            async with broker.client() as carol:
+                await carol.login("carol", "password1", create=True)
+            seen = []
+            while not seen or seen[-1] != ("carol", True):
+                event = await bob.next_event()
+                seen.append((event["username"], event["online"]))
+            assert [name for name, _ in seen if name == "alice"] == []
+            # ... while alice's live session got both texts pushed, in order.
+            assert [(await alice.next_mail())["body"] for _ in range(2)] == [
+                "queued for alice's live clients",
+                "second",
+            ]

@@ -119,16 +119,30 @@ class OnlineUser:
 
 
 class Presence:
+    """Live sessions by user. A quiet session (a one-shot command: send, then leave) is known
+    here, so kicks and revocations reach it, but it is not online: it is not in `who`, causes
+    no presence events, and is pushed no mail."""
+
     def __init__(self) -> None:
         self._by_user: dict[int, set[LiveSession]] = {}
+        self._quiet: dict[int, set[LiveSession]] = {}
 
-    def add(self, session: LiveSession) -> None:
+    def add(self, session: LiveSession, *, quiet: bool = False) -> None:
+        if quiet:
+            self._quiet.setdefault(session.user_id, set()).add(session)
+            return
         first = session.user_id not in self._by_user
         self._by_user.setdefault(session.user_id, set()).add(session)
         if first:
             self._announce(session.username, online=True)
 
     def remove(self, session: LiveSession) -> None:
+        quiet = self._quiet.get(session.user_id)
+        if quiet is not None and session in quiet:
+            quiet.discard(session)
+            if not quiet:
+                del self._quiet[session.user_id]
+            return
         live = self._by_user.get(session.user_id)
         if live is None or session not in live:
             return
@@ -147,11 +161,18 @@ class Presence:
         return self._by_user.get(user_id, set())
 
     def all_sessions(self) -> list[LiveSession]:
-        return [s for sessions in self._by_user.values() for s in sessions]
+        """Every session, quiet ones included."""
+        return [
+            s
+            for by_user in (self._by_user, self._quiet)
+            for group in by_user.values()
+            for s in group
+        ]
 
     def end_sessions_of(self, user_id: int, reason: str, *, keep: LiveSession | None = None) -> int:
-        """End the user's live sessions (all but `keep`); how many were ended."""
-        ending = [s for s in self.sessions_of(user_id) if s is not keep]
+        """End the user's sessions, quiet ones included (all but `keep`); how many were ended."""
+        mine = self.sessions_of(user_id) | self._quiet.get(user_id, set())
+        ending = [s for s in mine if s is not keep]
         for session in ending:
             session.end(reason)
         return len(ending)

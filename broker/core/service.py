@@ -131,16 +131,31 @@ class Broker:
 
     @asynccontextmanager
     async def live_session(
-        self, user: UserRecord, *, client: str, resume_after: int | None, address: str = ""
+        self,
+        user: UserRecord,
+        *,
+        client: str,
+        resume_after: int | None,
+        address: str = "",
+        quiet: bool = False,
     ) -> AsyncIterator[LiveSession]:
-        """Register a live session (it shows in `who`) and feed it from its resume point."""
+        """Register a live session (it shows in `who`) and feed it from its resume point.
+
+        A quiet session (a one-shot command) is neither online nor fed: see Presence.
+        """
         acked = max(user.acked_seq, self._acked_through.get(user.id, 0))
         # Nobody can have seen past the last seq given out (read at login): a larger resume
         # point (a database restored from backup, a buggy client) would skip the next mail.
         start = acked if resume_after is None else min(resume_after, max(user.last_seq, acked))
         session = LiveSession(user.id, user.username, client, cursor=max(0, start), address=address)
-        self.presence.add(session)
-        log.info("session %d of %r online (%s)", session.id, user.username, client or "client")
+        self.presence.add(session, quiet=quiet)
+        log.info(
+            "session %d of %r %s (%s)",
+            session.id,
+            user.username,
+            "opened" if quiet else "online",
+            client or "client",
+        )
         try:
             yield session
         finally:

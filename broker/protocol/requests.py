@@ -39,6 +39,7 @@ class Login:
     resume_after: int | None = None
     client: str = ""
     invite: str | None = None  # needed to create an account when registration is 'invite'
+    live: bool = True  # False: a one-shot command, not online and pushed nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class Resume:
     token: str
     resume_after: int | None = None
     client: str = ""
+    live: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,12 +340,14 @@ def _parse(op: str, f: _Fields) -> Request:
                 resume_after=f.int("resume_after", required=False),
                 client=f.str("client", required=False, max_chars=100) or "",
                 invite=f.str("invite", required=False, max_chars=MAX_INVITE_CHARS),
+                live=f.bool("live", default=True),
             )
         case "resume":
             return Resume(
                 token=f.str("token", max_chars=MAX_TOKEN_CHARS),
                 resume_after=f.int("resume_after", required=False),
                 client=f.str("client", required=False, max_chars=100) or "",
+                live=f.bool("live", default=True),
             )
         case "logout":
             return Logout()

@@ -367,9 +367,15 @@ class ClientConnection:
         task_status: trio.TaskStatus[LiveSession] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with self.broker.live_session(
-            user, client=request.client, resume_after=request.resume_after, address=self.peer
+            user,
+            client=request.client,
+            resume_after=request.resume_after,
+            address=self.peer,
+            quiet=not request.live,
         ) as session:
             task_status.started(session)
+            if not request.live:
+                await trio.sleep_forever()  # registered for kicks only: nothing to push
             while True:
                 entries, events = await session.next_items(self.broker.fetch_after)
                 frames = [event("mail", entry=entry_view(e)) for e in entries]
