@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -387,6 +388,16 @@ class Client:
         return self._closed is not None
 
 
+UNANSWERED_DATA_TIMEOUT_MS = 60_000
+
+
+def _notice_a_vanished_broker(tcp: trio.SocketStream) -> None:
+    """Fail the connection when the broker's host stops acknowledging (powered off, network
+    gone) instead of retransmitting heartbeats for the kernel's default quarter of an hour."""
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNANSWERED_DATA_TIMEOUT_MS)
+
+
 async def _open_stream(
     host: str, port: int, trust: Trust
 ) -> tuple[trio.abc.Stream, tls.PinResult | None]:
@@ -395,6 +406,7 @@ async def _open_stream(
         tcp = await trio.open_tcp_stream(host, port)
     except OSError as exc:
         raise BrokerUnreachable(f"cannot reach the broker at {host}:{port}: {exc}") from None
+    _notice_a_vanished_broker(tcp)
     if trust.mode == "plaintext":
         return tcp, None
     if trust.mode == "ca":

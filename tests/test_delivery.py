@@ -359,3 +359,14 @@ async def test_an_exception_in_a_connect_block_reaches_the_caller_unwrapped(brok
             async with broker.user("alice") as alice:
                 await alice.send_text("nobody-here", "hello?")
     assert refused.value.code == "unknown_recipient"
+
+
+async def test_client_sockets_give_up_on_a_broker_that_stops_acknowledging(broker) -> None:
+    import socket
+
+    if not hasattr(socket, "TCP_USER_TIMEOUT"):
+        pytest.skip("TCP_USER_TIMEOUT is Linux-only")
+    with trio.fail_after(10):
+        async with broker.user("alice") as alice:
+            timeout = alice._stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+    assert timeout == 60_000
