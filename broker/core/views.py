@@ -12,7 +12,9 @@ RICKROLL_BODY = f"Never gonna give you up! (open it yourself, if you dare: {RICK
 
 
 def iso(moment) -> str:  # type: ignore[no-untyped-def]
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """'2026-11-30T09:13:58.448888Z': the wall-clock fields, microseconds always shown. (Same
+    text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") for years 1000-9999, at less than half its cost.)"""
+    return moment.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def entry_view(entry: EntryRecord) -> dict[str, Any]:
@@ -30,3 +32,8 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
         "read": entry.read,
         "direction": entry.direction,
     }
+
+
+def mail_event(entry: EntryRecord) -> dict[str, Any]:
+    """The `mail` event pushing an entry to its owner's sessions."""
+    return {"event": "mail", "entry": entry_view(entry)}

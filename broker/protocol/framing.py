@@ -14,6 +14,8 @@ import re
 import struct
 from typing import Any, Final, NoReturn
 
+import orjson
+
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 HEADER = struct.Struct(">I")
@@ -55,6 +57,25 @@ def encode_frame(obj: dict[str, Any], *, max_frame_bytes: int = DEFAULT_MAX_FRAM
         payload = text.encode("utf-8")
     except (TypeError, ValueError) as exc:  # not JSON-able, NaN, a lone surrogate
         raise LocalProtocolError(ErrorCode.BAD_FRAME, f"cannot encode frame: {exc}") from None
+    if len(payload) > max_frame_bytes:
+        raise LocalProtocolError(
+            ErrorCode.FRAME_TOO_LARGE, f"frame of {len(payload)} bytes over {max_frame_bytes}"
+        )
+    return HEADER.pack(len(payload)) + payload
+
+
+def encode_plain_frame(
+    obj: dict[str, Any], *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> bytes:
+    """encode_frame for an object of JSON's own types, without floats: str, int, bool, None,
+    lists and dicts with str keys (a mail event). The same bytes, several times faster
+    (orjson writes exactly what the standard encoder with these options does for such values).
+    Anything orjson refuses (a lone surrogate, a huge int, another type) goes the standard way
+    and fails, or not, as encode_frame does."""
+    try:
+        payload = orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError
+        return encode_frame(obj, max_frame_bytes=max_frame_bytes)
     if len(payload) > max_frame_bytes:
         raise LocalProtocolError(
             ErrorCode.FRAME_TOO_LARGE, f"frame of {len(payload)} bytes over {max_frame_bytes}"
@@ -152,3 +173,7 @@ class FrameConnection:
     def send(self, obj: dict[str, Any]) -> bytes:
         """The frame's bytes; LocalProtocolError if it is over max_send_bytes (nothing sent)."""
         return encode_frame(obj, max_frame_bytes=self.max_send_bytes)
+
+    def send_plain(self, obj: dict[str, Any]) -> bytes:
+        """send() for an object of JSON's own types without floats (see encode_plain_frame)."""
+        return encode_plain_frame(obj, max_frame_bytes=self.max_send_bytes)

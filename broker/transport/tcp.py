@@ -20,6 +20,7 @@ from broker.config import Config
 from broker.core import Broker, LiveSession, entry_view, iso
 from broker.core.accounts import hash_token
 from broker.core.throttle import client_network
+from broker.core.views import mail_event
 from broker.protocol import (
     MAX_SENT_FRAME_BYTES,
     NEED_DATA,
@@ -30,7 +31,6 @@ from broker.protocol import (
     RemoteProtocolError,
     RequestRefused,
     error_response,
-    event,
     fit_page,
     ok_response,
     parse_request,
@@ -110,7 +110,11 @@ class ClientConnection:
         Writers queue their bytes and whoever holds the lock sends everything queued, so the
         responses to a group commit's sends leave in one syscall instead of one each.
         """
-        self._outgoing.append(b"".join(self.frames.send(obj) for obj in objs))
+        await self._write_bytes(b"".join(self.frames.send(obj) for obj in objs))
+
+    async def _write_bytes(self, data: bytes) -> None:
+        """Send frames already encoded (see write)."""
+        self._outgoing.append(data)
         async with self._send_lock:
             if self._outgoing:  # else an earlier writer already sent ours
                 data = b"".join(self._outgoing)
@@ -378,8 +382,12 @@ class ClientConnection:
                 await trio.sleep_forever()  # registered for kicks only: nothing to push
             while True:
                 entries, events = await session.next_items(self.broker.fetch_after)
-                frames = [event("mail", entry=entry_view(e)) for e in entries]
-                await self.write(*frames, *events)
+                # Mail events hold only strings, ints, bools and None: the fast encoder's case.
+                send_plain, send = self.frames.send_plain, self.frames.send
+                data = b"".join([send_plain(mail_event(e)) for e in entries])
+                if events:
+                    data += b"".join([send(e) for e in events])
+                await self._write_bytes(data)
 
     async def _close_when_ended(self, session: LiveSession) -> None:
         """Close the connection when the core ends its session (kick, disable, password)."""
