@@ -45,6 +45,10 @@ class Config:
     # With several nodes on one database: how often each node closes live sessions whose login
     # another node revoked (kick, disable, password change).
     revoked_session_check: float = 5.0
+    # ... and how often each node rewrites its rows of who is online there (`who` and presence
+    # span all nodes); the rows expire after three of these, so a node that dies without
+    # cleaning up has its users go offline that much later.
+    presence_refresh: float = 5.0
     bcrypt_rounds: int = 12
     max_in_flight_per_connection: int = 256
 

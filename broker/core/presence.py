@@ -126,6 +126,13 @@ class Presence:
     def __init__(self) -> None:
         self._by_user: dict[int, set[LiveSession]] = {}
         self._quiet: dict[int, set[LiveSession]] = {}
+        # Several nodes on one database: users online on other nodes (user id -> node ids and
+        # name), so a user online on two nodes is one presence change, not two.
+        self._elsewhere: dict[int, set[str]] = {}
+        self._names_elsewhere: dict[int, str] = {}
+        # Told (user id, name, True/False when they came online/went offline here, else None)
+        # whenever a user's live sessions here change; only set when nodes share a database.
+        self.on_change: Callable[[int, str, bool | None], None] | None = None
 
     def add(self, session: LiveSession, *, quiet: bool = False) -> None:
         if quiet:
@@ -133,8 +140,10 @@ class Presence:
             return
         first = session.user_id not in self._by_user
         self._by_user.setdefault(session.user_id, set()).add(session)
-        if first:
+        if first and session.user_id not in self._elsewhere:
             self._announce(session.username, online=True)
+        if self.on_change is not None:
+            self.on_change(session.user_id, session.username, True if first else None)
 
     def remove(self, session: LiveSession) -> None:
         quiet = self._quiet.get(session.user_id)
@@ -147,9 +156,43 @@ class Presence:
         if live is None or session not in live:
             return
         live.discard(session)
-        if not live:
+        last = not live
+        if last:
             del self._by_user[session.user_id]
-            self._announce(session.username, online=False)
+            if session.user_id not in self._elsewhere:
+                self._announce(session.username, online=False)
+        if self.on_change is not None:
+            self.on_change(session.user_id, session.username, False if last else None)
+
+    def online_elsewhere(self, node_id: str, user_id: int, username: str) -> None:
+        """Another node says the user came online there."""
+        nodes = self._elsewhere.setdefault(user_id, set())
+        if not nodes and user_id not in self._by_user:
+            self._announce(username, online=True)
+        nodes.add(node_id)
+        self._names_elsewhere[user_id] = username
+
+    def offline_elsewhere(self, node_id: str, user_id: int, username: str) -> None:
+        """Another node says the user went offline there (or that node is gone)."""
+        nodes = self._elsewhere.get(user_id)
+        if nodes is None or node_id not in nodes:
+            return
+        nodes.discard(node_id)
+        if not nodes:
+            del self._elsewhere[user_id]
+            del self._names_elsewhere[user_id]
+            if user_id not in self._by_user:
+                self._announce(username, online=False)
+
+    def set_elsewhere(self, online: dict[tuple[int, str], str]) -> None:
+        """Replace the view of other nodes ((user id, node id) -> name, read from the store),
+        announcing what changed: catches notices missed, and nodes that died."""
+        for (user_id, node_id), username in online.items():
+            self.online_elsewhere(node_id, user_id, username)
+        for user_id, nodes in list(self._elsewhere.items()):
+            for node_id in list(nodes):
+                if (user_id, node_id) not in online:
+                    self.offline_elsewhere(node_id, user_id, self._names_elsewhere[user_id])
 
     def _announce(self, username: str, *, online: bool) -> None:
         event = {"event": "presence", "username": username, "online": online}
@@ -176,6 +219,10 @@ class Presence:
         for session in ending:
             session.end(reason)
         return len(ending)
+
+    def online_users(self) -> dict[int, str]:
+        """Every user online here: id -> name."""
+        return {uid: next(iter(group)).username for uid, group in self._by_user.items()}
 
     def is_online(self, user_id: int) -> bool:
         return user_id in self._by_user

@@ -29,6 +29,7 @@ from broker.store import (
 
 from .accounts import Accounts, LoginResult
 from .admin import AccountAdmin
+from .cluster import SharedPresence
 from .commits import CommitQueue
 from .presence import LiveSession, OnlineUser, Presence
 from .runner import StoreRunner
@@ -47,6 +48,12 @@ class Broker:
         self.runner = StoreRunner(store)
         self.accounts = Accounts(self.runner, config)
         self.presence = Presence()
+        # Several nodes on one database: `who` and presence events span all of them.
+        self.shared_presence = (
+            SharedPresence(self.runner, self.presence, refresh=config.presence_refresh)
+            if store.shares_commits
+            else None
+        )
         self.commits = CommitQueue(self.runner, self._deliver, quota=config.mailbox_quota)
         self.send_limits = SendRateLimiter(config.send_rate, config.send_burst)
         self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
@@ -74,6 +81,8 @@ class Broker:
             )
             if self.runner.store.shares_commits:
                 nursery.start_soon(self._follow_other_nodes)
+            if self.shared_presence is not None:
+                nursery.start_soon(self.shared_presence.run)
             task_status.started()
 
     async def _follow_other_nodes(self) -> None:
@@ -266,8 +275,12 @@ class Broker:
         except NotFound:
             raise RequestRefused(ErrorCode.NOT_FOUND, "no such message in your mailbox") from None
 
-    def who(self) -> list[OnlineUser]:
-        return self.presence.who()
+    async def who(self) -> list[OnlineUser]:
+        """Users online on this node or, with a shared database, on any node."""
+        local = self.presence.who()
+        if self.shared_presence is None:
+            return local
+        return await self.shared_presence.who(local)
 
     async def history(self, user: UserRecord, request: requests.History):  # type: ignore[no-untyped-def]
         with_user_id = None

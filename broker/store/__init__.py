@@ -3,6 +3,7 @@
 from .admin import AccountRecord, AuditRecord, BlockRecord, InviteInvalid, PrankRecord
 from .database import Engines, make_engines, sqlite_url_for
 from .mailstore import MailStore, NotFound, StoreUnavailable, UsernameTaken, call_guarded
+from .presence_rows import PresenceChange, PresenceRow
 from .records import Delivery, EntryRecord, HistoryQuery, SendIntent, SendOutcome, UserRecord
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "MailStore",
     "NotFound",
     "PrankRecord",
+    "PresenceChange",
+    "PresenceRow",
     "SendIntent",
     "SendOutcome",
     "StoreUnavailable",

@@ -15,10 +15,12 @@ from datetime import UTC, datetime
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
+from . import presence_rows
 from .admin import AdminStoreMixin, blocked_pairs, redeem_invite
 from .database import Engines, make_engines
 from .models import AuthSession, MailboxEntry, Message, User, utcnow
 from .notify import announce_commits, listen_for_commits
+from .presence_rows import PresenceRow
 from .records import (
     Delivery,
     EntryRecord,
@@ -415,6 +417,20 @@ class MailStore(AdminStoreMixin):
     def listen_for_commits(self, on_notice, should_stop) -> None:  # type: ignore[no-untyped-def]
         """Blocking (run it in a thread): report every node's commits as (user_id, seq)."""
         listen_for_commits(self.engines.write, on_notice, should_stop)
+
+    # Presence across nodes (PostgreSQL only): see presence_rows.
+    def write_presence_rows(self, node_id, rows, gone, changes, *, whole_node, lifetime):  # type: ignore[no-untyped-def]
+        with self.engines.write.begin() as conn:
+            presence_rows.write_rows(
+                conn, node_id, rows, gone, changes, whole_node=whole_node, lifetime=lifetime
+            )
+
+    def fresh_presence_rows(self, except_node: str) -> list[PresenceRow]:
+        with self.engines.read.connect() as conn:
+            return presence_rows.fresh_rows(conn, except_node=except_node)
+
+    def listen_for_presence(self, on_changes, should_stop) -> None:  # type: ignore[no-untyped-def]
+        presence_rows.listen_for_changes(self.engines.write, on_changes, should_stop)
 
     def integrity_check(self) -> str:
         with self.engines.read.connect() as conn:

@@ -155,3 +155,25 @@ class Invite(Base):
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class NodePresence(Base):
+    """A user online on one broker node, when several nodes share one database (PostgreSQL).
+
+    The node writes its rows as its users come and go and refreshes them every few seconds; rows
+    past their expiry belong to a node that stopped refreshing (it died): the others ignore them,
+    then delete them.
+    """
+
+    __tablename__ = "node_presence"
+
+    node_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    username: Mapped[str] = mapped_column(String(32))
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_active: Mapped[datetime] = mapped_column(UTCDateTime)
+    sessions: Mapped[int] = mapped_column(Integer)
+    # Set by the writing node (database clock) to now + three of its refresh intervals.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

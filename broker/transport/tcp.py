@@ -282,7 +282,7 @@ class ClientConnection:
                             "idle_seconds": round(u.idle_seconds, 1),
                             "sessions": u.sessions,
                         }
-                        for u in broker.who()
+                        for u in await broker.who()
                     ]
                 }
             case requests.History():

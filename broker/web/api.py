@@ -176,7 +176,7 @@ class HttpApi:
                     "idle_seconds": round(u.idle_seconds, 1),
                     "sessions": u.sessions,
                 }
-                for u in self.broker.who()
+                for u in await self.broker.who()
             ]
         }
 
