@@ -67,6 +67,19 @@ def test_iso_is_the_strftime_it_replaces(moment: datetime, zone: timezone | None
     assert iso(moment) == moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def test_iso_remembers_by_identity_not_by_equality() -> None:
+    """The same instant in two zones is equal, but its wall clock is not: no mix-up."""
+    utc = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+    east = utc.astimezone(timezone(timedelta(hours=5)))
+    assert utc == east
+    assert [iso(utc), iso(east), iso(east), iso(utc)] == [
+        "2026-11-30T09:00:00.000000Z",
+        "2026-11-30T14:00:00.000000Z",
+        "2026-11-30T14:00:00.000000Z",
+        "2026-11-30T09:00:00.000000Z",
+    ]
+
+
 def test_sqlite_entries_after_matches_the_portable_query(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'mail.db'}"
     store = MailStore.open(url)

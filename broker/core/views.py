@@ -11,10 +11,22 @@ RICKROLL_SUBJECT = "Someone sent you a surprise"
 RICKROLL_BODY = f"Never gonna give you up! (open it yourself, if you dare: {RICKROLL_URL})"
 
 
+_last_iso: tuple[object, str] = (None, "")
+
+
 def iso(moment) -> str:  # type: ignore[no-untyped-def]
     """'2026-11-30T09:13:58.448888Z': the wall-clock fields, microseconds always shown. (Same
-    text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") for years 1000-9999, at less than half its cost.)"""
-    return moment.isoformat(timespec="microseconds")[:26] + "Z"
+    text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") for years 1000-9999, at less than half its cost.)
+
+    The last one is remembered by identity: a page of a backlog holds the messages of whole
+    group commits, and the store hands out one datetime object per commit's timestamp."""
+    global _last_iso
+    last = _last_iso  # one read: another thread may replace it, never tear it
+    if last[0] is moment:
+        return last[1]
+    text = moment.isoformat(timespec="microseconds")[:26] + "Z"
+    _last_iso = (moment, text)
+    return text
 
 
 def entry_view(entry: EntryRecord) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def _sqlite_utc(stamp: str | datetime) -> datetime:
     aware datetime, what UTCDateTime reads back."""
     if isinstance(stamp, datetime):
         return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
-    return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+    return datetime.fromisoformat(stamp + "+00:00")
 
 
 def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[EntryRecord]:  # type: ignore[no-untyped-def]
@@ -143,22 +143,29 @@ def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[E
         rows = cursor.execute(_ENTRIES_AFTER_SQL, (user_id, after_seq, limit)).fetchall()
     finally:
         cursor.close()
-    parse = datetime.fromisoformat
-    return [
-        EntryRecord(
-            seq,
-            message_id,
-            kind,
-            sender,
-            tuple(recipients.split(",")) if recipients else (),
-            subject,
-            body,
-            parse(created_at + "+00:00") if type(created_at) is str else _sqlite_utc(created_at),
-            read_at is not None,
-            "in",
+    # The messages of one group commit share a timestamp: parsed once, and one object, so a
+    # view renders it once too (see core.views.iso).
+    stamps: dict[object, datetime] = {}
+    entries = []
+    for seq, read_at, message_id, kind, recipients, subject, body, created_at, sender in rows:
+        sent_at = stamps.get(created_at)
+        if sent_at is None:
+            sent_at = stamps[created_at] = _sqlite_utc(created_at)
+        entries.append(
+            EntryRecord(
+                seq,
+                message_id,
+                kind,
+                sender,
+                tuple(recipients.split(",")) if recipients else (),
+                subject,
+                body,
+                sent_at,
+                read_at is not None,
+                "in",
+            )
         )
-        for seq, read_at, message_id, kind, recipients, subject, body, created_at, sender in rows
-    ]
+    return entries
 
 
 class MailStore(AdminStoreMixin):
@@ -276,15 +283,15 @@ class MailStore(AdminStoreMixin):
         )
 
     def entries_after(self, user_id: int, after_seq: int, limit: int) -> list[EntryRecord]:
-        query = (
-            self._entries_query(user_id)
-            .where(mailbox.c.seq > after_seq)
-            .order_by(mailbox.c.seq)
-            .limit(limit)
-        )
         with self.engines.read.connect() as conn:
             if self.engines.is_sqlite:
                 return _raw_entries_after(conn, user_id, after_seq, limit)
+            query = (
+                self._entries_query(user_id)
+                .where(mailbox.c.seq > after_seq)
+                .order_by(mailbox.c.seq)
+                .limit(limit)
+            )
             return [_entry(row) for row in conn.execute(query)]
 
     def inbox(
