@@ -11,6 +11,7 @@ import shutil
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from .views import RICKROLL_BODY, RICKROLL_SUBJECT
 log = logging.getLogger("mailnet.broker")
 
 ACK_FLUSH_INTERVAL = 1.0
+LISTEN_WAIT = 10.0  # seconds to wait for LISTEN before reporting started anyway
 DISK_CHECK_INTERVAL = 1.0
 
 
@@ -80,28 +82,45 @@ class Broker:
                 self.admin.end_revoked_sessions_forever, self.config.revoked_session_check
             )
             if self.runner.store.shares_commits:
-                nursery.start_soon(self._follow_other_nodes)
+                await nursery.start(self._follow_other_nodes)
             if self.shared_presence is not None:
                 nursery.start_soon(self.shared_presence.run)
             task_status.started()
 
-    async def _follow_other_nodes(self) -> None:
-        """Wake local sessions when any node commits mail for their user (PostgreSQL)."""
-        stop = threading.Event()
+    async def _follow_other_nodes(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Wake local sessions when any node commits mail for their user (PostgreSQL).
 
-        def on_notice(pairs: list[tuple[int, int]]) -> None:
+        Reports itself started once LISTEN is in force, so a commit made after the broker says
+        it is up is never missed (or after LISTEN_WAIT, with a warning, if the database is slow).
+        """
+        stop = threading.Event()
+        listening = trio.Event()
+
+        def in_trio(fn, *args) -> None:  # type: ignore[no-untyped-def]
             try:
-                trio.from_thread.run_sync(self._notice_commits, pairs)
+                trio.from_thread.run_sync(fn, *args)
             except trio.RunFinishedError:
                 stop.set()
 
         try:
-            await trio.to_thread.run_sync(
-                self.runner.store.listen_for_commits,
-                on_notice,
-                stop.is_set,
-                abandon_on_cancel=True,
-            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(
+                        trio.to_thread.run_sync,
+                        self.runner.store.listen_for_commits,
+                        lambda pairs: in_trio(self._notice_commits, pairs),
+                        stop.is_set,
+                        lambda: in_trio(listening.set),
+                        abandon_on_cancel=True,
+                    )
+                )
+                with trio.move_on_after(LISTEN_WAIT):
+                    await listening.wait()
+                if not listening.is_set():
+                    log.warning("not yet listening for other nodes' commits: their mail may lag")
+                task_status.started()
         finally:
             stop.set()
 

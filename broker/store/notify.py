@@ -46,9 +46,13 @@ def listen_for_commits(
     on_notice: Callable[[list[tuple[int, int]]], None],
     should_stop: Callable[[], bool],
     *,
+    on_listening: Callable[[], None] = lambda: None,
     poll_seconds: float = 1.0,
 ) -> None:
-    """Blocking: call on_notice for every commit notice until should_stop(); reconnects."""
+    """Blocking: call on_notice for every commit notice until should_stop(); reconnects.
+
+    on_listening is called each time LISTEN is in force (first start and every reconnect).
+    """
     import psycopg
 
     conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -56,6 +60,7 @@ def listen_for_commits(
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
+                on_listening()
                 while not should_stop():
                     for notice in conn.notifies(timeout=poll_seconds):
                         on_notice(list(parse_notice(notice.payload)))
