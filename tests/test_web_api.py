@@ -284,8 +284,11 @@ async def test_rickroll_hides_its_sender_and_respects_the_opt_out(web):
     async with http(web) as client:
         alice = await login(client, "alice")
         bob = await login(client, "bob")
-        sent = await client.post("/api/rickrolls", headers=bearer(alice), json={"to": "bob"})
+        prank = {"to": "bob", "client_msg_id": "prank-1"}
+        sent = await client.post("/api/rickrolls", headers=bearer(alice), json=prank)
         assert sent.status_code == 200, sent.text
+        again = await client.post("/api/rickrolls", headers=bearer(alice), json=prank)
+        assert again.json() == {"message_id": sent.json()["message_id"], "duplicate": True}
         [entry] = (await client.get("/api/inbox", headers=bearer(bob))).json()["entries"]
         assert entry["kind"] == "rickroll"
         assert entry["sender"] is None

@@ -895,8 +895,7 @@
     } else {
       return fail('Pick a message type.');
     }
-    // The rick-roll endpoint documents no client_msg_id; the others do.
-    const body2 = kind === 'rickroll' ? payload : Object.assign({}, payload, { client_msg_id: msgIdFor('compose', [kind, payload]) });
+    const body2 = Object.assign({}, payload, { client_msg_id: msgIdFor('compose', [kind, payload]) });
 
     btn.disabled = true;
     btn.classList.add('busy');
