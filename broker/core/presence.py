@@ -87,8 +87,12 @@ class LiveSession:
             while queued and queued[0].seq is not None and queued[0].seq <= self.cursor:
                 queued.popleft()
             if self._must_fetch or (queued and queued[0].seq != self.cursor + 1):
+                # Cleared before the read, not after: a commit notice that arrives while the
+                # read is in flight (and that the read may not see) must trigger another one.
+                self._must_fetch = False
                 entries = await fetch_after(self.user_id, self.cursor, PAGE)
-                self._must_fetch = len(entries) == PAGE
+                if len(entries) == PAGE:
+                    self._must_fetch = True
                 if entries:
                     self.cursor = entries[-1].seq or self.cursor
                     return entries, self.take_events()
