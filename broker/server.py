@@ -13,8 +13,9 @@ import trio
 from broker import tls
 from broker.config import Config
 from broker.core import Broker
+from broker.core.throttle import ConnectionLimits
 from broker.store import MailStore, migrate
-from broker.transport.tcp import ConnectionLimits, handle_connection
+from broker.transport.tcp import handle_connection
 
 log = logging.getLogger("mailnet.server")
 

@@ -12,7 +12,7 @@ import trio
 from conftest import make_config, running_broker
 
 from broker.client import Trust, connect
-from broker.core import Broker
+from broker.core import Broker, LiveSession
 from broker.protocol import NEED_DATA, FrameConnection, requests
 from broker.server import open_store
 
@@ -286,7 +286,7 @@ async def test_flushing_acks_waits_for_a_flush_already_in_flight(tmp_path):
                 nursery.start_soon(broker.commits.run)
                 await broker.send(author, requests.Send("text", ("bob",), None, "hi", None))
                 nursery.cancel_scope.cancel()
-            broker.ack(user, 1)
+            broker.ack(LiveSession(user.id, user.username, "", cursor=1), 1)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(broker.flush_acks)  # the background flusher, mid-write
                 await trio.sleep(0)  # let it take the pending acks

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from broker.client import RequestFailed, Trust, connect
+from broker.core.throttle import ConnectionLimits
 from broker.protocol import NEED_DATA, FrameConnection, encode_frame
 from broker.transport import tcp
 from tests.conftest import RunningBroker, make_config, running_broker
@@ -321,7 +322,7 @@ def test_limits_count_an_ipv6_subscriber_by_its_64() -> None:
     assert client_network("2001:db8:1:2::1") != client_network("2001:db8:1:3::1")
     assert client_network("::ffff:192.0.2.7") == "192.0.2.7"
     assert client_network("192.0.2.7") == "192.0.2.7"
-    limits = tcp.ConnectionLimits(total=10, per_ip=2)
+    limits = ConnectionLimits(total=10, per_ip=2)
     assert limits.admit("2001:db8::1") is None
     assert limits.admit("2001:db8::2") is None
     assert limits.admit("2001:db8::3") == "too many connections from your address"

@@ -2,6 +2,14 @@
 
 from .presence import LiveSession, OnlineUser
 from .service import Broker
-from .views import entry_view, iso
+from .views import entry_view, iso, mail_event, online_user_view
 
-__all__ = ["Broker", "LiveSession", "OnlineUser", "entry_view", "iso"]
+__all__ = [
+    "Broker",
+    "LiveSession",
+    "OnlineUser",
+    "entry_view",
+    "iso",
+    "mail_event",
+    "online_user_view",
+]

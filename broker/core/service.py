@@ -28,7 +28,7 @@ from broker.store import (
     UserRecord,
 )
 
-from .accounts import Accounts, LoginResult
+from .accounts import Accounts, LoginResult, hash_token
 from .admin import AccountAdmin
 from .cluster import SharedPresence
 from .commits import CommitQueue
@@ -166,16 +166,20 @@ class Broker:
         resume_after: int | None,
         address: str = "",
         quiet: bool = False,
+        token: str | None = None,
     ) -> AsyncIterator[LiveSession]:
         """Register a live session (it shows in `who`) and feed it from its resume point.
 
-        A quiet session (a one-shot command) is neither online nor fed: see Presence.
+        A quiet session (a one-shot command) is neither online nor fed: see Presence. The
+        login `token` it runs under lets a revocation on any node end it.
         """
         acked = max(user.acked_seq, self._acked_through.get(user.id, 0))
         # Nobody can have seen past the last seq given out (read at login): a larger resume
         # point (a database restored from backup, a buggy client) would skip the next mail.
         start = acked if resume_after is None else min(resume_after, max(user.last_seq, acked))
         session = LiveSession(user.id, user.username, client, cursor=max(0, start), address=address)
+        if token is not None:
+            session.token_hash = hash_token(token)
         self.presence.add(session, quiet=quiet)
         log.info(
             "session %d of %r %s (%s)",
@@ -193,12 +197,18 @@ class Broker:
     async def fetch_after(self, user_id: int, after_seq: int, limit: int):  # type: ignore[no-untyped-def]
         return await self.runner.read(self.runner.store.entries_after, user_id, after_seq, limit)
 
-    def ack(self, user: UserRecord, seq: int) -> None:
-        """A client has everything through seq. Written to the store in the background."""
-        if seq > self._pending_acks.get(user.id, 0):
-            self._pending_acks[user.id] = seq
-        if seq > self._acked_through.get(user.id, 0):
-            self._acked_through[user.id] = seq
+    def ack(self, session: LiveSession, seq: int) -> None:
+        """A session's client has everything through seq. Written to the store in the background.
+
+        Only what this session was sent can be acknowledged through it: a larger seq would hide
+        the user's next mail from every later session.
+        """
+        seq = min(seq, session.cursor)
+        user_id = session.user_id
+        if seq > self._pending_acks.get(user_id, 0):
+            self._pending_acks[user_id] = seq
+        if seq > self._acked_through.get(user_id, 0):
+            self._acked_through[user_id] = seq
 
     async def flush_acks(self) -> None:
         """Write the pending acks; when it returns, every ack received before the call is stored."""

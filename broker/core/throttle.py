@@ -231,3 +231,29 @@ class LoginThrottle:
         now = trio.current_time()
         for key in [k for k, slot in self._next_slot.items() if slot <= now]:
             del self._next_slot[key]
+
+
+class ConnectionLimits:
+    """Counts open connections, in total and per address."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total, self.per_ip = total, per_ip
+        self.by_ip: Counter[str] = Counter()
+        self.open = 0
+
+    def admit(self, ip: str) -> str | None:
+        ip = client_network(ip)
+        if self.open >= self.total:
+            return "the broker has too many connections; try again later"
+        if self.by_ip[ip] >= self.per_ip:
+            return "too many connections from your address"
+        self.by_ip[ip] += 1
+        self.open += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        ip = client_network(ip)
+        self.open -= 1
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]

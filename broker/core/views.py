@@ -6,6 +6,8 @@ from typing import Any
 
 from broker.store import EntryRecord
 
+from .presence import OnlineUser
+
 RICKROLL_URL = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
 RICKROLL_SUBJECT = "Someone sent you a surprise"
 RICKROLL_BODY = f"Never gonna give you up! (open it yourself, if you dare: {RICKROLL_URL})"
@@ -49,3 +51,13 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
 def mail_event(entry: EntryRecord) -> dict[str, Any]:
     """The `mail` event pushing an entry to its owner's sessions."""
     return {"event": "mail", "entry": entry_view(entry)}
+
+
+def online_user_view(user: OnlineUser) -> dict[str, Any]:
+    """One line of `who`."""
+    return {
+        "username": user.username,
+        "since": iso(user.since),
+        "idle_seconds": round(user.idle_seconds, 1),
+        "sessions": user.sessions,
+    }

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from broker.config import Config
-from broker.core import Broker, LiveSession, entry_view, iso
-from broker.core.accounts import hash_token
-from broker.core.throttle import client_network
-from broker.core.views import mail_event
+from broker.core import Broker, LiveSession, entry_view, mail_event, online_user_view
+from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     MAX_SENT_FRAME_BYTES,
     NEED_DATA,
@@ -43,32 +40,6 @@ log = logging.getLogger("mailnet.tcp")
 
 RECEIVE_SIZE = 64 * 1024
 MAX_FAILED_LOGINS_PER_CONNECTION = 3
-
-
-class ConnectionLimits:
-    """Counts open connections, in total and per address."""
-
-    def __init__(self, total: int, per_ip: int) -> None:
-        self.total, self.per_ip = total, per_ip
-        self.by_ip: Counter[str] = Counter()
-        self.open = 0
-
-    def admit(self, ip: str) -> str | None:
-        ip = client_network(ip)
-        if self.open >= self.total:
-            return "the broker has too many connections; try again later"
-        if self.by_ip[ip] >= self.per_ip:
-            return "too many connections from your address"
-        self.by_ip[ip] += 1
-        self.open += 1
-        return None
-
-    def release(self, ip: str) -> None:
-        ip = client_network(ip)
-        self.open -= 1
-        self.by_ip[ip] -= 1
-        if self.by_ip[ip] <= 0:
-            del self.by_ip[ip]
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
@@ -260,11 +231,9 @@ class ClientConnection:
                 outcome = await broker.send(self._require_user(), request)
                 return {"message_id": outcome.message_id, "duplicate": outcome.duplicate}
             case requests.Ack(seq=seq):
-                user = self._require_user()
-                # Only what this session was sent can be acknowledged (as on the web socket):
-                # a larger seq would hide the user's next mail from every later session.
-                sent_through = self.session.cursor if self.session is not None else 0
-                broker.ack(user, min(seq, sent_through))
+                self._require_user()
+                assert self.session is not None  # every login opens one
+                broker.ack(self.session, seq)
                 return None
             case requests.Inbox():
                 entries, unread = await broker.inbox(self._require_user(), request)
@@ -274,17 +243,7 @@ class ClientConnection:
                 return {"marked": await broker.mark_read(self._require_user(), seqs)}
             case requests.Who():
                 self._require_user()
-                return {
-                    "users": [
-                        {
-                            "username": u.username,
-                            "since": iso(u.since),
-                            "idle_seconds": round(u.idle_seconds, 1),
-                            "sessions": u.sessions,
-                        }
-                        for u in await broker.who()
-                    ]
-                }
+                return {"users": [online_user_view(u) for u in await broker.who()]}
             case requests.History():
                 items = await broker.history(self._require_user(), request)
                 page, cut = fit_page([entry_view(e) for e in items])
@@ -350,8 +309,7 @@ class ClientConnection:
         else:
             user, token = await self.broker.user_for_token(request.token), request.token
         self.user, self.token = user, token
-        self.session = await self._nursery.start(self._run_feed, user, request)
-        self.session.token_hash = hash_token(token)  # so a revocation elsewhere can end it
+        self.session = await self._nursery.start(self._run_feed, user, token, request)
         self._nursery.start_soon(self._close_when_ended, self.session)
         return {
             "username": user.username,
@@ -366,6 +324,7 @@ class ClientConnection:
     async def _run_feed(
         self,
         user: UserRecord,
+        token: str,
         request: requests.Login | requests.Resume,
         *,
         task_status: trio.TaskStatus[LiveSession] = trio.TASK_STATUS_IGNORED,
@@ -376,6 +335,7 @@ class ClientConnection:
             resume_after=request.resume_after,
             address=self.peer,
             quiet=not request.live,
+            token=token,
         ) as session:
             task_status.started(session)
             if not request.live:

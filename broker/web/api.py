@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from broker.config import Config
-from broker.core import Broker, entry_view, iso
+from broker.core import Broker, entry_view, online_user_view
 from broker.protocol import ProtocolError, RequestRefused, parse_request, requests
 
 from .auth import Caller, authenticate, client_address
@@ -168,17 +168,7 @@ class HttpApi:
 
     async def who(self, request: Request) -> dict[str, Any]:
         await self._caller(request)
-        return {
-            "users": [
-                {
-                    "username": u.username,
-                    "since": iso(u.since),
-                    "idle_seconds": round(u.idle_seconds, 1),
-                    "sessions": u.sessions,
-                }
-                for u in await self.broker.who()
-            ]
-        }
+        return {"users": [online_user_view(u) for u in await self.broker.who()]}
 
     async def history(self, request: Request) -> dict[str, Any]:
         caller = await self._caller(request)

@@ -19,7 +19,8 @@ import trio
 from starlette.websockets import WebSocket
 
 from broker.config import Config
-from broker.core import Broker, LiveSession, entry_view
+from broker.core import Broker, LiveSession, mail_event
+from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     ErrorCode,
     ProtocolError,
@@ -28,7 +29,6 @@ from broker.protocol import (
     requests,
 )
 from broker.store import UserRecord
-from broker.transport.tcp import ConnectionLimits
 
 from .auth import client_address, user_for_token
 
@@ -201,13 +201,13 @@ class LiveSocket:
             return
         self.sockets.add(resume.token, self)
         try:
-            await self._run(user, resume.resume_after)
+            await self._run(user, resume.token, resume.resume_after)
         finally:
             self.sockets.discard(resume.token, self)
 
-    async def _run(self, user: UserRecord, resume_after: int | None) -> None:
+    async def _run(self, user: UserRecord, token: str, resume_after: int | None) -> None:
         async with self.broker.live_session(
-            user, client="web", resume_after=resume_after, address=self.peer
+            user, client="web", resume_after=resume_after, address=self.peer, token=token
         ) as session:
             await self.send(
                 {
@@ -238,7 +238,7 @@ class LiveSocket:
     async def _feed(self, session: LiveSession) -> None:
         while True:
             entries, events = await session.next_items(self.broker.fetch_after)
-            await self.send(*[{"event": "mail", "entry": entry_view(e)} for e in entries], *events)
+            await self.send(*[mail_event(e) for e in entries], *events)
 
     async def _read(self, user: UserRecord, session: LiveSession) -> None:
         while True:
@@ -264,8 +264,7 @@ class LiveSocket:
                     await self.send(_error(exc.code, exc.message))
                     continue
                 assert isinstance(ack, requests.Ack)
-                # Only what this socket was actually sent can be acknowledged through it.
-                self.broker.ack(user, min(ack.seq, session.cursor))
+                self.broker.ack(session, ack.seq)
             elif op == "auth":
                 await self.send(_error(ErrorCode.ALREADY_AUTHENTICATED, "already authenticated"))
             elif not frame:
