@@ -35,11 +35,10 @@ def redact_url(url: str) -> str:
 def _is_config_problem(exc: BaseException) -> bool:
     from broker import tls
     from broker.server import ConfigError
+    from broker.store import StoreUnavailable
 
-    if isinstance(exc, ConfigError | tls.TLSError | ValueError | OSError):
-        return True
-    # A malformed or unusable --db URL; cli/ does not import SQLAlchemy, so match by name.
-    return any(cls.__name__ == "SQLAlchemyError" for cls in type(exc).__mro__)
+    # ValueError covers a malformed --db URL; StoreUnavailable a database that cannot be reached.
+    return isinstance(exc, ConfigError | tls.TLSError | ValueError | OSError | StoreUnavailable)
 
 
 def client_addresses(bound: list[tuple[str, int]]) -> list[str]:
@@ -239,30 +238,30 @@ db_option = click.option(
 )
 
 
-def _engine_for(url: str | None) -> Any:
+def _engine_for(url: str | None) -> tuple[Any, str]:
+    """The store's engines for --db (or the configured database), and that URL."""
     from broker.store import make_engines
 
-    config = Config().with_env()
-    target = url or config.db_url
+    target = url or Config().with_env().db_url
     try:
-        return make_engines(target)
-    except Exception as exc:
-        if _is_config_problem(exc):
-            fail(f"cannot use database {redact_url(target)}: {exc}", EXIT_USAGE)
-        raise
+        return make_engines(target), target
+    except ValueError as exc:
+        fail(f"cannot use database {redact_url(target)}: {exc}", EXIT_USAGE)
 
 
 @db.command()
 @db_option
 def upgrade(url: str | None) -> None:
     """Migrate the database to the newest schema (creating it if needed)."""
-    from broker.store import migrate
+    from broker.store import StoreUnavailable, migrate
 
-    engines = _engine_for(url)
+    engines, target = _engine_for(url)
     try:
         before = migrate.current_revision(engines.write)
         migrate.upgrade(engines.write)
         after = migrate.current_revision(engines.write)
+    except StoreUnavailable as exc:
+        fail(f"cannot reach database {redact_url(target)}: {exc}", EXIT_USAGE)
     finally:
         engines.dispose()
     if before == after:
@@ -276,12 +275,14 @@ def upgrade(url: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def current(url: str | None, as_json: bool) -> None:
     """Show the database's schema revision and the newest one."""
-    from broker.store import migrate
+    from broker.store import StoreUnavailable, migrate
 
-    engines = _engine_for(url)
+    engines, target = _engine_for(url)
     try:
         revision = migrate.current_revision(engines.write)
         head = migrate.head_revision(engines.write)
+    except StoreUnavailable as exc:
+        fail(f"cannot reach database {redact_url(target)}: {exc}", EXIT_USAGE)
     finally:
         engines.dispose()
     if as_json:

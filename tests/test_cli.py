@@ -371,6 +371,18 @@ async def test_serve_with_a_bad_database_url_is_exit_2(tmp_path: Path) -> None:
     assert "cannot start the broker" in assert_one_error_line(result, 2)
 
 
+async def test_db_commands_on_an_unreachable_database_are_exit_2_with_one_line(
+    tmp_path: Path,
+) -> None:
+    # Nothing listens on loopback port 1: the connection is refused at once.
+    url = "postgresql+psycopg://mailnet:secret@127.0.0.1:1/mailnet"
+    for command in ("upgrade", "current"):
+        result = await run_cli("db", command, "--db", url, env=cli_env(None, None))
+        line = assert_one_error_line(result, 2)
+        assert "cannot reach database" in line
+        assert "secret" not in line
+
+
 async def test_db_upgrade_and_current_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     env = cli_env(tmp_path, None)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ def _tune_sqlite(engine: Engine, *, begin: str) -> None:
 
 
 def make_engines(url: str) -> Engines:
+    """Engines for a SQLAlchemy URL; ValueError (with the reason) for one that cannot be used."""
+    try:
+        return _make_engines(url)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ValueError(f"not a usable database URL: {exc}") from None
+
+
+def _make_engines(url: str) -> Engines:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""

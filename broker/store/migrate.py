@@ -1,4 +1,7 @@
-"""Schema migrations: thin wrappers around alembic's commands, configured in code."""
+"""Schema migrations: thin wrappers around alembic's commands, configured in code.
+
+A database that cannot be reached raises StoreUnavailable, as every other store call does.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 import migrations
+
+from .mailstore import call_guarded
 
 SCRIPT_LOCATION = Path(migrations.__file__).parent
 
@@ -22,14 +27,20 @@ def alembic_config(engine: Engine, *, stdout: io.TextIOBase | None = None) -> Co
     return config
 
 
+def _connect(engine: Engine) -> Connection:
+    # Only connecting is guarded: a migration that fails is a bug to see, not an outage.
+    return call_guarded(engine.connect)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    _connect(engine).close()
     command.upgrade(alembic_config(engine), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
+    with _connect(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
