@@ -1,5 +1,7 @@
 """Core services: accounts, sessions and presence, mailbox delivery, history."""
 
+from broker.store import UserRecord
+
 from .presence import LiveSession, OnlineUser
 from .service import Broker
 from .views import entry_view, iso, mail_event, online_user_view
@@ -8,6 +10,7 @@ __all__ = [
     "Broker",
     "LiveSession",
     "OnlineUser",
+    "UserRecord",
     "entry_view",
     "iso",
     "mail_event",

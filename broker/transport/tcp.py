@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from broker.config import Config
-from broker.core import Broker, LiveSession, entry_view, mail_event, online_user_view
+from broker.core import Broker, LiveSession, UserRecord, entry_view, mail_event, online_user_view
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     MAX_SENT_FRAME_BYTES,
@@ -34,7 +34,6 @@ from broker.protocol import (
     request_id,
     requests,
 )
-from broker.store import UserRecord
 
 log = logging.getLogger("mailnet.tcp")
 

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from broker.core import Broker
+from broker.core import Broker, UserRecord
 from broker.core.accounts import AUTH_FAILED_MESSAGE
 from broker.protocol import ErrorCode, ProtocolError, RequestRefused, parse_request, requests
-from broker.store import UserRecord
 
 
 @dataclass(frozen=True)

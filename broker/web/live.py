@@ -19,7 +19,7 @@ import trio
 from starlette.websockets import WebSocket
 
 from broker.config import Config
-from broker.core import Broker, LiveSession, mail_event
+from broker.core import Broker, LiveSession, UserRecord, mail_event
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     ErrorCode,
@@ -28,7 +28,6 @@ from broker.protocol import (
     parse_request,
     requests,
 )
-from broker.store import UserRecord
 
 from .auth import client_address, user_for_token
 
