@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds measured per timed workload")
     parser.add_argument("--load-procs", type=int, help="load generator processes")
     parser.add_argument("--no-mosquitto", action="store_true", help="skip the Mosquitto peer")
+    parser.add_argument(
+        "--mqtt-client",
+        choices=("lean", "paho"),
+        help="the Mosquitto workload's client: lean (default, like mailnet's) or paho-mqtt",
+    )
     parser.add_argument("--rate", type=float, help="msgs/s for the latency run (default 5000)")
     parser.add_argument(
         "--only",
@@ -38,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, only=tuple(args.only))
     if args.rate is not None:
         plan = dataclasses.replace(plan, steady_rate=args.rate)
+    if args.mqtt_client is not None:
+        plan = dataclasses.replace(plan, mqtt_client=args.mqtt_client)
     if not args.no_mosquitto:
         plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
     results = run_benchmark(plan)
@@ -48,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = [name for name, r in results.scenarios.items() if "error" in r]
     if failed:
         print("workloads failed: " + ", ".join(failed), file=sys.stderr)
+    refused = [name for name, r in results.scenarios.items() if r.get("errors")]
+    if refused:
+        print("workloads with error responses: " + ", ".join(refused), file=sys.stderr)
+    if failed or refused:
         return 1
     return 0
 

@@ -4,8 +4,16 @@
 
 It connects and logs in its clients, prints {"ready": true}, waits for a line on stdin (the go
 signal, so every load process starts together), runs the scenario and prints one JSON line of
-results. A lean client on the wire protocol (broker.protocol framing) keeps the generator's own
-cost low; the broker sees exactly what the client library would send.
+results.
+
+The generator shares the machine's cores with the broker it measures, so its own cost per
+message must stay well below the broker's, or it caps the figure. The lean client speaks the
+wire protocol itself (a 4-byte big-endian length, then a UTF-8 JSON object) with orjson, and
+keeps broker.protocol out of its hot path. Each connection has one reader task and one writer
+task, nothing else: a response is handed to a callback in the reader, which counts it and posts
+the next request right there; the writer sends everything queued since its last turn in one
+send_all. No task and no Event per message (request() with an Event is for login, ping, ...).
+The broker sees exactly the bytes the client library would send.
 """
 
 from __future__ import annotations
@@ -13,70 +21,134 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import struct
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import trio
 
-from broker.protocol import NEED_DATA, FrameConnection
-
 PASSWORD = "bench-password"
+MAX_FRAME_BYTES = 64 * 1024 * 1024
 now = time.perf_counter  # CLOCK_MONOTONIC: comparable across processes on one machine
+
+HEADER = struct.Struct(">I")
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
+_dumps = orjson.dumps
+_loads = orjson.loads
+
+Frame = dict[str, Any]
+OnResponse = Callable[[Frame], None]
+
+
+def encode(frame: Frame) -> bytes:
+    payload = _dumps(frame)
+    return _pack_header(len(payload)) + payload
 
 
 class LeanClient:
-    """Requests with ids, responses matched by id, pushed mail handed to a callback."""
+    """Requests with ids, responses handed to a callback by id, pushed mail to on_mail."""
 
     def __init__(self, stream: trio.SocketStream, on_mail: Callable[[dict], None]) -> None:
         self.stream = stream
-        self.frames = FrameConnection(max_frame_bytes=64 * 1024 * 1024)
+        self.buffer = bytearray()  # the start of a frame not yet complete
         self.ids = itertools.count(1)
-        self.waiting: dict[int, list[Any]] = {}
+        self.waiting: dict[int, OnResponse] = {}
         self.on_mail = on_mail
         self.last_seq = 0
         self.out: list[bytes] = []
-        self.out_ready = trio.Event()
+        self.writer_task: trio.lowlevel.Task | None = None  # set while the writer is parked
 
     async def reader(self) -> None:
-        frames, waiting = self.frames, self.waiting
+        receive, buffer, waiting = self.stream.receive_some, self.buffer, self.waiting
         while True:
-            data = await self.stream.receive_some(256 * 1024)
+            data = await receive(256 * 1024)
             if not data:
                 raise trio.BrokenResourceError("the broker closed the connection")
-            frames.receive_data(data)
-            while (frame := frames.next_frame()) is not NEED_DATA:
-                assert isinstance(frame, dict)
-                if "event" in frame:
-                    if frame["event"] == "mail":
-                        self.last_seq = frame["entry"]["seq"]
-                        self.on_mail(frame["entry"])
-                    continue
-                slot = waiting.pop(frame.get("re"), None)
-                if slot is not None:
-                    slot[1] = frame
-                    slot[0].set()
+            if buffer:
+                buffer += data
+                source: bytes | bytearray = buffer
+            else:
+                source = data  # the common case: parse the received bytes in place
+            size, pos = len(source), 0
+            with memoryview(source) as view:
+                while size - pos >= 4:
+                    (length,) = _unpack_header(source, pos)
+                    if length > MAX_FRAME_BYTES:
+                        raise ValueError(f"frame of {length} bytes from the broker")
+                    end = pos + 4 + length
+                    if end > size:
+                        break
+                    frame = _loads(view[pos + 4 : end])
+                    pos = end
+                    if "event" in frame:
+                        if frame["event"] == "mail":
+                            entry = frame["entry"]
+                            self.last_seq = entry["seq"]
+                            self.on_mail(entry)
+                        continue
+                    callback = waiting.pop(frame.get("re"), None)  # type: ignore[arg-type]
+                    if callback is not None:
+                        callback(frame)
+            # Drop the consumed frames once per read, not once per frame.
+            if source is buffer:
+                del buffer[:pos]
+            elif pos < size:
+                buffer += data[pos:]
 
     async def writer(self) -> None:
-        """Coalesces frames queued by concurrent requests into one send_all."""
+        """Coalesces every frame queued since its last turn into one send_all.
+
+        It parks itself when there is nothing to send and the first frame queued wakes it:
+        cheaper than a fresh Event per turn, which with one request in flight is per message.
+        """
+        send_all = self.stream.send_all
         while True:
-            await self.out_ready.wait()
-            self.out_ready = trio.Event()
+            if not self.out:
+                self.writer_task = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._abort_park)
             data, self.out = b"".join(self.out), []
-            await self.stream.send_all(data)
+            await send_all(data)
 
-    def post(self, frame: dict[str, Any]) -> None:
-        self.out.append(self.frames.send(frame))
-        self.out_ready.set()
+    def _abort_park(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self.writer_task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
-    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+    def _wake_writer(self) -> None:
+        task, self.writer_task = self.writer_task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def post(self, frame: Frame) -> None:
+        """Queue a frame that expects no response (an ack)."""
+        self.out.append(encode(frame))
+        if self.writer_task is not None:
+            self._wake_writer()
+
+    def send(self, frame: Frame, on_response: OnResponse) -> None:
+        """Queue a request (frame without its id); on_response(response) runs in the reader."""
         rid = next(self.ids)
-        slot: list[Any] = [trio.Event(), None]
-        self.waiting[rid] = slot
-        self.post({"op": op, "id": rid, **fields})
-        await slot[0].wait()
-        response = slot[1]
+        self.waiting[rid] = on_response
+        frame["id"] = rid
+        self.out.append(encode(frame))
+        if self.writer_task is not None:
+            self._wake_writer()
+
+    async def request(self, op: str, **fields: Any) -> Frame:
+        """A request awaited with an Event: for the few that are not the measured load."""
+        done = trio.Event()
+        box: list[Frame] = []
+
+        def got(response: Frame) -> None:
+            box.append(response)
+            done.set()
+
+        self.send({"op": op, **fields}, got)
+        await done.wait()
+        response = box[0]
         if not response.get("ok"):
             raise RuntimeError(f"{op} failed: {response.get('error')}")
         return response
@@ -94,6 +166,29 @@ async def open_client(
         "login", username=username, password=PASSWORD, create=True, client="bench", **login
     )
     return client
+
+
+class Tally:
+    """What a scenario counts: acks inside the measured interval, errors at any time."""
+
+    def __init__(self) -> None:
+        self.measuring = False
+        self.acked = 0
+        self.delivered = 0
+        self.errors = 0
+        self.first_error: Any = None
+        self.latencies: list[float] = []
+
+    def error(self, response: Frame) -> None:
+        self.errors += 1
+        if self.first_error is None:
+            self.first_error = response.get("error")
+
+    def report(self) -> dict[str, Any]:
+        """The error count, and the first error when there was one."""
+        if not self.errors:
+            return {"errors": 0}
+        return {"errors": self.errors, "first_error": self.first_error}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -121,7 +216,41 @@ def noop(_entry: dict) -> None:
     pass
 
 
+async def measure(tally: Tally, warmup: float, duration: float) -> float:
+    """Warm up, then count for `duration`; the measured interval's length."""
+    await trio.sleep(warmup)
+    tally.measuring = True
+    started = now()
+    await trio.sleep(duration)
+    tally.measuring = False
+    return now() - started
+
+
 # -- scenarios ----------------------------------------------------------------------------------
+
+
+class TextSender:
+    """Keeps its sends in flight: each response is counted and, while running, replaced."""
+
+    def __init__(self, client: LeanClient, to: str, tally: Tally) -> None:
+        self.client, self.to, self.tally = client, [to], tally
+        self.running = True
+        self.on_response = self._on_response  # one bound method, not one per send
+
+    def post(self) -> None:
+        self.client.send(
+            {"op": "send", "kind": "text", "to": self.to, "body": repr(now())}, self.on_response
+        )
+
+    def _on_response(self, response: Frame) -> None:
+        tally = self.tally
+        if response.get("ok"):
+            if tally.measuring:
+                tally.acked += 1
+        else:
+            tally.error(response)
+        if self.running:
+            self.post()
 
 
 async def peer_texts(address: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -131,95 +260,86 @@ async def peer_texts(address: str, p: dict[str, Any]) -> dict[str, Any]:
     """
     pairs, window, duration, warmup = p["pairs"], p["window"], p["duration"], p["warmup"]
     shard = p["shard"]
-    counts = {"acked": 0, "delivered": 0}
-    latencies: list[float] = []
-    measuring = [False]
+    tally = Tally()
 
     def on_mail(entry: dict) -> None:
-        if measuring[0]:
-            counts["delivered"] += 1
-            if counts["delivered"] % 16 == 0:
-                latencies.append(now() - float(entry["body"]))
+        if tally.measuring:
+            tally.delivered += 1
+            if tally.delivered % 16 == 0:
+                tally.latencies.append(now() - float(entry["body"]))
 
     async with trio.open_nursery() as nursery:
         senders = []
         for i in range(pairs):
             await open_client(nursery, address, f"r{shard}_{i}", on_mail)
-            senders.append(await open_client(nursery, address, f"s{shard}_{i}", noop))
+            client = await open_client(nursery, address, f"s{shard}_{i}", noop)
+            senders.append(TextSender(client, f"r{shard}_{i}", tally))
         await ready_and_wait_for_go()
-        stop = [False]
-
-        async def send_loop(client: LeanClient, to: str) -> None:
-            async def one() -> None:
-                await client.request("send", kind="text", to=[to], body=repr(now()))
-                if measuring[0]:
-                    counts["acked"] += 1
-
-            async with trio.open_nursery() as inner:
-                limiter = trio.Semaphore(window)
-
-                async def slot() -> None:
-                    try:
-                        await one()
-                    finally:
-                        limiter.release()
-
-                while not stop[0]:
-                    await limiter.acquire()
-                    inner.start_soon(slot)
-
-        async with trio.open_nursery() as load:
-            for i, client in enumerate(senders):
-                load.start_soon(send_loop, client, f"r{shard}_{i}")
-            await trio.sleep(warmup)
-            measuring[0] = True
-            started = now()
-            await trio.sleep(duration)
-            measuring[0] = False
-            elapsed = now() - started
-            stop[0] = True
-            load.cancel_scope.cancel()
+        for sender in senders:
+            for _ in range(window):
+                sender.post()
+        elapsed = await measure(tally, warmup, duration)
+        for sender in senders:
+            sender.running = False
         nursery.cancel_scope.cancel()
     return {
-        "acked": counts["acked"],
-        "delivered": counts["delivered"],
+        "acked": tally.acked,
+        "delivered": tally.delivered,
         "elapsed": elapsed,
-        "latency": latency_summary(latencies),
+        "latency": latency_summary(tally.latencies),
+        **tally.report(),
     }
+
+
+class PingSender:
+    """One send in flight to `to`; each response takes its latency and posts the next."""
+
+    def __init__(self, client: LeanClient, to: str, tally: Tally) -> None:
+        self.client, self.to, self.tally = client, [to], tally
+        self.running = True
+        self.sent_at = 0.0
+        self.on_response = self._on_response
+
+    def post(self) -> None:
+        self.sent_at = now()
+        self.client.send(
+            {"op": "send", "kind": "text", "to": self.to, "body": "ping"}, self.on_response
+        )
+
+    def _on_response(self, response: Frame) -> None:
+        tally = self.tally
+        if response.get("ok"):
+            if tally.measuring:
+                tally.latencies.append(now() - self.sent_at)
+                tally.acked += 1
+        else:
+            tally.error(response)
+        if self.running:
+            self.post()
 
 
 async def request_response(address: str, p: dict[str, Any]) -> dict[str, Any]:
     """`connections` clients, one send in flight each, to an offline recipient."""
     connections, duration, warmup, shard = p["connections"], p["duration"], p["warmup"], p["shard"]
-    latencies: list[float] = []
-    count = [0]
-    measuring = [False]
+    tally = Tally()
     async with trio.open_nursery() as nursery:
-        clients = [
-            await open_client(nursery, address, f"q{shard}_{i}", noop) for i in range(connections)
+        senders = [
+            PingSender(await open_client(nursery, address, f"q{shard}_{i}", noop), p["sink"], tally)
+            for i in range(connections)
         ]
         await ready_and_wait_for_go()
-
-        async def loop(client: LeanClient) -> None:
-            while True:
-                t0 = now()
-                await client.request("send", kind="text", to=[p["sink"]], body="ping")
-                if measuring[0]:
-                    latencies.append(now() - t0)
-                    count[0] += 1
-
-        async with trio.open_nursery() as load:
-            for client in clients:
-                load.start_soon(loop, client)
-            await trio.sleep(warmup)
-            measuring[0] = True
-            started = now()
-            await trio.sleep(duration)
-            measuring[0] = False
-            elapsed = now() - started
-            load.cancel_scope.cancel()
+        for sender in senders:
+            sender.post()
+        elapsed = await measure(tally, warmup, duration)
+        for sender in senders:
+            sender.running = False
         nursery.cancel_scope.cancel()
-    return {"acked": count[0], "elapsed": elapsed, "latency": latency_summary(latencies)}
+    return {
+        "acked": tally.acked,
+        "elapsed": elapsed,
+        "latency": latency_summary(tally.latencies),
+        **tally.report(),
+    }
 
 
 async def steady_rate(address: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -231,14 +351,17 @@ async def steady_rate(address: str, p: dict[str, Any]) -> dict[str, Any]:
         p["warmup"],
         p["shard"],
     )
-    latencies: list[float] = []
-    counts = {"sent": 0, "delivered": 0}
-    measuring = [False]
+    tally = Tally()
+    sent = [0]
 
     def on_mail(entry: dict) -> None:
-        if measuring[0]:
-            counts["delivered"] += 1
-            latencies.append(now() - float(entry["body"]))
+        if tally.measuring:
+            tally.delivered += 1
+            tally.latencies.append(now() - float(entry["body"]))
+
+    def on_response(response: Frame) -> None:
+        if not response.get("ok"):
+            tally.error(response)
 
     async with trio.open_nursery() as nursery:
         senders = []
@@ -249,67 +372,103 @@ async def steady_rate(address: str, p: dict[str, Any]) -> dict[str, Any]:
         interval = pairs / rate  # each sender's gap between sends
 
         async def paced(client: LeanClient, to: str, offset: float) -> None:
-            async with trio.open_nursery() as inner:
-                next_at = trio.current_time() + offset
-                while True:
-                    next_at += interval
-                    await trio.sleep_until(next_at)
-                    if measuring[0]:
-                        counts["sent"] += 1
-                    inner.start_soon(
-                        lambda: client.request("send", kind="text", to=[to], body=repr(now()))
-                    )
+            recipients = [to]
+            next_at = trio.current_time() + offset
+            while True:
+                next_at += interval
+                await trio.sleep_until(next_at)
+                if tally.measuring:
+                    sent[0] += 1
+                client.send(
+                    {"op": "send", "kind": "text", "to": recipients, "body": repr(now())},
+                    on_response,
+                )
 
         async with trio.open_nursery() as load:
             for i, client in enumerate(senders):
                 load.start_soon(paced, client, f"w{shard}_{i}", interval * i / pairs)
-            await trio.sleep(warmup)
-            measuring[0] = True
-            started = now()
-            await trio.sleep(duration)
-            measuring[0] = False
-            elapsed = now() - started
+            elapsed = await measure(tally, warmup, duration)
             load.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
     return {
-        "sent": counts["sent"],
-        "delivered": counts["delivered"],
+        "sent": sent[0],
+        "delivered": tally.delivered,
         "elapsed": elapsed,
-        "latency": latency_summary(latencies),
+        "latency": latency_summary(tally.latencies),
+        **tally.report(),
     }
+
+
+class BacklogSender:
+    """Sends `count` texts to `to`, `window` in flight; calls on_done after the last answer."""
+
+    def __init__(
+        self, client: LeanClient, to: str, count: int, tally: Tally, on_done: Callable[[], None]
+    ) -> None:
+        self.client, self.to, self.count, self.tally, self.on_done = (
+            client,
+            [to],
+            count,
+            tally,
+            on_done,
+        )
+        self.posted = self.answered = 0
+        self.on_response = self._on_response
+
+    def post(self) -> None:
+        body = f"backlog {self.posted}"
+        self.posted += 1
+        self.client.send(
+            {"op": "send", "kind": "text", "to": self.to, "body": body}, self.on_response
+        )
+
+    def _on_response(self, response: Frame) -> None:
+        if response.get("ok"):
+            self.tally.acked += 1
+        else:
+            self.tally.error(response)
+        self.answered += 1
+        if self.posted < self.count:
+            self.post()
+        elif self.answered == self.count:
+            self.on_done()
 
 
 async def fill_backlog(address: str, p: dict[str, Any]) -> dict[str, Any]:
     """Many senders, windowed, queue `count` texts (this shard's share) for an offline user."""
     senders, window, count, shard = p["senders"], p["window"], p["count"], p["shard"]
     per_sender = [count // senders + (1 if i < count % senders else 0) for i in range(senders)]
+    tally = Tally()
+    done = trio.Event()
+    unfinished = [sum(1 for n in per_sender if n)]
+
+    def sender_done() -> None:
+        unfinished[0] -= 1
+        if not unfinished[0]:
+            done.set()
+
     async with trio.open_nursery() as nursery:
-        clients = [
-            await open_client(nursery, address, f"b{shard}_{i}", noop) for i in range(senders)
+        fillers = [
+            BacklogSender(
+                await open_client(nursery, address, f"b{shard}_{i}", noop),
+                p["to"],
+                n,
+                tally,
+                sender_done,
+            )
+            for i, n in enumerate(per_sender)
         ]
         await ready_and_wait_for_go()
         started = now()
-
-        async def fill(client: LeanClient, n: int) -> None:
-            limiter = trio.Semaphore(window)
-
-            async def one(k: int) -> None:
-                try:
-                    await client.request("send", kind="text", to=[p["to"]], body=f"backlog {k}")
-                finally:
-                    limiter.release()
-
-            async with trio.open_nursery() as inner:
-                for k in range(n):
-                    await limiter.acquire()
-                    inner.start_soon(one, k)
-
-        async with trio.open_nursery() as load:
-            for client, n in zip(clients, per_sender, strict=True):
-                load.start_soon(fill, client, n)
+        if not unfinished[0]:
+            done.set()
+        for filler in fillers:
+            for _ in range(min(window, filler.count)):
+                filler.post()
+        await done.wait()
         elapsed = now() - started
         nursery.cancel_scope.cancel()
-    return {"acked": count, "elapsed": elapsed}
+    return {"acked": tally.acked, "elapsed": elapsed, **tally.report()}
 
 
 async def drain_backlog(address: str, p: dict[str, Any]) -> dict[str, Any]:

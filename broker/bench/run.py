@@ -65,6 +65,7 @@ class Plan:
     announce_users: int = 10_000
     announce_online: int = 1_000
     mosquitto: str | None = None  # host:port of a Mosquitto to compare with
+    mqtt_client: str = "lean"  # the Mosquitto workload's client: "lean" or "paho" (paho-mqtt)
     only: tuple[str, ...] = ()  # run just these workloads (names as in the JSON)
 
     @classmethod
@@ -177,6 +178,21 @@ def rate(count: float, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else 0.0
 
 
+MQTT_CLIENTS = {
+    "lean": "lean MQTT 3.1.1 client on trio (broker/bench/mqttload.py)",
+    "paho": "paho-mqtt, one thread",
+}
+
+
+def errors(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Error responses the load processes got (each one counted, none taken for an ack)."""
+    count = sum(r.get("errors", 0) for r in results)
+    if not count:
+        return {"errors": 0}
+    first = next(r["first_error"] for r in results if r.get("first_error") is not None)
+    return {"errors": count, "first_error": first}
+
+
 class Bench:
     def __init__(self, plan: Plan, workdir: Path) -> None:
         self.plan = plan
@@ -190,8 +206,11 @@ class Bench:
         broker.start()
         return broker
 
-    def scenario(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
-        if self.plan.only and name not in self.plan.only:
+    def scenario(
+        self, name: str, fn: Callable[[], dict[str, Any]], workload: str | None = None
+    ) -> None:
+        """Run one scenario, unless its workload (its own name by default) is left out."""
+        if self.plan.only and (workload or name) not in self.plan.only:
             return
         progress(f"{name}: running")
         try:
@@ -204,7 +223,7 @@ class Bench:
     def run(self) -> Results:
         self.scenario("peer_texts", self.peer_texts)
         if self.plan.mosquitto and (not self.plan.only or "peer_texts" in self.plan.only):
-            self.scenario("mosquitto_peer", self.mosquitto_peer)
+            self.scenario("mosquitto_peer", self.mosquitto_peer, workload="peer_texts")
             mailnet = self.results.scenarios["peer_texts"].get("delivered_per_s")
             peer = self.results.scenarios["mosquitto_peer"].get("delivered_per_s")
             if mailnet and peer:
@@ -241,23 +260,27 @@ class Bench:
             "acked_per_s": rate(sum(r["acked"] for r in results), elapsed),
             "delivered_per_s": rate(sum(r["delivered"] for r in results), elapsed),
             "send_to_deliver": merge_latency(results),
+            **errors(results),
         }
 
     def mosquitto_peer(self) -> dict[str, Any]:
         p = self.plan
         assert p.mosquitto is not None
-        shards = self._timed_shards(window=p.window)
+        shards = self._timed_shards(window=p.window, client=p.mqtt_client)
         for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
             shard["pairs"] = pairs
         results = run_load("broker.bench.mqttload", p.mosquitto, shards)
         elapsed = max(r["elapsed"] for r in results)
         return {
             "address": p.mosquitto,
+            "client": p.mqtt_client,
+            "client_is": MQTT_CLIENTS[p.mqtt_client],
             "pairs": p.pairs,
             "window": p.window,
             "acked_per_s": rate(sum(r["acked"] for r in results), elapsed),
             "delivered_per_s": rate(sum(r["delivered"] for r in results), elapsed),
             "send_to_deliver": merge_latency(results),
+            **errors(results),
         }
 
     def request_response(self) -> dict[str, Any]:
@@ -278,6 +301,7 @@ class Bench:
             "connections": p.rr_connections,
             "msgs_per_s": rate(sum(r["acked"] for r in results), elapsed),
             "latency": merge_latency(results),
+            **errors(results),
         }
 
     def steady_rate(self) -> dict[str, Any]:
@@ -296,6 +320,7 @@ class Bench:
             "sent_per_s": rate(sum(r["sent"] for r in results), elapsed),
             "delivered_per_s": rate(sum(r["delivered"] for r in results), elapsed),
             "send_to_deliver": merge_latency(results),
+            **errors(results),
         }
 
     def backlog(self) -> dict[str, Any]:
@@ -313,6 +338,12 @@ class Bench:
             progress(f"backlog: queueing {p.backlog} messages through {p.backlog_senders} senders")
             fill = run_load("broker.bench.load", broker.address, shards, scenario="fill_backlog")
             fill_elapsed = max(r["elapsed"] for r in fill)
+            refused = errors(fill)
+            if refused["errors"]:  # the drain would wait for messages that were never queued
+                raise RuntimeError(
+                    f"backlog fill: {refused['errors']} sends refused, first: "
+                    f"{refused['first_error']}"
+                )
             progress("backlog: draining")
             drain = run_load(
                 "broker.bench.load",
@@ -383,6 +414,12 @@ def format_table(results: Results) -> str:
     def err(name: str) -> str | None:
         return s.get(name, {}).get("error")
 
+    def refused(r: dict[str, Any]) -> str:
+        """Error responses, if the load got any: the figure counts only successful sends."""
+        if not r.get("errors"):
+            return ""
+        return f"; {r['errors']:,} ERROR RESPONSES (first: {r.get('first_error')})"
+
     if "peer_texts" in s:
         r = s["peer_texts"]
         if err("peer_texts"):
@@ -395,13 +432,15 @@ def format_table(results: Results) -> str:
             )
             if ratio is not None:
                 figure += f"; {ratio:.2f}× Mosquitto"
+            figure += refused(r)
             add("durable 1:1 texts e2e", figure, "peer_texts")
     if "mosquitto_peer" in s:
         r = s["mosquitto_peer"]
         figure = (
             "error: " + r["error"]
             if err("mosquitto_peer")
-            else f"{r['delivered_per_s']:,.0f} msgs/s delivered (QoS 1, {r['pairs']} pairs)"
+            else f"{r['delivered_per_s']:,.0f} msgs/s delivered (QoS 1, {r['pairs']} pairs, "
+            f"{r['client']} client){refused(r)}"
         )
         add("  Mosquitto, same workload", figure, "")
     if "request_response" in s:
@@ -410,7 +449,7 @@ def format_table(results: Results) -> str:
             "error: " + r["error"]
             if err("request_response")
             else f"{r['msgs_per_s']:,.0f} msgs/s, p50 {r['latency']['p50_ms']:.2f} ms, "
-            f"p99 {r['latency']['p99_ms']:.2f} ms ({r['connections']} conns)"
+            f"p99 {r['latency']['p99_ms']:.2f} ms ({r['connections']} conns){refused(r)}"
         )
         add("request/response", figure, "request_response")
     if "steady_rate" in s:
@@ -423,7 +462,7 @@ def format_table(results: Results) -> str:
                 f"at {r['delivered_per_s']:,.0f} msgs/s delivered "
                 f"(asked {r['target_per_s']:,.0f}): "
                 f"p50 {lat.get('p50_ms', float('nan')):.2f} ms, "
-                f"p99 {lat.get('p99_ms', float('nan')):.2f} ms"
+                f"p99 {lat.get('p99_ms', float('nan')):.2f} ms{refused(r)}"
             )
         add("send→deliver latency", figure, "steady_rate")
     if "backlog" in s:
@@ -450,6 +489,8 @@ def format_table(results: Results) -> str:
     lines += [f"{a:<{width}}  {b:<{fig_width}}  {c}" for a, b, c in rows]
     m = results.machine
     lines.append("")
+    if "mosquitto_peer" in s and "client_is" in s["mosquitto_peer"]:
+        lines.append(f"Mosquitto driven by: {s['mosquitto_peer']['client_is']}")
     lines.append(
         f"machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), Python {m.get('python')}, "
         f"SQLite {m.get('sqlite')}"
