@@ -1,4 +1,7 @@
-"""The backlog drain's fast paths give exactly what the general paths give.
+"""The broker's fast paths give exactly what the general paths give.
+
+- `decode_payload` (orjson first) reads every frame as the standard decoder does, and refuses
+  what it refuses with the same error;
 
 - `encode_plain_frame` (orjson) writes the same bytes as `encode_frame` (the standard encoder),
   and fails the same way on what JSON cannot carry;
@@ -18,8 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.core.views import entry_view, iso, mail_event
-from broker.protocol import ErrorCode, FrameConnection, LocalProtocolError, encode_frame
-from broker.protocol.framing import encode_plain_frame
+from broker.protocol import (
+    ErrorCode,
+    FrameConnection,
+    LocalProtocolError,
+    RemoteProtocolError,
+    encode_frame,
+)
+from broker.protocol.framing import _DECODER, decode_payload, encode_plain_frame
 from broker.store import MailStore, SendIntent, migrate
 
 plain_scalars = (
@@ -55,6 +64,83 @@ def test_the_plain_encoder_refuses_what_the_standard_one_refuses() -> None:
     frames = FrameConnection(max_send_bytes=100)
     with pytest.raises(LocalProtocolError):
         frames.send_plain({"x": "y" * 200})
+
+
+json_scalars = plain_scalars | st.floats(allow_nan=False, allow_infinity=False)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+def _standard_decode(payload: bytes) -> object:
+    try:
+        return _DECODER.decode(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "refused"
+
+
+def _fast_decode(payload: bytes) -> object:
+    try:
+        return decode_payload(payload)
+    except RemoteProtocolError as exc:
+        assert exc.code is ErrorCode.BAD_FRAME
+        return "refused"
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=st.dictionaries(st.text(max_size=10), json_values, max_size=6))
+def test_the_decoder_reads_what_the_standard_decoder_reads(obj: dict) -> None:
+    """Floats and integers past 64 bits included (orjson alone would round those)."""
+    payload = encode_frame(obj)[4:]
+    decoded = decode_payload(payload)
+    assert decoded == _standard_decode(payload)
+    assert [type(v) for v in decoded.values()] == [type(v) for v in obj.values()]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.binary(max_size=60) | st.from_regex(rb"\{[ -~]{0,40}\}", fullmatch=True))
+def test_the_decoder_refuses_what_the_standard_decoder_refuses(payload: bytes) -> None:
+    standard = _standard_decode(payload)
+    if not isinstance(standard, dict):
+        standard = "refused"
+    assert _fast_decode(payload) == standard or _has_lone_surrogate(standard)
+
+
+def _has_lone_surrogate(obj: object) -> bool:
+    """decode_payload also refuses these (the standard decoder lets them through)."""
+    try:
+        encode_frame(obj)  # type: ignore[arg-type]
+    except LocalProtocolError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a":NaN}',
+        b'{"a":Infinity}',
+        b'{"a":"\\ud800"}',
+        b"\xff\xfe",
+        b"[1]",
+        b'{"a":1',
+        b'{"a":"\x01"}',
+        b"[" * 5000 + b"]" * 5000,
+    ],
+)
+def test_the_decoder_refuses_what_json_frames_must_not_hold(payload: bytes) -> None:
+    assert _fast_decode(payload) == "refused"
+
+
+def test_the_decoder_keeps_integers_past_64_bits_exact() -> None:
+    assert decode_payload(b'{"a":123456789012345678901234567890,"b":[-9223372036854775809]}') == {
+        "a": 123456789012345678901234567890,
+        "b": [-9223372036854775809],
+    }
 
 
 @settings(max_examples=300, deadline=None)

@@ -83,8 +83,34 @@ def encode_plain_frame(
     return HEADER.pack(len(payload)) + payload
 
 
+def _holds_float(values: Any) -> bool:
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            return True
+        if (kind is dict and _holds_float(value.values())) or (
+            kind is list and _holds_float(value)
+        ):
+            return True
+    return False
+
+
 def decode_payload(payload: bytes) -> dict[str, Any]:
-    """A frame's body as a dict; RemoteProtocolError(bad_frame) for anything but a JSON object."""
+    """A frame's body as a dict; RemoteProtocolError(bad_frame) for anything but a JSON object.
+
+    orjson first (several times faster). What it accepts, the standard decoder accepts with
+    the same result, but for integers past 64 bits, which orjson turns into floats: a frame
+    with any float in it (no request has one) is read again the standard way. So is anything
+    orjson refuses (NaN, invalid UTF-8, a lone surrogate, deep nesting...): the standard path
+    decides and words the error exactly as it always did.
+    """
+    try:
+        fast = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if type(fast) is dict and not _holds_float(fast.values()):
+            return fast
     try:
         obj = _DECODER.decode(payload.decode("utf-8"))
     except UnicodeDecodeError:
