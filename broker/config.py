@@ -51,6 +51,10 @@ class Config:
     presence_refresh: float = 5.0
     bcrypt_rounds: int = 12
     max_in_flight_per_connection: int = 256
+    # Where SQLite group commits run: "process" (a child process beside the broker, so
+    # commits do not compete with the event loop for one interpreter lock) or "thread".
+    # PostgreSQL always commits from a thread.
+    send_writer: str = "process"
 
     @property
     def db_url(self) -> str:

@@ -145,6 +145,11 @@ def limit_options(command: Any) -> Any:
     type=click.Choice(["open", "closed", "invite"]),
     help="Who may create accounts [default open].",
 )
+@click.option(
+    "--send-writer",
+    type=click.Choice(["process", "thread"]),
+    help="Where SQLite group commits run [default process; env MAILNET_SEND_WRITER].",
+)
 @limit_options
 @click.option(
     "--log-level",

@@ -40,7 +40,11 @@ from broker.server import ServerInfo, serve  # noqa: E402
 
 
 def make_config(data_dir: Path, **overrides: object) -> Config:
-    """A broker config for tests: loopback, port 0, plaintext, fast bcrypt, no web UI."""
+    """A broker config for tests: loopback, port 0, plaintext, fast bcrypt, no web UI.
+
+    Group commits run in a thread here (a child process costs each test's broker a Python
+    start-up); the default, a writer process, is tested in test_writer_process.py and by every
+    broker started as a subprocess (the kill -9 chaos tests, the CLI's `mailnet serve`)."""
     base = Config(
         host="127.0.0.1",
         port=0,
@@ -48,6 +52,7 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
         data_dir=data_dir,
         insecure_plaintext=True,
         bcrypt_rounds=4,
+        send_writer="thread",
     )
     return dataclasses.replace(base, **overrides)
 

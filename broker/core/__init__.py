@@ -1,6 +1,6 @@
 """Core services: accounts, sessions and presence, mailbox delivery, history."""
 
-from broker.store import UserRecord
+from broker.store import SendOutcome, UserRecord
 
 from .presence import LiveSession, OnlineUser
 from .service import Broker
@@ -10,6 +10,7 @@ __all__ = [
     "Broker",
     "LiveSession",
     "OnlineUser",
+    "SendOutcome",
     "UserRecord",
     "entry_view",
     "iso",

@@ -26,6 +26,7 @@ from broker.store import (
     SendIntent,
     SendOutcome,
     UserRecord,
+    WriterProcess,
 )
 
 from .accounts import Accounts, LoginResult, hash_token
@@ -42,6 +43,7 @@ log = logging.getLogger("mailnet.broker")
 ACK_FLUSH_INTERVAL = 1.0
 LISTEN_WAIT = 10.0  # seconds to wait for LISTEN before reporting started anyway
 DISK_CHECK_INTERVAL = 1.0
+SEND_WRITERS = ("process", "thread")
 
 
 class Broker:
@@ -56,7 +58,18 @@ class Broker:
             if store.shares_commits
             else None
         )
-        self.commits = CommitQueue(self.runner, self._deliver, quota=config.mailbox_quota)
+        if config.send_writer not in SEND_WRITERS:
+            raise ValueError(
+                f"send_writer must be one of {', '.join(SEND_WRITERS)}, not {config.send_writer!r}"
+            )
+        self.writer = (
+            WriterProcess(store.engines.write.url.render_as_string(hide_password=False))
+            if store.engines.is_sqlite and config.send_writer == "process"
+            else None
+        )
+        self.commits = CommitQueue(
+            self.runner, self._deliver, quota=config.mailbox_quota, writer=self.writer
+        )
         self.send_limits = SendRateLimiter(config.send_rate, config.send_burst)
         self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
         self._pending_acks: dict[int, int] = {}
@@ -75,6 +88,16 @@ class Broker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background work: the group committer and the ack flusher."""
         await self.accounts.prepare()
+        if self.writer is not None:
+            await trio.to_thread.run_sync(self.writer.start)
+        try:
+            await self._run(task_status)
+        finally:
+            if self.writer is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.writer.close)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.commits.run)
             nursery.start_soon(self._flush_acks_forever)
@@ -255,6 +278,44 @@ class Broker:
 
     async def send(self, user: UserRecord, request: requests.Send) -> SendOutcome:
         """Store a message durably (group commit), then push it to online recipients."""
+        (result,) = await self.send_many(user, [request])
+        if isinstance(result, RequestRefused):
+            raise result
+        return result
+
+    async def send_many(
+        self, user: UserRecord, sends: Sequence[requests.Send]
+    ) -> list[SendOutcome | RequestRefused]:
+        """Several sends of one user (a connection's window), stored in one group commit.
+
+        Each is answered on its own, in order: its outcome, or why it was refused (rate
+        limit, disk, quota, unknown recipient...). A refusal of one does not touch the others.
+        """
+        results: list[SendOutcome | RequestRefused | None] = []
+        intents: list[SendIntent] = []
+        stored_at: list[int] = []  # where each intent's outcome goes in results
+        for request in sends:
+            try:
+                intent = self._intent(user, request)
+            except RequestRefused as exc:
+                results.append(exc)
+                continue
+            stored_at.append(len(results))
+            results.append(None)
+            intents.append(intent)
+        outcomes: Sequence[SendOutcome | RequestRefused]
+        try:
+            outcomes = await self.commits.submit_many(intents)
+        except RequestRefused as exc:  # the whole batch failed: nothing of it was stored
+            outcomes = [exc] * len(intents)
+        for index, outcome in zip(stored_at, outcomes, strict=True):
+            if isinstance(outcome, SendOutcome) and outcome.error_code is not None:
+                outcome = RequestRefused(ErrorCode(outcome.error_code), outcome.error_message or "")
+            results[index] = outcome
+        return [r for r in results if r is not None]
+
+    def _intent(self, user: UserRecord, request: requests.Send) -> SendIntent:
+        """What to store for one send, once the user's rate and the disk allow it."""
         retry_after = self.send_limits.retry_after(user.id)
         if retry_after > 0:
             raise RequestRefused(
@@ -266,7 +327,7 @@ class Broker:
         subject, body = request.subject, request.body
         if request.kind == "rickroll":
             subject, body = RICKROLL_SUBJECT, RICKROLL_BODY
-        intent = SendIntent(
+        return SendIntent(
             sender_id=user.id,
             sender=user.username,
             kind=request.kind,
@@ -275,10 +336,6 @@ class Broker:
             body=body,
             client_msg_id=request.client_msg_id,
         )
-        outcome = await self.commits.submit(intent)
-        if outcome.error_code is not None:
-            raise RequestRefused(ErrorCode(outcome.error_code), outcome.error_message or "")
-        return outcome
 
     def _deliver(self, outcomes: Sequence[SendOutcome]) -> None:
         for outcome in outcomes:

@@ -5,6 +5,7 @@ from .database import Engines, make_engines, sqlite_url_for
 from .mailstore import MailStore, NotFound, StoreUnavailable, UsernameTaken, call_guarded
 from .presence_rows import PresenceChange, PresenceRow
 from .records import Delivery, EntryRecord, HistoryQuery, SendIntent, SendOutcome, UserRecord
+from .writer import WriterProcess
 
 __all__ = [
     "AccountRecord",
@@ -25,6 +26,7 @@ __all__ = [
     "StoreUnavailable",
     "UserRecord",
     "UsernameTaken",
+    "WriterProcess",
     "call_guarded",
     "make_engines",
     "sqlite_url_for",

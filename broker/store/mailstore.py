@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, text, update
@@ -89,6 +90,18 @@ _TARGET_COLUMNS = (
     users.c.last_seq,
     users.c.acked_seq,
 )
+
+
+@dataclass(slots=True)
+class _Target:
+    """A recipient as a group commit needs it (a Row's attribute lookups cost ~10x more)."""
+
+    id: int
+    username: str
+    prank_opt_out: bool
+    last_seq: int
+    acked_seq: int
+
 
 _ENTRY_COLUMNS = (
     mailbox.c.seq,
@@ -466,8 +479,8 @@ class _SendBatch:
         existing = self._existing_ids()
         names = {name for i in self.intents for name in i.recipients}
         recipients = self._users_by_name(names)
-        everyone: list[Row] | None = None
-        to_store: list[tuple[int, SendIntent, list[Row]]] = []
+        everyone: list[_Target] | None = None
+        to_store: list[tuple[int, SendIntent, list[_Target]]] = []
         first_of_key: dict[tuple[int, str], int] = {}
         added: dict[int, int] = defaultdict(int)  # entries this batch gives each mailbox
         for index, intent in enumerate(self.intents):
@@ -612,17 +625,18 @@ class _SendBatch:
             sql = f"INSERT INTO {table} ({columns}) VALUES " + ",".join([marks] * len(chunk))
             self._raw(sql, [value for row in chunk for value in row])
 
-    def _users_by_name(self, names: set[str]) -> dict[str, Row]:
-        found: dict[str, Row] = {}
+    def _users_by_name(self, names: set[str]) -> dict[str, _Target]:
+        found: dict[str, _Target] = {}
         for chunk in _chunks(sorted(names)):
             for row in self.conn.execute(
                 select(*_TARGET_COLUMNS).where(users.c.username.in_(chunk))
             ):
-                found[row.username] = row
+                found[row.username] = _Target(*row)
         return found
 
-    def _all_users(self) -> list[Row]:
-        return list(self.conn.execute(select(*_TARGET_COLUMNS).order_by(users.c.id)))
+    def _all_users(self) -> list[_Target]:
+        query = select(*_TARGET_COLUMNS).order_by(users.c.id)
+        return [_Target(*row) for row in self.conn.execute(query)]
 
     def _insert_messages(self, intents: list[SendIntent]) -> list[int]:
         rows = [
@@ -666,7 +680,7 @@ class _SendBatch:
         )
         return [row.id for row in result]
 
-    def _allocate_seqs(self, targets_per_message: list[list[Row]]) -> list[list[int]]:
+    def _allocate_seqs(self, targets_per_message: list[list[_Target]]) -> list[list[int]]:
         """Reserve per-user sequence numbers for every entry of the batch, in batch order."""
         counts: dict[int, int] = defaultdict(int)
         for targets in targets_per_message:

@@ -1,9 +1,16 @@
-"""Plain, immutable records that leave the store. No ORM object ever crosses this line."""
+"""Plain, immutable records that leave the store. No ORM object ever crosses this line.
+
+The records made for every message (an entry, a send, its outcome and deliveries) are named
+tuples: as immutable as frozen dataclasses, and built several times faster (a frozen
+dataclass sets each field through object.__setattr__), which counts at tens of thousands a
+second.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,8 +25,7 @@ class UserRecord:
     acked_seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class EntryRecord:
+class EntryRecord(NamedTuple):
     """A message as one user sees it: received (seq set) or sent by them (direction 'out')."""
 
     seq: int | None
@@ -34,8 +40,7 @@ class EntryRecord:
     direction: str
 
 
-@dataclass(frozen=True, slots=True)
-class SendIntent:
+class SendIntent(NamedTuple):
     sender_id: int
     sender: str
     kind: str
@@ -45,8 +50,7 @@ class SendIntent:
     client_msg_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A committed mailbox entry for a recipient, ready to push to their live sessions."""
 
     user_id: int
@@ -54,8 +58,7 @@ class Delivery:
     entry: EntryRecord
 
 
-@dataclass(frozen=True, slots=True)
-class SendOutcome:
+class SendOutcome(NamedTuple):
     """What became of one SendIntent: stored, recognised as a retry, or refused."""
 
     message_id: int | None = None

@@ -16,7 +16,15 @@ from typing import Any
 import trio
 
 from broker.config import Config
-from broker.core import Broker, LiveSession, UserRecord, entry_view, mail_event, online_user_view
+from broker.core import (
+    Broker,
+    LiveSession,
+    SendOutcome,
+    UserRecord,
+    entry_view,
+    mail_event,
+    online_user_view,
+)
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     MAX_SENT_FRAME_BYTES,
@@ -85,11 +93,18 @@ class ClientConnection:
     async def _write_bytes(self, data: bytes) -> None:
         """Send frames already encoded (see write)."""
         self._outgoing.append(data)
-        async with self._send_lock:
+        lock = self._send_lock
+        try:  # free: take it without the two scheduling round trips of `async with`
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if self._outgoing:  # else an earlier writer already sent ours
                 data = b"".join(self._outgoing)
                 self._outgoing.clear()
                 await self.stream.send_all(data)
+        finally:
+            lock.release()
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -120,10 +135,12 @@ class ClientConnection:
                 log.info("closing %s: %s", self.peer, exc.message)
                 await self._refuse_and_close(exc.code, exc.message)
                 return
+            sends: list[tuple[int | None, requests.Send]] = []  # read, not yet started
             while not self._closing:
                 try:
                     frame = self.frames.next_frame()
                 except RemoteProtocolError as exc:
+                    self._start_sends(sends)
                     if self.frames.broken:  # an oversized frame behind others in one read
                         log.info("closing %s: %s", self.peer, exc.message)
                         await self._refuse_and_close(exc.code, exc.message)
@@ -134,8 +151,9 @@ class ClientConnection:
                 if frame is NEED_DATA:
                     break
                 assert isinstance(frame, dict)
-                await self._dispatch(frame)
+                await self._dispatch(frame, sends)
                 deadline = self._deadline()
+            self._start_sends(sends)
 
     async def _expire(self) -> None:
         if self.user is None:
@@ -155,7 +173,11 @@ class ClientConnection:
         with trio.move_on_after(1):
             await self.write(error_response(None, code, message))
 
-    async def _dispatch(self, frame: dict[str, Any]) -> None:
+    async def _dispatch(
+        self, frame: dict[str, Any], sends: list[tuple[int | None, requests.Send]]
+    ) -> None:
+        """Answer one frame. Sends are collected in `sends` (each holding a slot of the
+        window) and started together by _start_sends; anything else is answered now."""
         rid = request_id(frame)
         try:
             request = parse_request(frame)
@@ -171,16 +193,52 @@ class ClientConnection:
             try:  # no scheduling round trip per frame while the window has room
                 self._window.acquire_nowait()
             except trio.WouldBlock:
-                await self._window.acquire()  # backpressure: stop reading when the window is full
-            self._nursery.start_soon(self._answer_send, rid, request)
+                self._start_sends(sends)  # what was read goes now; then wait for room
+                await self._window.acquire()  # backpressure: stop reading when it is full
+            sends.append((rid, request))
         else:
+            self._start_sends(sends)
             await self._answer(rid, request)
 
-    async def _answer_send(self, rid: int | None, request: requests.Send) -> None:
+    def _start_sends(self, sends: list[tuple[int | None, requests.Send]]) -> None:
+        """Store the sends read so far as one group (one task, one wait for the commit)."""
+        if sends:
+            self._nursery.start_soon(self._answer_sends, list(sends))
+            sends.clear()
+
+    async def _answer_sends(self, sends: list[tuple[int | None, requests.Send]]) -> None:
         try:
-            await self._answer(rid, request)
+            results: list[SendOutcome | RequestRefused]
+            try:
+                user = self._require_user()
+                results = await self.broker.send_many(user, [request for _, request in sends])
+            except RequestRefused as exc:
+                results = [exc] * len(sends)
+            except Exception:
+                log.exception("internal error answering %d sends", len(sends))
+                internal = RequestRefused(ErrorCode.INTERNAL, "internal error; it was logged")
+                results = [internal] * len(sends)
+            frames = []
+            for (rid, _), result in zip(sends, results, strict=True):
+                if isinstance(result, RequestRefused):
+                    log.info("refused Send from %s: %s", self.peer, result.message)
+                    frames.append(
+                        self.frames.send(
+                            error_response(rid, result.code, result.message, **result.details)
+                        )
+                    )
+                else:  # ints, a bool and None: the fast encoder's case
+                    frames.append(
+                        self.frames.send_plain(
+                            ok_response(
+                                rid, message_id=result.message_id, duplicate=result.duplicate
+                            )
+                        )
+                    )
+            await self._write_bytes(b"".join(frames))
         finally:
-            self._window.release()
+            for _ in sends:
+                self._window.release()
 
     async def _answer(self, rid: int | None, request: requests.Request) -> None:
         try:
@@ -226,9 +284,6 @@ class ClientConnection:
                 await broker.logout(user, self.token)
                 self._closing = True
                 return {"bye": True}
-            case requests.Send():
-                outcome = await broker.send(self._require_user(), request)
-                return {"message_id": outcome.message_id, "duplicate": outcome.duplicate}
             case requests.Ack(seq=seq):
                 self._require_user()
                 assert self.session is not None  # every login opens one
