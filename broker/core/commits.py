@@ -4,15 +4,16 @@ Each sender waits for its own outcome, which exists only once the batch holding 
 committed, so an acknowledgement always means "on disk". Throughput grows with concurrency
 instead of being capped by one fsync per message.
 
-A caller may hand in several sends at once (a connection's window, read in one go): they wait
-as one group, on one event, and always share a batch, which spares a task and an event per send.
+A caller may hand in several sends at once (a connection's window, read in one go): they are
+one group, always in one batch, and the caller hears of them through one callback, which spares
+a task and an event per send.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -27,12 +28,16 @@ MAX_BATCH = 2000
 log = logging.getLogger("mailnet.commits")
 
 
+# Told, once, what became of a group of sends: their outcomes in order, or why none of them
+# could be stored. Called from the committer task: it must not block (it may queue bytes and
+# wake a task), and what it raises is logged, not propagated.
+GroupDone = Callable[[Sequence[SendOutcome] | RequestRefused], None]
+
+
 @dataclass(eq=False)
 class _Group:
     intents: Sequence[SendIntent]
-    done: trio.Event = field(default_factory=trio.Event)
-    outcomes: Sequence[SendOutcome] = ()
-    error: RequestRefused | None = None
+    on_done: GroupDone
 
 
 @dataclass(eq=False)
@@ -68,15 +73,28 @@ class CommitQueue:
         """Store the sends in one batch; their outcomes in order, once it has committed.
 
         Raises RequestRefused for all of them if the batch could not be stored at all."""
+        done = trio.Event()
+        box: list[Sequence[SendOutcome] | RequestRefused] = []
+
+        def on_done(result: Sequence[SendOutcome] | RequestRefused) -> None:
+            box.append(result)
+            done.set()
+
+        self.enqueue(intents, on_done)
+        await done.wait()
+        if isinstance(box[0], RequestRefused):
+            raise box[0]
+        return box[0]
+
+    def enqueue(self, intents: Sequence[SendIntent], on_done: GroupDone) -> None:
+        """Queue sends for the next batch, as one group; `on_done` hears of them once their
+        batch has committed (at once, if there are none). No task waits per group: a
+        transport answers from the callback."""
         if not intents:
-            return []
-        group = _Group(intents)
-        self._waiting.append(group)
+            _tell(on_done, [])
+            return
+        self._waiting.append(_Group(intents, on_done))
         self._has_work.set()
-        await group.done.wait()
-        if group.error is not None:
-            raise group.error
-        return group.outcomes
 
     def _next_batch(self) -> list[_Group]:
         """Whole groups, oldest first, up to MAX_BATCH sends (at least one group)."""
@@ -145,8 +163,7 @@ class CommitQueue:
         start = 0
         for group in batch.groups:
             end = start + len(group.intents)
-            group.outcomes = outcomes[start:end]
-            group.done.set()
+            _tell(group.on_done, outcomes[start:end])
             start = end
         self.on_committed(outcomes)
 
@@ -155,5 +172,11 @@ class CommitQueue:
             log.error("storing a batch of %d sends failed", len(batch.intents), exc_info=exc)
             exc = RequestRefused(ErrorCode.INTERNAL, "the broker could not store this")
         for group in batch.groups:
-            group.error = exc
-            group.done.set()
+            _tell(group.on_done, exc)
+
+
+def _tell(on_done: GroupDone, result: Sequence[SendOutcome] | RequestRefused) -> None:
+    try:
+        on_done(result)
+    except Exception:
+        log.exception("answering a group of sends failed")

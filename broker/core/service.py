@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -286,10 +286,30 @@ class Broker:
     async def send_many(
         self, user: UserRecord, sends: Sequence[requests.Send]
     ) -> list[SendOutcome | RequestRefused]:
+        """start_sends, waiting for the answers."""
+        done = trio.Event()
+        box: list[list[SendOutcome | RequestRefused]] = []
+
+        def on_done(results: list[SendOutcome | RequestRefused]) -> None:
+            box.append(results)
+            done.set()
+
+        self.start_sends(user, sends, on_done)
+        await done.wait()
+        return box[0]
+
+    def start_sends(
+        self,
+        user: UserRecord,
+        sends: Sequence[requests.Send],
+        on_done: Callable[[list[SendOutcome | RequestRefused]], None],
+    ) -> None:
         """Several sends of one user (a connection's window), stored in one group commit.
 
-        Each is answered on its own, in order: its outcome, or why it was refused (rate
-        limit, disk, quota, unknown recipient...). A refusal of one does not touch the others.
+        Each is answered on its own, in order, through one call of `on_done` once they are on
+        disk (or at once if none could be): its outcome, or why it was refused (rate limit,
+        disk, quota, unknown recipient...). A refusal of one does not touch the others.
+        `on_done` runs in the committer task: it must not block.
         """
         results: list[SendOutcome | RequestRefused | None] = []
         intents: list[SendIntent] = []
@@ -303,16 +323,19 @@ class Broker:
             stored_at.append(len(results))
             results.append(None)
             intents.append(intent)
-        outcomes: Sequence[SendOutcome | RequestRefused]
-        try:
-            outcomes = await self.commits.submit_many(intents)
-        except RequestRefused as exc:  # the whole batch failed: nothing of it was stored
-            outcomes = [exc] * len(intents)
-        for index, outcome in zip(stored_at, outcomes, strict=True):
-            if isinstance(outcome, SendOutcome) and outcome.error_code is not None:
-                outcome = RequestRefused(ErrorCode(outcome.error_code), outcome.error_message or "")
-            results[index] = outcome
-        return [r for r in results if r is not None]
+
+        def committed(done: Sequence[SendOutcome] | RequestRefused) -> None:
+            # A refusal here is the whole batch failing: nothing of it was stored.
+            outcomes = [done] * len(intents) if isinstance(done, RequestRefused) else done
+            for index, outcome in zip(stored_at, outcomes, strict=True):
+                if isinstance(outcome, SendOutcome) and outcome.error_code is not None:
+                    outcome = RequestRefused(
+                        ErrorCode(outcome.error_code), outcome.error_message or ""
+                    )
+                results[index] = outcome
+            on_done([r for r in results if r is not None])
+
+        self.commits.enqueue(intents, committed)
 
     def _intent(self, user: UserRecord, request: requests.Send) -> SendIntent:
         """What to store for one send, once the user's rate and the disk allow it."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -69,6 +70,7 @@ class ClientConnection:
     session: LiveSession | None = None
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _outgoing: list[bytes] = field(default_factory=list)
+    _flush_wanted: trio.Event = field(default_factory=trio.Event)
     _closing: bool = False
     # When the socket was accepted: the TLS handshake and the login share one deadline.
     accepted_at: float | None = None
@@ -92,7 +94,8 @@ class ClientConnection:
 
     async def _write_bytes(self, data: bytes) -> None:
         """Send frames already encoded (see write)."""
-        self._outgoing.append(data)
+        if data:
+            self._outgoing.append(data)
         lock = self._send_lock
         try:  # free: take it without the two scheduling round trips of `async with`
             lock.acquire_nowait()
@@ -109,6 +112,7 @@ class ClientConnection:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._flush_forever)
             try:
                 await self._read_frames()
             finally:
@@ -201,23 +205,32 @@ class ClientConnection:
             await self._answer(rid, request)
 
     def _start_sends(self, sends: list[tuple[int | None, requests.Send]]) -> None:
-        """Store the sends read so far as one group (one task, one wait for the commit)."""
-        if sends:
-            self._nursery.start_soon(self._answer_sends, list(sends))
-            sends.clear()
-
-    async def _answer_sends(self, sends: list[tuple[int | None, requests.Send]]) -> None:
+        """Store the sends read so far as one group; their answers are queued by _answered
+        when it commits (no task waits for them) and written by the flusher."""
+        if not sends:
+            return
+        batch = list(sends)
+        sends.clear()
         try:
-            results: list[SendOutcome | RequestRefused]
-            try:
-                user = self._require_user()
-                results = await self.broker.send_many(user, [request for _, request in sends])
-            except RequestRefused as exc:
-                results = [exc] * len(sends)
-            except Exception:
-                log.exception("internal error answering %d sends", len(sends))
-                internal = RequestRefused(ErrorCode.INTERNAL, "internal error; it was logged")
-                results = [internal] * len(sends)
+            user = self._require_user()
+            self.broker.start_sends(
+                user, [request for _, request in batch], partial(self._answered, batch)
+            )
+        except RequestRefused as exc:
+            self._answered(batch, [exc] * len(batch))
+        except Exception:
+            log.exception("internal error answering %d sends", len(batch))
+            internal = RequestRefused(ErrorCode.INTERNAL, "internal error; it was logged")
+            self._answered(batch, [internal] * len(batch))
+
+    def _answered(
+        self,
+        sends: list[tuple[int | None, requests.Send]],
+        results: list[SendOutcome | RequestRefused],
+    ) -> None:
+        """Queue the answers to a group of sends, free their window slots, wake the flusher.
+        Runs in the committer's task: nothing here may block."""
+        try:
             frames = []
             for (rid, _), result in zip(sends, results, strict=True):
                 if isinstance(result, RequestRefused):
@@ -235,10 +248,18 @@ class ClientConnection:
                             )
                         )
                     )
-            await self._write_bytes(b"".join(frames))
+            self._outgoing.append(b"".join(frames))
+            self._flush_wanted.set()
         finally:
             for _ in sends:
                 self._window.release()
+
+    async def _flush_forever(self) -> None:
+        """Write what _answered queued, as soon as the connection can take it."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            await self._write_bytes(b"")
 
     async def _answer(self, rid: int | None, request: requests.Request) -> None:
         try:
