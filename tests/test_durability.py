@@ -66,6 +66,7 @@ async def test_acknowledged_messages_survive_kill9_exactly_once(
     verdict = run.verify()
     print(f"\nchaos: {report.summary()}\ndatabase: {verdict.summary()}")
     assert report.kills == kills
+    assert report.writer_kills >= 1  # the writer process was killed alone too
     assert report.failures == []
     assert report.id_mismatches == []
     assert report.acked == report.sent  # every message was eventually acknowledged

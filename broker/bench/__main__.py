@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=("lean", "paho"),
         help="the Mosquitto workload's client: lean (default, like mailnet's) or paho-mqtt",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="mailnet over TLS (self-signed), not plaintext"
+    )
     parser.add_argument("--rate", type=float, help="msgs/s for the latency run (default 5000)")
     parser.add_argument(
         "--only",
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, only=tuple(args.only))
     if args.rate is not None:
         plan = dataclasses.replace(plan, steady_rate=args.rate)
+    if args.tls:
+        plan = dataclasses.replace(plan, tls=True)
     if args.mqtt_client is not None:
         plan = dataclasses.replace(plan, mqtt_client=args.mqtt_client)
     if not args.no_mosquitto:

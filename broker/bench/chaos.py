@@ -1,5 +1,6 @@
 """kill -9 chaos: clients keep sending (resending whatever was not acknowledged) while the broker
-is SIGKILLed at random moments and restarted; then the SQLite file is checked message by message.
+is SIGKILLed at random moments and restarted (and, before every third kill, its group-commit
+writer process alone); then the SQLite file is checked message by message.
 
 Used by tests/test_durability.py (a short run) and scripts/chaos.py (the long one). The verdict
 counts what the guarantees forbid: an acknowledged message missing (lost) or stored twice
@@ -9,7 +10,9 @@ redelivery handed to the application, and a database that fails `PRAGMA integrit
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sqlite3
 import sys
 from collections import Counter, defaultdict
@@ -51,6 +54,7 @@ class Outgoing:
 @dataclass
 class ChaosReport:
     kills: int = 0
+    writer_kills: int = 0  # the broker's writer process killed alone (the broker lives on)
     sent: int = 0  # distinct messages offered (each with its own client_msg_id)
     attempts: int = 0  # send requests written, retries included
     acked: int = 0
@@ -65,7 +69,8 @@ class ChaosReport:
 
     def summary(self) -> str:
         return (
-            f"kills={self.kills} sent={self.sent} attempts={self.attempts} acked={self.acked} "
+            f"kills={self.kills} writer_kills={self.writer_kills} sent={self.sent} "
+            f"attempts={self.attempts} acked={self.acked} "
             f"retried_acks={self.retried_acks} reconnects={self.reconnects} "
             f"delivered={self.delivered} client_dropped_redeliveries={self.duplicates_dropped}"
         )
@@ -102,6 +107,23 @@ class Verdict:
             f"phantom={self.phantom} seq_problems={len(self.seq_problems)} "
             f"mailbox_rows={self.mailbox_rows} integrity={self.integrity}"
         )
+
+
+def writer_process_of(broker_pid: int | None) -> int | None:
+    """The broker's group-commit writer process (a child running broker.store.writer)."""
+    if broker_pid is None:
+        return None
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if (
+                parent == str(broker_pid)
+                and b"broker.store.writer" in (entry / "cmdline").read_bytes()
+            ):
+                return int(entry.name)
+        except (OSError, IndexError, ValueError):
+            continue
+    return None
 
 
 def expected_recipients(message: Outgoing, users: list[str]) -> Counter[str]:
@@ -341,6 +363,12 @@ class ChaosRun:
     async def _killer(self) -> None:
         for number in range(1, self.kills + 1):
             await trio.sleep(self.rng.uniform(0.05, 0.6))
+            if number % 3 == 2:  # before every third kill, SIGKILL the writer process alone
+                writer = writer_process_of(self.broker.pid)
+                if writer is not None:
+                    os.kill(writer, signal.SIGKILL)
+                    self.report.writer_kills += 1
+                    await trio.sleep(self.rng.uniform(0.05, 0.3))  # batches fail, retries go
             await trio.to_thread.run_sync(self.broker.kill)
             self.report.kills += 1
             await trio.sleep(self.rng.uniform(0.0, 0.2))  # clients find it down meanwhile

@@ -21,6 +21,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import ssl
 import struct
 import sys
 import time
@@ -154,11 +156,26 @@ class LeanClient:
         return response
 
 
+# Set by the benchmark (`--tls`): the broker's self-signed certificate, to trust.
+TLS_CA_ENV = "MAILNET_BENCH_TLS_CA"
+_TLS: list[ssl.SSLContext | None] = []
+
+
+def _tls_context() -> ssl.SSLContext | None:
+    if not _TLS:
+        ca = os.environ.get(TLS_CA_ENV)
+        _TLS.append(ssl.create_default_context(cafile=ca) if ca else None)
+    return _TLS[0]
+
+
 async def open_client(
     nursery: trio.Nursery, address: str, username: str, on_mail: Callable[[dict], None], **login
 ) -> LeanClient:
     host, port = address.rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, int(port))
+    if _tls_context() is not None:  # the benchmark's --tls: trust the broker's own certificate
+        stream = trio.SSLStream(stream, _tls_context(), server_hostname=host)  # type: ignore[arg-type]
+        await stream.do_handshake()
     client = LeanClient(stream, on_mail)
     nursery.start_soon(client.reader)
     nursery.start_soon(client.writer)

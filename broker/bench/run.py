@@ -8,6 +8,7 @@ per-user send rate limits and quotas raised so the benchmark measures throughput
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any
 
 import bcrypt
 
-from .load import PASSWORD
+from .load import PASSWORD, TLS_CA_ENV
 from .process import BrokerProcess, known_settings
 
 BENCH_SETTINGS: dict[str, object] = {
@@ -66,6 +67,7 @@ class Plan:
     announce_online: int = 1_000
     mosquitto: str | None = None  # host:port of a Mosquitto to compare with
     mqtt_client: str = "lean"  # the Mosquitto workload's client: "lean" or "paho" (paho-mqtt)
+    tls: bool = False  # mailnet over TLS (its default outside loopback), not plaintext
     only: tuple[str, ...] = ()  # run just these workloads (names as in the JSON)
 
     @classmethod
@@ -82,6 +84,7 @@ class Plan:
 @dataclass
 class Results:
     machine: dict[str, Any] = field(default_factory=dict)
+    mailnet_transport: str = "plaintext"  # or "tls" (--tls)
     scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -119,10 +122,44 @@ def mosquitto_address() -> str | None:
         return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and of its living children (a broker's writer
+    process), from /proc; 0 where /proc is not there."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if entry.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def process_named(name: str) -> int | None:
+    """The pid of a running process by its command name (the system's Mosquitto)."""
+    for entry in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if entry.read_text().strip() == name:
+                return int(entry.parent.name)
+        except OSError:
+            continue
+    return None
+
+
 def run_load(
-    module: str, address: str, shards: list[dict[str, Any]], *, scenario: str | None = None
+    module: str,
+    address: str,
+    shards: list[dict[str, Any]],
+    *,
+    scenario: str | None = None,
+    watch: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Start one load process per shard, let them connect, start them together, collect."""
+    """Start one load process per shard, let them connect, start them together, collect.
+
+    With `watch` (a broker's pid), the first result also carries `broker_cpu_cores`: the CPU
+    the broker (and its children) used from the go signal to the results, per second."""
     procs = []
     for params in shards:
         cmd = [sys.executable, "-m", module]
@@ -137,6 +174,7 @@ def run_load(
             line = proc.stdout.readline() if proc.stdout else ""
             if not line or not json.loads(line).get("ready"):
                 raise RuntimeError(f"a load process ({module} {scenario}) failed to start")
+        started, cpu_before = time.monotonic(), cpu_seconds(watch) if watch else 0.0
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -147,6 +185,9 @@ def run_load(
             if not line:
                 raise RuntimeError(f"a load process ({module} {scenario}) failed")
             results.append(json.loads(line))
+        if watch:
+            used = cpu_seconds(watch) - cpu_before
+            results[0]["broker_cpu_cores"] = round(used / (time.monotonic() - started), 2)
         return results
     finally:
         for proc in procs:
@@ -193,17 +234,34 @@ def errors(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"errors": count, "first_error": first}
 
 
+def broker_cpu(results: list[dict[str, Any]], per_s: float) -> dict[str, Any]:
+    """The broker's CPU (cores in use, and CPU time a message) where it could be read."""
+    cores = results[0].get("broker_cpu_cores")
+    if not cores or not per_s:
+        return {}
+    return {"broker_cpu_cores": cores, "broker_cpu_us_per_msg": round(cores / per_s * 1e6, 1)}
+
+
 class Bench:
     def __init__(self, plan: Plan, workdir: Path) -> None:
         self.plan = plan
         self.workdir = workdir
-        self.results = Results(machine=machine_info())
+        self.results = Results(
+            machine=machine_info(), mailnet_transport="tls" if plan.tls else "plaintext"
+        )
 
     def fresh_broker(self, name: str) -> BrokerProcess:
+        settings = dict(BENCH_SETTINGS)
+        if self.plan.tls:  # its own self-signed certificate, which the load clients trust
+            settings["insecure_plaintext"] = False
         broker = BrokerProcess(
-            self.workdir / name, settings=known_settings(BENCH_SETTINGS), stderr=subprocess.DEVNULL
+            self.workdir / name, settings=known_settings(settings), stderr=subprocess.DEVNULL
         )
         broker.start()
+        if self.plan.tls:  # the load processes (started after this) read it from their env
+            os.environ[TLS_CA_ENV] = str(broker.data_dir / "tls" / "cert.pem")
+        else:
+            os.environ.pop(TLS_CA_ENV, None)
         return broker
 
     def scenario(
@@ -250,16 +308,24 @@ class Bench:
             shards = self._timed_shards(window=p.window)
             for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
                 shard["pairs"] = pairs
-            results = run_load("broker.bench.load", broker.address, shards, scenario="peer_texts")
+            results = run_load(
+                "broker.bench.load",
+                broker.address,
+                shards,
+                scenario="peer_texts",
+                watch=broker.pid,
+            )
         finally:
             broker.kill()
         elapsed = max(r["elapsed"] for r in results)
+        delivered = rate(sum(r["delivered"] for r in results), elapsed)
         return {
             "senders": p.pairs,
             "window": p.window,
             "acked_per_s": rate(sum(r["acked"] for r in results), elapsed),
-            "delivered_per_s": rate(sum(r["delivered"] for r in results), elapsed),
+            "delivered_per_s": delivered,
             "send_to_deliver": merge_latency(results),
+            **broker_cpu(results, delivered),
             **errors(results),
         }
 
@@ -269,8 +335,11 @@ class Bench:
         shards = self._timed_shards(window=p.window, client=p.mqtt_client)
         for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
             shard["pairs"] = pairs
-        results = run_load("broker.bench.mqttload", p.mosquitto, shards)
+        results = run_load(
+            "broker.bench.mqttload", p.mosquitto, shards, watch=process_named("mosquitto")
+        )
         elapsed = max(r["elapsed"] for r in results)
+        delivered = rate(sum(r["delivered"] for r in results), elapsed)
         return {
             "address": p.mosquitto,
             "client": p.mqtt_client,
@@ -278,8 +347,9 @@ class Bench:
             "pairs": p.pairs,
             "window": p.window,
             "acked_per_s": rate(sum(r["acked"] for r in results), elapsed),
-            "delivered_per_s": rate(sum(r["delivered"] for r in results), elapsed),
+            "delivered_per_s": delivered,
             "send_to_deliver": merge_latency(results),
+            **broker_cpu(results, delivered),
             **errors(results),
         }
 
@@ -414,6 +484,12 @@ def format_table(results: Results) -> str:
     def err(name: str) -> str | None:
         return s.get(name, {}).get("error")
 
+    def cpu(r: dict[str, Any]) -> str:
+        """The broker's own CPU, where it was read: comparable across brokers and clients."""
+        if "broker_cpu_us_per_msg" not in r:
+            return ""
+        return f"; broker CPU {r['broker_cpu_us_per_msg']:,.0f} µs/msg"
+
     def refused(r: dict[str, Any]) -> str:
         """Error responses, if the load got any: the figure counts only successful sends."""
         if not r.get("errors"):
@@ -432,7 +508,7 @@ def format_table(results: Results) -> str:
             )
             if ratio is not None:
                 figure += f"; {ratio:.2f}× Mosquitto"
-            figure += refused(r)
+            figure += cpu(r) + refused(r)
             add("durable 1:1 texts e2e", figure, "peer_texts")
     if "mosquitto_peer" in s:
         r = s["mosquitto_peer"]
@@ -440,7 +516,7 @@ def format_table(results: Results) -> str:
             "error: " + r["error"]
             if err("mosquitto_peer")
             else f"{r['delivered_per_s']:,.0f} msgs/s delivered (QoS 1, {r['pairs']} pairs, "
-            f"{r['client']} client){refused(r)}"
+            f"{r['client']} client){cpu(r)}{refused(r)}"
         )
         add("  Mosquitto, same workload", figure, "")
     if "request_response" in s:
@@ -491,6 +567,7 @@ def format_table(results: Results) -> str:
     lines.append("")
     if "mosquitto_peer" in s and "client_is" in s["mosquitto_peer"]:
         lines.append(f"Mosquitto driven by: {s['mosquitto_peer']['client_is']}")
+    lines.append(f"mailnet over: {results.mailnet_transport} on 127.0.0.1")
     lines.append(
         f"machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), Python {m.get('python')}, "
         f"SQLite {m.get('sqlite')}"
