@@ -48,6 +48,7 @@ TARGETS = {
     "steady_rate": "p99 ≤ 10 ms at 5,000 msgs/s",
     "backlog": "≥ 100,000 msgs/s",
     "announcement": "(no target)",
+    "trio_echo": "",
 }
 
 
@@ -289,6 +290,7 @@ class Bench:
                     mailnet / peer, 3
                 )
         self.scenario("request_response", self.request_response)
+        self.scenario("trio_echo", self.trio_echo, workload="request_response")
         self.scenario("steady_rate", self.steady_rate)
         self.scenario("backlog", self.backlog)
         self.scenario("announcement", self.announcement)
@@ -353,6 +355,36 @@ class Bench:
             **errors(results),
         }
 
+    def trio_echo(self) -> dict[str, Any]:
+        """request/response's floor: a bare trio echo server, one request in flight per
+        connection, on the same machine (broker/bench/echo.py)."""
+        p = self.plan
+        server = subprocess.Popen(
+            [sys.executable, "-m", "broker.bench.echo", "serve", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            port = json.loads(server.stdout.readline())["port"]
+            shards = self._timed_shards()
+            for shard, n in zip(shards, shards_of(p.rr_connections, p.load_procs), strict=True):
+                shard["connections"] = n
+            results = run_load(
+                "broker.bench.echo", f"127.0.0.1:{port}", shards, scenario="load", watch=server.pid
+            )
+        finally:
+            server.kill()
+            server.wait()
+        elapsed = max(r["elapsed"] for r in results)
+        per_s = rate(sum(r["acked"] for r in results), elapsed)
+        return {
+            "connections": p.rr_connections,
+            "msgs_per_s": per_s,
+            "latency": merge_latency(results),
+            **broker_cpu(results, per_s),
+        }
+
     def request_response(self) -> dict[str, Any]:
         p = self.plan
         broker = self.fresh_broker("rr")
@@ -362,12 +394,17 @@ class Bench:
             for shard, n in zip(shards, shards_of(p.rr_connections, p.load_procs), strict=True):
                 shard["connections"] = n
             results = run_load(
-                "broker.bench.load", broker.address, shards, scenario="request_response"
+                "broker.bench.load",
+                broker.address,
+                shards,
+                scenario="request_response",
+                watch=broker.pid,
             )
         finally:
             broker.kill()
         elapsed = max(r["elapsed"] for r in results)
         return {
+            **broker_cpu(results, rate(sum(r["acked"] for r in results), elapsed)),
             "connections": p.rr_connections,
             "msgs_per_s": rate(sum(r["acked"] for r in results), elapsed),
             "latency": merge_latency(results),
@@ -525,9 +562,18 @@ def format_table(results: Results) -> str:
             "error: " + r["error"]
             if err("request_response")
             else f"{r['msgs_per_s']:,.0f} msgs/s, p50 {r['latency']['p50_ms']:.2f} ms, "
-            f"p99 {r['latency']['p99_ms']:.2f} ms ({r['connections']} conns){refused(r)}"
+            f"p99 {r['latency']['p99_ms']:.2f} ms ({r['connections']} conns){cpu(r)}{refused(r)}"
         )
         add("request/response", figure, "request_response")
+    if "trio_echo" in s:
+        r = s["trio_echo"]
+        figure = (
+            "error: " + r["error"]
+            if err("trio_echo")
+            else f"{r['msgs_per_s']:,.0f} round trips/s, p99 {r['latency']['p99_ms']:.2f} ms"
+            f"{cpu(r).replace('broker CPU', 'server CPU').replace('/msg', '/round trip')}"
+        )
+        add("  bare trio echo (floor)", figure, "")
     if "steady_rate" in s:
         r = s["steady_rate"]
         if err("steady_rate"):

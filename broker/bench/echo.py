@@ -1,0 +1,86 @@
+"""The floor under request/response: a bare trio echo server driven like the broker is.
+
+    python -m broker.bench.echo serve PORT           # prints {"port": ..., "pid": ...}
+    python -m broker.bench.echo load ADDRESS JSON    # ready/go protocol of broker.bench.load
+
+The server reads whatever arrives and writes it back: no framing, no parsing, no store. The
+load keeps one 60-byte request in flight on each of `connections` connections, as the
+request/response workload does. What this reaches on a machine is what trio's socket layer
+and scheduler allow one process at best; the broker's figure is read against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import trio
+
+from .load import latency_summary, now, ready_and_wait_for_go
+
+REQUEST = b"x" * 60
+
+
+async def _echo(stream: trio.SocketStream) -> None:
+    try:
+        while data := await stream.receive_some(65536):
+            await stream.send_all(data)
+    except trio.BrokenResourceError:
+        pass
+
+
+async def serve(port: int) -> None:
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, _echo, port)
+        bound = listeners[0].socket.getsockname()[1]
+        print(json.dumps({"port": bound, "pid": os.getpid()}), flush=True)
+
+
+async def load(address: str, p: dict[str, Any]) -> dict[str, Any]:
+    connections, duration, warmup = p["connections"], p["duration"], p["warmup"]
+    host, port = address.rsplit(":", 1)
+    latencies: list[float] = []
+    count = [0]
+    measuring = [False]
+
+    async def one(stream: trio.SocketStream) -> None:
+        while True:
+            started = now()
+            await stream.send_all(REQUEST)
+            got = 0
+            while got < len(REQUEST):
+                data = await stream.receive_some(65536)
+                if not data:
+                    raise trio.BrokenResourceError("the echo server closed the connection")
+                got += len(data)
+            if measuring[0]:
+                count[0] += 1
+                latencies.append(now() - started)
+
+    streams = [await trio.open_tcp_stream(host, int(port)) for _ in range(connections)]
+    await ready_and_wait_for_go()
+    async with trio.open_nursery() as nursery:
+        for stream in streams:
+            nursery.start_soon(one, stream)
+        await trio.sleep(warmup)
+        measuring[0] = True
+        begun = now()
+        await trio.sleep(duration)
+        measuring[0] = False
+        elapsed = now() - begun
+        nursery.cancel_scope.cancel()
+    return {"acked": count[0], "elapsed": elapsed, "latency": latency_summary(latencies)}
+
+
+def main() -> None:
+    if sys.argv[1] == "serve":
+        trio.run(serve, int(sys.argv[2]))
+    else:
+        result = trio.run(load, sys.argv[2], json.loads(sys.argv[3]))
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
