@@ -51,18 +51,59 @@ def encode(frame: Frame) -> bytes:
     return _pack_header(len(payload)) + payload
 
 
-class LeanClient:
+class CoalescingWriter:
+    """What both lean clients (this one and mqttload's) share: bytes queued by callbacks, and
+    one writer task that sends everything queued since its last turn in one send_all.
+
+    The writer parks itself when there is nothing to send and the first bytes queued wake it:
+    cheaper than a fresh Event per turn, which with one request in flight is per message.
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.out: list[bytes] = []
+        self.writer_task: trio.lowlevel.Task | None = None  # set while the writer is parked
+
+    def queue(self, data: bytes) -> None:
+        self.out.append(data)
+        if self.writer_task is not None:
+            self._wake_writer()
+
+    async def writer(self) -> None:
+        send_all = self.stream.send_all
+        while True:
+            if not self.out:
+                if self._writer_done():
+                    return
+                self.writer_task = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(self._abort_park)
+            data, self.out = b"".join(self.out), []
+            await send_all(data)
+
+    def _writer_done(self) -> bool:
+        """Asked when everything queued is sent: True ends the writer."""
+        return False
+
+    def _abort_park(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        self.writer_task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _wake_writer(self) -> None:
+        task, self.writer_task = self.writer_task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+
+class LeanClient(CoalescingWriter):
     """Requests with ids, responses handed to a callback by id, pushed mail to on_mail."""
 
-    def __init__(self, stream: trio.SocketStream, on_mail: Callable[[dict], None]) -> None:
-        self.stream = stream
+    def __init__(self, stream: trio.abc.Stream, on_mail: Callable[[dict], None]) -> None:
+        super().__init__(stream)
         self.buffer = bytearray()  # the start of a frame not yet complete
         self.ids = itertools.count(1)
         self.waiting: dict[int, OnResponse] = {}
         self.on_mail = on_mail
         self.last_seq = 0
-        self.out: list[bytes] = []
-        self.writer_task: trio.lowlevel.Task | None = None  # set while the writer is parked
 
     async def reader(self) -> None:
         receive, buffer, waiting = self.stream.receive_some, self.buffer, self.waiting
@@ -101,43 +142,16 @@ class LeanClient:
             elif pos < size:
                 buffer += data[pos:]
 
-    async def writer(self) -> None:
-        """Coalesces every frame queued since its last turn into one send_all.
-
-        It parks itself when there is nothing to send and the first frame queued wakes it:
-        cheaper than a fresh Event per turn, which with one request in flight is per message.
-        """
-        send_all = self.stream.send_all
-        while True:
-            if not self.out:
-                self.writer_task = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(self._abort_park)
-            data, self.out = b"".join(self.out), []
-            await send_all(data)
-
-    def _abort_park(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
-        self.writer_task = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    def _wake_writer(self) -> None:
-        task, self.writer_task = self.writer_task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
     def post(self, frame: Frame) -> None:
         """Queue a frame that expects no response (an ack)."""
-        self.out.append(encode(frame))
-        if self.writer_task is not None:
-            self._wake_writer()
+        self.queue(encode(frame))
 
     def send(self, frame: Frame, on_response: OnResponse) -> None:
         """Queue a request (frame without its id); on_response(response) runs in the reader."""
         rid = next(self.ids)
         self.waiting[rid] = on_response
         frame["id"] = rid
-        self.out.append(encode(frame))
-        if self.writer_task is not None:
-            self._wake_writer()
+        self.queue(encode(frame))
 
     async def request(self, op: str, **fields: Any) -> Frame:
         """A request awaited with an Event: for the few that are not the measured load."""

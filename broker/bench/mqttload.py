@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .load import latency_summary, ready_and_wait_for_go
+from .load import CoalescingWriter, latency_summary, ready_and_wait_for_go
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -80,7 +80,7 @@ def ignore(*_args: Any) -> None:
     pass
 
 
-class MqttClient:
+class MqttClient(CoalescingWriter):
     """One MQTT 3.1.1 connection: a reader task, a coalescing writer task, callbacks.
 
     on_message(payload) runs in the reader for each PUBLISH received (a QoS 1 one is answered
@@ -89,11 +89,9 @@ class MqttClient:
     """
 
     def __init__(self, stream: trio.SocketStream, client_id: str) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self.client_id = client_id
         self.buffer = bytearray()
-        self.out: list[bytes] = []
-        self.writer_task: trio.lowlevel.Task | None = None  # set while the writer is parked
         self.closing = False
         self.sent_disconnect = trio.Event()
         self.reader_done = trio.Event()
@@ -167,34 +165,16 @@ class MqttClient:
         finally:
             self.reader_done.set()
 
-    async def writer(self) -> None:
-        """Coalesces everything queued since its last turn into one send_all."""
-        send_all = self.stream.send_all
-        while True:
-            if not self.out:
-                if self.closing:  # DISCONNECT was the last packet queued, and it is sent
-                    self.sent_disconnect.set()
-                    return
-                self.writer_task = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(self._abort_park)
-            data, self.out = b"".join(self.out), []
-            await send_all(data)
-
-    def _abort_park(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
-        self.writer_task = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    def _wake_writer(self) -> None:
-        task, self.writer_task = self.writer_task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
+    def _writer_done(self) -> bool:
+        if self.closing:  # DISCONNECT was the last packet queued, and it is sent
+            self.sent_disconnect.set()
+            return True
+        return False
 
     def post(self, packet: bytes) -> None:
         if self.closing:
             return
-        self.out.append(packet)
-        if self.writer_task is not None:
-            self._wake_writer()
+        self.queue(packet)
 
     async def exchange(self, packet: bytes, reply_kind: int) -> bytes:
         """Send a packet and wait for its reply (CONNACK or SUBACK); the reply's body."""
