@@ -258,10 +258,9 @@ class Broker:
 
     # -- sending ------------------------------------------------------------------------------
 
-    def _check_disk(self) -> None:
+    def _check_disk(self, now: float) -> None:
         if self._db_dir is None:
             return
-        now = trio.current_time()
         if now - self._disk_checked_at >= DISK_CHECK_INTERVAL:
             self._disk_checked_at = now
             try:
@@ -314,9 +313,10 @@ class Broker:
         results: list[SendOutcome | RequestRefused | None] = []
         intents: list[SendIntent] = []
         stored_at: list[int] = []  # where each intent's outcome goes in results
+        now = trio.current_time()
         for request in sends:
             try:
-                intent = self._intent(user, request)
+                intent = self._intent(user, request, now)
             except RequestRefused as exc:
                 results.append(exc)
                 continue
@@ -337,16 +337,16 @@ class Broker:
 
         self.commits.enqueue(intents, committed)
 
-    def _intent(self, user: UserRecord, request: requests.Send) -> SendIntent:
+    def _intent(self, user: UserRecord, request: requests.Send, now: float) -> SendIntent:
         """What to store for one send, once the user's rate and the disk allow it."""
-        retry_after = self.send_limits.retry_after(user.id)
+        retry_after = self.send_limits.retry_after(user.id, now)
         if retry_after > 0:
             raise RequestRefused(
                 ErrorCode.RATE_LIMITED,
                 "sending too fast; slow down",
                 retry_after=round(retry_after, 3),
             )
-        self._check_disk()
+        self._check_disk(now)
         subject, body = request.subject, request.body
         if request.kind == "rickroll":
             subject, body = RICKROLL_SUBJECT, RICKROLL_BODY

@@ -44,9 +44,10 @@ class TokenBucket:
         self.tokens = float(self.burst)
         self.stamp = trio.current_time()
 
-    def try_take(self) -> float:
+    def try_take(self, now: float | None = None) -> float:
         """Take one token; 0.0 on success, else the seconds until one is available."""
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1:
@@ -61,11 +62,13 @@ class SendRateLimiter:
         self.burst = burst
         self._buckets: dict[int, TokenBucket] = {}
 
-    def retry_after(self, user_id: int) -> float:
+    def retry_after(self, user_id: int, now: float | None = None) -> float:
+        """Take a send's token; 0.0, or the seconds until the user may send again. `now`
+        (trio.current_time()) may be read once for a group of sends."""
         bucket = self._buckets.get(user_id)
         if bucket is None:
             bucket = self._buckets[user_id] = TokenBucket(self.rate, self.burst)
-        return bucket.try_take()
+        return bucket.try_take(now)
 
 
 class FailureWindow:

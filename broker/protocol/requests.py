@@ -238,12 +238,25 @@ class _Fields:
         return value
 
 
+# Names already checked, as written -> normalized: every send names its recipients, and the
+# same few names come again and again. Bounded; only valid names get in.
+_NORMALIZED: dict[str, str] = {}
+_NORMALIZED_MAX = 4096
+
+
 def normalize_username(value: object, field: str = "username") -> str:
-    if not isinstance(value, str):
+    if type(value) is str:
+        known = _NORMALIZED.get(value)
+        if known is not None:
+            return known
+    elif not isinstance(value, str):
         raise _bad(f"field '{field}' must be a string")
     name = value.strip().lower()
     if not USERNAME_RE.fullmatch(name):
         raise _bad(f"invalid user name {value[:40]!r}: use 1-32 letters, digits, '.', '_' or '-'")
+    if len(_NORMALIZED) >= _NORMALIZED_MAX:
+        _NORMALIZED.clear()
+    _NORMALIZED[value] = name
     return name
 
 
@@ -284,7 +297,10 @@ def _parse_send(f: _Fields) -> Send:
             raise _bad("field 'to' must be a non-empty list of user names")
         if len(raw_to) > MAX_RECIPIENTS:
             raise _bad(f"at most {MAX_RECIPIENTS} recipients per message")
-        to = tuple(dict.fromkeys(normalize_username(name, "to") for name in raw_to))
+        if len(raw_to) == 1:  # the common case, without the de-duplication
+            to = (normalize_username(raw_to[0], "to"),)
+        else:
+            to = tuple(dict.fromkeys([normalize_username(name, "to") for name in raw_to]))
         if kind in ("text", "rickroll") and len(to) != 1:
             raise _bad(f"a {kind} goes to exactly one user")
     subject = None
