@@ -86,11 +86,14 @@ def encode_plain_frame(
 def _holds_float(values: Any) -> bool:
     for value in values:
         kind = type(value)
+        if kind is str or kind is int:  # nearly everything in a frame
+            continue
         if kind is float:
             return True
-        if (kind is dict and _holds_float(value.values())) or (
-            kind is list and _holds_float(value)
-        ):
+        if kind is list:
+            if _holds_float(value):
+                return True
+        elif kind is dict and _holds_float(value.values()):
             return True
     return False
 
