@@ -7,6 +7,7 @@ quotas are checked here, and live delivery goes through Presence.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -64,7 +65,8 @@ class Broker:
             )
         self.writer = (
             WriterProcess(store.engines.write.url.render_as_string(hide_password=False))
-            if store.engines.is_sqlite and config.send_writer == "process"
+            # The child gets its socket by descriptor passing: POSIX only (elsewhere, a thread).
+            if store.engines.is_sqlite and config.send_writer == "process" and os.name == "posix"
             else None
         )
         self.commits = CommitQueue(
