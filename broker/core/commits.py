@@ -1,7 +1,7 @@
 """Group commit: sends that arrive while a commit is in flight are committed together next.
 
-Each sender waits for its own outcome, which exists only once the batch holding its send has
-committed, so an acknowledgement always means "on disk". Throughput grows with concurrency
+Each sender hears of its outcome only once the batch holding its send has committed, so an
+acknowledgement always means "on disk". Throughput grows with concurrency
 instead of being capped by one fsync per message.
 
 A caller may hand in several sends at once (a connection's window, read in one go): they are
@@ -64,27 +64,6 @@ class CommitQueue:
         self._has_work = trio.Event()
         self.batches = 0
         self.committed = 0
-
-    async def submit(self, intent: SendIntent) -> SendOutcome:
-        (outcome,) = await self.submit_many([intent])
-        return outcome
-
-    async def submit_many(self, intents: Sequence[SendIntent]) -> Sequence[SendOutcome]:
-        """Store the sends in one batch; their outcomes in order, once it has committed.
-
-        Raises RequestRefused for all of them if the batch could not be stored at all."""
-        done = trio.Event()
-        box: list[Sequence[SendOutcome] | RequestRefused] = []
-
-        def on_done(result: Sequence[SendOutcome] | RequestRefused) -> None:
-            box.append(result)
-            done.set()
-
-        self.enqueue(intents, on_done)
-        await done.wait()
-        if isinstance(box[0], RequestRefused):
-            raise box[0]
-        return box[0]
 
     def enqueue(self, intents: Sequence[SendIntent], on_done: GroupDone) -> None:
         """Queue sends for the next batch, as one group; `on_done` hears of them once their
