@@ -290,6 +290,18 @@ async def test_send_rate_is_limited_per_user(
     assert logged(caplog, "sending too fast") == 2
 
 
+async def test_a_burst_of_one_allows_exactly_one_send(tmp_path: Path) -> None:
+    # The first send of a user makes their token bucket while its group already read the
+    # clock: that earlier reading must not count as time gone backwards (a lost token).
+    config = make_config(tmp_path, send_rate=0.01, send_burst=1)
+    with trio.fail_after(TIMEOUT):
+        async with running_broker(config) as broker, broker.user("alice") as alice:
+            await alice.send_text("alice", "the one the burst allows")
+            with pytest.raises(RequestFailed) as refused:
+                await alice.send_text("alice", "one too many")
+            assert refused.value.code == "rate_limited"
+
+
 async def test_mailbox_quota_refuses_sends_until_the_owner_catches_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -48,8 +48,9 @@ class TokenBucket:
         """Take one token; 0.0 on success, else the seconds until one is available."""
         if now is None:
             now = trio.current_time()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
+        if now > self.stamp:  # a `now` read just before the bucket was made takes no refill
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
         if self.tokens >= 1:
             self.tokens -= 1
             return 0.0
