@@ -76,6 +76,7 @@ class WriterProcess:
             process = subprocess.Popen(
                 [sys.executable, "-c", _CHILD, str(theirs.fileno())],
                 stdin=subprocess.PIPE,  # the URL, kept out of the process list
+                stdout=subprocess.DEVNULL,  # the broker's stdout may carry `serve --json`
                 pass_fds=[theirs.fileno()],
                 start_new_session=True,  # Ctrl-C reaches the broker, which closes the pipe
                 env={**os.environ, "PYTHONPATH": _import_path()},
