@@ -8,6 +8,7 @@ second.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -76,3 +77,52 @@ class HistoryQuery:
     since: datetime | None = None
     limit: int = 50
     before_id: int | None = None
+
+
+_new = tuple.__new__
+
+
+def deliveries_of(
+    intent: SendIntent,
+    message_id: int,
+    sent_at: datetime,
+    targets: Iterable[tuple[int, str, int]],
+) -> tuple[Delivery, ...]:
+    """The entries a stored send gives its recipients, one per (user id, name, seq), as they
+    are pushed: unread, incoming. The group commit and the writer process's outcomes both build
+    them here, for every message, so the named tuples are made with tuple.__new__ (their own
+    __new__ is a Python function; the writer's equality test pins the field order)."""
+    kind, sender, recipients, subject, body = (
+        intent.kind,
+        intent.sender,
+        intent.recipients,
+        intent.subject,
+        intent.body,
+    )
+    return tuple(
+        [
+            _new(
+                Delivery,
+                (
+                    user_id,
+                    username,
+                    _new(
+                        EntryRecord,
+                        (
+                            seq,
+                            message_id,
+                            kind,
+                            sender,
+                            recipients,
+                            subject,
+                            body,
+                            sent_at,
+                            False,
+                            "in",
+                        ),
+                    ),
+                ),
+            )
+            for user_id, username, seq in targets
+        ]
+    )

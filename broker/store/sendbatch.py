@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 from .admin import blocked_pairs
 from .models import MailboxEntry, Message, User, utcnow
 from .notify import announce_commits
-from .records import Delivery, EntryRecord, SendIntent, SendOutcome
+from .records import SendIntent, SendOutcome, deliveries_of
 
 users = User.__table__
 messages = Message.__table__
@@ -137,23 +137,18 @@ class SendBatch:
             for (index, intent, targets), message_id, batch_seqs in zip(
                 to_store, message_ids, seqs, strict=True
             ):
-                deliveries = []
-                for target, seq in zip(targets, batch_seqs, strict=True):
-                    rows.append({"user_id": target.id, "seq": seq, "message_id": message_id})
-                    entry = EntryRecord(
-                        seq=seq,
-                        message_id=message_id,
-                        kind=intent.kind,
-                        sender=intent.sender,
-                        recipients=intent.recipients,
-                        subject=intent.subject,
-                        body=intent.body,
-                        sent_at=self.now,
-                        read=False,
-                        direction="in",
-                    )
-                    deliveries.append(Delivery(target.id, target.username, entry))
-                outcomes[index] = SendOutcome(message_id=message_id, deliveries=tuple(deliveries))
+                delivered = [
+                    (target.id, target.username, seq)
+                    for target, seq in zip(targets, batch_seqs, strict=True)
+                ]
+                rows += [
+                    {"user_id": user_id, "seq": seq, "message_id": message_id}
+                    for user_id, _, seq in delivered
+                ]
+                outcomes[index] = SendOutcome(
+                    message_id=message_id,
+                    deliveries=deliveries_of(intent, message_id, self.now, delivered),
+                )
             if rows and self.sqlite:
                 self._insert_rows(
                     "mailbox",

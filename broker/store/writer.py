@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from .mailstore import MailStore, StoreUnavailable, call_guarded
-from .records import Delivery, EntryRecord, SendIntent, SendOutcome
+from .records import SendIntent, SendOutcome, deliveries_of
 
 log = logging.getLogger("mailnet.store.writer")
 
@@ -183,42 +183,7 @@ def _outcomes(
             )
             continue
         assert message_id is not None and sent_at is not None
-        kind, sender, recipients, subject, body = (
-            intent.kind,
-            intent.sender,
-            intent.recipients,
-            intent.subject,
-            intent.body,
-        )
-        # The hottest constructor calls of the broker: tuple.__new__ on the named tuples' own
-        # classes skips their Python-level __new__ (tests pin the field order and equality).
-        deliveries = tuple(
-            [
-                _new(
-                    Delivery,
-                    (
-                        user_id,
-                        username,
-                        _new(
-                            EntryRecord,
-                            (
-                                seq,
-                                message_id,
-                                kind,
-                                sender,
-                                recipients,
-                                subject,
-                                body,
-                                sent_at,
-                                False,
-                                "in",
-                            ),
-                        ),
-                    ),
-                )
-                for user_id, username, seq in targets
-            ]
-        )
+        deliveries = deliveries_of(intent, message_id, sent_at, targets)
         outcomes.append(_new(SendOutcome, (message_id, False, deliveries, None, None)))
     return outcomes
 
