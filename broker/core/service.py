@@ -278,26 +278,21 @@ class Broker:
             )
 
     async def send(self, user: UserRecord, request: requests.Send) -> SendOutcome:
-        """Store a message durably (group commit), then push it to online recipients."""
-        (result,) = await self.send_many(user, [request])
+        """Store one message durably (group commit), then push it to online recipients; for a
+        caller that waits (the web API). The TCP transport uses start_sends."""
+        done = trio.Event()
+        box: list[SendOutcome | RequestRefused] = []
+
+        def on_done(results: list[SendOutcome | RequestRefused]) -> None:
+            box.extend(results)
+            done.set()
+
+        self.start_sends(user, [request], on_done)
+        await done.wait()
+        (result,) = box
         if isinstance(result, RequestRefused):
             raise result
         return result
-
-    async def send_many(
-        self, user: UserRecord, sends: Sequence[requests.Send]
-    ) -> list[SendOutcome | RequestRefused]:
-        """start_sends, waiting for the answers."""
-        done = trio.Event()
-        box: list[list[SendOutcome | RequestRefused]] = []
-
-        def on_done(results: list[SendOutcome | RequestRefused]) -> None:
-            box.append(results)
-            done.set()
-
-        self.start_sends(user, sends, on_done)
-        await done.wait()
-        return box[0]
 
     def start_sends(
         self,
