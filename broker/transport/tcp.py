@@ -94,15 +94,18 @@ class ClientConnection:
 
     async def _write_bytes(self, data: bytes) -> None:
         """Send frames already encoded (see write)."""
-        if data:
-            self._outgoing.append(data)
+        self._outgoing.append(data)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Send everything queued, unless an earlier writer holding the lock already has."""
         lock = self._send_lock
         try:  # free: take it without the two scheduling round trips of `async with`
             lock.acquire_nowait()
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            if self._outgoing:  # else an earlier writer already sent ours
+            if self._outgoing:
                 data = b"".join(self._outgoing)
                 self._outgoing.clear()
                 await self.stream.send_all(data)
@@ -259,7 +262,7 @@ class ClientConnection:
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted = trio.Event()
-            await self._write_bytes(b"")
+            await self._flush()
 
     async def _answer(self, rid: int | None, request: requests.Request) -> None:
         try:
