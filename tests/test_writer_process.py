@@ -23,6 +23,7 @@ import pytest
 import trio
 from conftest import make_config, running_broker
 
+from broker.bench.process import WRITER_COMMAND, child_pids, proc_stat
 from broker.store import MailStore, SendIntent, StoreUnavailable, WriterProcess, migrate
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
@@ -153,7 +154,7 @@ def test_a_dead_child_is_replaced_and_a_batch_it_took_down_is_stored_once(
 def wait_until_dead(pid: int) -> None:
     """Until the kernel has ended the process (a zombie: dead, its sockets closed)."""
     for _ in range(1000):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+        if proc_stat(pid)[0] == "Z":
             return
         time.sleep(0.01)
     raise AssertionError(f"process {pid} still alive after SIGKILL")
@@ -173,19 +174,7 @@ def _kill_soon(pid: int):  # type: ignore[no-untyped-def]
 
 def writer_children() -> set[int]:
     """This process's writer children (found in /proc, as an admin's `ps` would)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"broker.store.writer" in cmdline:
-            found.add(int(entry.name))
-    return found
+    return set(child_pids(os.getpid(), WRITER_COMMAND))
 
 
 async def test_a_broker_commits_through_its_child_and_stops_it(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import trio
 
 from broker.client import BrokerUnreachable, Client, ClientError, RequestFailed, Trust, connect
 
-from .process import BrokerProcess, known_settings
+from .process import WRITER_COMMAND, BrokerProcess, child_pids, known_settings
 
 PASSWORD = "chaos-password"
 RETRYABLE = {"unavailable", "internal", "rate_limited"}
@@ -110,20 +110,9 @@ class Verdict:
 
 
 def writer_process_of(broker_pid: int | None) -> int | None:
-    """The broker's group-commit writer process (a child running broker.store.writer)."""
-    if broker_pid is None:
-        return None
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            if (
-                parent == str(broker_pid)
-                and b"broker.store.writer" in (entry / "cmdline").read_bytes()
-            ):
-                return int(entry.name)
-        except (OSError, IndexError, ValueError):
-            continue
-    return None
+    """The broker's group-commit writer process, if it has one now."""
+    writers = [] if broker_pid is None else child_pids(broker_pid, WRITER_COMMAND)
+    return writers[0] if writers else None
 
 
 def expected_recipients(message: Outgoing, users: list[str]) -> Counter[str]:

@@ -20,6 +20,30 @@ def known_settings(settings: dict[str, object]) -> dict[str, object]:
     return {name: value for name, value in settings.items() if name in known}
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ..., utime at [11],
+    stime at [12]); OSError if the process is gone or there is no /proc."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def child_pids(parent: int, command_holds: bytes = b"") -> list[int]:
+    """The living children of a process whose command line holds `command_holds` (a broker's
+    writer process: b"broker.store.writer"), from /proc; none where there is no /proc."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc_stat(entry.name)[1] == str(parent) and (
+                command_holds in (entry / "cmdline").read_bytes()
+            ):
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+WRITER_COMMAND = b"broker.store.writer"
+
+
 def free_port() -> int:
     """A port that was free a moment ago (bound to 0, then released) on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -24,7 +24,7 @@ from typing import Any
 import bcrypt
 
 from .load import PASSWORD, TLS_CA_ENV
-from .process import BrokerProcess, known_settings
+from .process import BrokerProcess, child_pids, known_settings, proc_stat
 
 BENCH_SETTINGS: dict[str, object] = {
     "send_rate": 1e9,
@@ -126,15 +126,14 @@ def mosquitto_address() -> str | None:
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and of its living children (a broker's writer
     process), from /proc; 0 where /proc is not there."""
-    total = 0.0
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    for entry in Path("/proc").glob("[0-9]*/stat"):
+    total = 0.0
+    for each in [pid, *child_pids(pid)]:
         try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
+            fields = proc_stat(each)
         except OSError:
             continue
-        if entry.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / tick
+        total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
@@ -403,10 +402,11 @@ class Bench:
         finally:
             broker.kill()
         elapsed = max(r["elapsed"] for r in results)
+        per_s = rate(sum(r["acked"] for r in results), elapsed)
         return {
-            **broker_cpu(results, rate(sum(r["acked"] for r in results), elapsed)),
+            **broker_cpu(results, per_s),
             "connections": p.rr_connections,
-            "msgs_per_s": rate(sum(r["acked"] for r in results), elapsed),
+            "msgs_per_s": per_s,
             "latency": merge_latency(results),
             **errors(results),
         }
