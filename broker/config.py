@@ -9,6 +9,9 @@ from pathlib import Path
 import platformdirs
 
 ENV_PREFIX = "MAILNET_"
+# The values the two choice settings take (the core checks them; the CLI offers them).
+REGISTRATION_POLICIES = ("open", "closed", "invite")
+SEND_WRITERS = ("process", "thread")
 
 
 def default_data_dir() -> Path:

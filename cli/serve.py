@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import trio
 
-from broker.config import Config
+from broker.config import REGISTRATION_POLICIES, SEND_WRITERS, Config
 
 from .output import EXIT_USAGE, CliError, emit_json, fail
 
@@ -142,12 +142,12 @@ def limit_options(command: Any) -> Any:
 )
 @click.option(
     "--registration",
-    type=click.Choice(["open", "closed", "invite"]),
+    type=click.Choice(REGISTRATION_POLICIES),
     help="Who may create accounts [default open].",
 )
 @click.option(
     "--send-writer",
-    type=click.Choice(["process", "thread"]),
+    type=click.Choice(SEND_WRITERS),
     help="Where SQLite group commits run [default process; env MAILNET_SEND_WRITER].",
 )
 @limit_options

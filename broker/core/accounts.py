@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import bcrypt
 import trio
 
-from broker.config import Config
+from broker.config import REGISTRATION_POLICIES, Config
 from broker.protocol import ErrorCode, RequestRefused, check_password
 from broker.protocol.requests import MAX_PASSWORD_BYTES
 from broker.store import InviteInvalid, MailStore, UsernameTaken, UserRecord
@@ -29,7 +29,6 @@ log = logging.getLogger("mailnet.accounts")
 AUTH_FAILED_MESSAGE = "unknown user or wrong password"
 # Waits longer than this are answered at once with rate_limited and retry_after instead.
 MAX_INLINE_WAIT = 5.0
-REGISTRATION_POLICIES = ("open", "closed", "invite")
 
 
 def hash_token(token: str) -> str:

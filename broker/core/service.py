@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from broker.config import Config
+from broker.config import SEND_WRITERS, Config
 from broker.protocol import ErrorCode, RequestRefused, requests
 from broker.store import (
     HistoryQuery,
@@ -44,7 +44,6 @@ log = logging.getLogger("mailnet.broker")
 ACK_FLUSH_INTERVAL = 1.0
 LISTEN_WAIT = 10.0  # seconds to wait for LISTEN before reporting started anyway
 DISK_CHECK_INTERVAL = 1.0
-SEND_WRITERS = ("process", "thread")
 
 
 class Broker:
