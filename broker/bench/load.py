@@ -18,6 +18,7 @@ The broker sees exactly the bytes the client library would send.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -172,14 +173,12 @@ class LeanClient(CoalescingWriter):
 
 # Set by the benchmark (`--tls`): the broker's self-signed certificate, to trust.
 TLS_CA_ENV = "MAILNET_BENCH_TLS_CA"
-_TLS: list[ssl.SSLContext | None] = []
 
 
+@functools.cache
 def _tls_context() -> ssl.SSLContext | None:
-    if not _TLS:
-        ca = os.environ.get(TLS_CA_ENV)
-        _TLS.append(ssl.create_default_context(cafile=ca) if ca else None)
-    return _TLS[0]
+    ca = os.environ.get(TLS_CA_ENV)
+    return ssl.create_default_context(cafile=ca) if ca else None
 
 
 async def open_client(
@@ -187,8 +186,9 @@ async def open_client(
 ) -> LeanClient:
     host, port = address.rsplit(":", 1)
     stream: trio.abc.Stream = await trio.open_tcp_stream(host, int(port))
-    if _tls_context() is not None:  # the benchmark's --tls: trust the broker's own certificate
-        stream = trio.SSLStream(stream, _tls_context(), server_hostname=host)  # type: ignore[arg-type]
+    tls = _tls_context()
+    if tls is not None:  # the benchmark's --tls: trust the broker's own certificate
+        stream = trio.SSLStream(stream, tls, server_hostname=host)
         await stream.do_handshake()
     client = LeanClient(stream, on_mail)
     nursery.start_soon(client.reader)
