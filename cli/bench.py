@@ -7,7 +7,7 @@ import json
 
 import click
 
-from broker.bench.run import WORKLOADS, Plan, format_table, mosquitto_address, run_benchmark
+from bench.run import WORKLOADS, Plan, format_table, mosquitto_address, run_benchmark
 
 from . import output
 

@@ -18,8 +18,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from broker.bench.chaos import CHAOS_SETTINGS, ChaosRun
-from broker.bench.process import BrokerProcess
+from bench.chaos import CHAOS_SETTINGS, ChaosRun
+from bench.process import BrokerProcess
 
 
 def main() -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker.bench.chaos import CHAOS_SETTINGS, ChaosRun
-from broker.bench.process import BrokerProcess
+from bench.chaos import CHAOS_SETTINGS, ChaosRun
+from bench.process import BrokerProcess
 from broker.client import Client, RequestFailed, Trust, connect
 from broker.store import MailStore
 from tests.conftest import make_config, running_broker

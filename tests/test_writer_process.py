@@ -23,7 +23,7 @@ import pytest
 import trio
 from conftest import make_config, running_broker
 
-from broker.bench.process import WRITER_COMMAND, child_pids, proc_stat
+from bench.process import WRITER_COMMAND, child_pids, proc_stat
 from broker.store import MailStore, SendIntent, StoreUnavailable, WriterProcess, migrate
 
 USERS = ("alice", "bob", "carol", "dave", "erin")

@@ -310,7 +310,7 @@ class Bench:
             for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
                 shard["pairs"] = pairs
             results = run_load(
-                "broker.bench.load",
+                "bench.load",
                 broker.address,
                 shards,
                 scenario="peer_texts",
@@ -337,7 +337,7 @@ class Bench:
         for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
             shard["pairs"] = pairs
         results = run_load(
-            "broker.bench.mqttload", p.mosquitto, shards, watch=process_named("mosquitto")
+            "bench.mqttload", p.mosquitto, shards, watch=process_named("mosquitto")
         )
         elapsed = max(r["elapsed"] for r in results)
         delivered = rate(sum(r["delivered"] for r in results), elapsed)
@@ -359,7 +359,7 @@ class Bench:
         connection, on the same machine (broker/bench/echo.py)."""
         p = self.plan
         server = subprocess.Popen(
-            [sys.executable, "-m", "broker.bench.echo", "serve", "0"],
+            [sys.executable, "-m", "bench.echo", "serve", "0"],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -370,7 +370,7 @@ class Bench:
             for shard, n in zip(shards, shards_of(p.rr_connections, p.load_procs), strict=True):
                 shard["connections"] = n
             results = run_load(
-                "broker.bench.echo", f"127.0.0.1:{port}", shards, scenario="load", watch=server.pid
+                "bench.echo", f"127.0.0.1:{port}", shards, scenario="load", watch=server.pid
             )
         finally:
             server.kill()
@@ -393,7 +393,7 @@ class Bench:
             for shard, n in zip(shards, shards_of(p.rr_connections, p.load_procs), strict=True):
                 shard["connections"] = n
             results = run_load(
-                "broker.bench.load",
+                "bench.load",
                 broker.address,
                 shards,
                 scenario="request_response",
@@ -418,7 +418,7 @@ class Bench:
             shards = self._timed_shards(rate=p.steady_rate / p.load_procs)
             for shard, n in zip(shards, shards_of(p.steady_pairs, p.load_procs), strict=True):
                 shard["pairs"] = n
-            results = run_load("broker.bench.load", broker.address, shards, scenario="steady_rate")
+            results = run_load("bench.load", broker.address, shards, scenario="steady_rate")
         finally:
             broker.kill()
         elapsed = max(r["elapsed"] for r in results)
@@ -443,7 +443,7 @@ class Bench:
             for shard, n in zip(shards, counts, strict=True):
                 shard["count"] = n
             progress(f"backlog: queueing {p.backlog} messages through {p.backlog_senders} senders")
-            fill = run_load("broker.bench.load", broker.address, shards, scenario="fill_backlog")
+            fill = run_load("bench.load", broker.address, shards, scenario="fill_backlog")
             fill_elapsed = max(r["elapsed"] for r in fill)
             refused = errors(fill)
             if refused["errors"]:  # the drain would wait for messages that were never queued
@@ -453,7 +453,7 @@ class Bench:
                 )
             progress("backlog: draining")
             drain = run_load(
-                "broker.bench.load",
+                "bench.load",
                 broker.address,
                 [{"user": "offline", "count": p.backlog}],
                 scenario="drain_backlog",
@@ -476,7 +476,7 @@ class Bench:
             progress(f"announcement: creating {len(users)} users by direct insert (setup)")
             create_users(broker.db_path, ["announcer", *users])
             result = run_load(
-                "broker.bench.load",
+                "bench.load",
                 broker.address,
                 [{"users": users, "online": p.announce_online, "announcer": "announcer"}],
                 scenario="announcement",

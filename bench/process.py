@@ -104,7 +104,7 @@ class BrokerProcess:
         cmd = [
             sys.executable,
             "-m",
-            "broker.bench.runbroker",
+            "bench.runbroker",
             "--data-dir",
             str(self.data_dir),
             "--port",
