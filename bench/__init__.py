@@ -1,4 +1,5 @@
 """mailnet's benchmark and crash-test harness: a broker in a child process and load generators.
 
-`python -m broker.bench` runs the benchmark (see docs/performance.md).
+Not part of the installed package: run it from a source checkout, `python -m bench` (or
+`mailnet bench` from an editable install); see docs/performance.md.
 """

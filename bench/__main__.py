@@ -1,4 +1,4 @@
-"""`python -m broker.bench [--json] [--quick] [--duration S]`: see broker/bench/run.py."""
+"""`python -m bench [--json] [--quick] [--duration S]`: see bench/run.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .run import WORKLOADS, Plan, format_table, mosquitto_address, run_benchmark
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m broker.bench",
+        prog="python -m bench",
         description="Benchmark mailnet on 127.0.0.1 (and Mosquitto, if one is running).",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -1,7 +1,7 @@
 """The floor under request/response: a bare trio echo server driven like the broker is.
 
-    python -m broker.bench.echo serve PORT           # prints {"port": ..., "pid": ...}
-    python -m broker.bench.echo load ADDRESS JSON    # ready/go protocol of broker.bench.load
+    python -m bench.echo serve PORT           # prints {"port": ..., "pid": ...}
+    python -m bench.echo load ADDRESS JSON    # ready/go protocol of bench.load
 
 The server reads whatever arrives and writes it back: no framing, no parsing, no store. The
 load keeps one 60-byte request in flight on each of `connections` connections, as the

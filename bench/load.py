@@ -1,6 +1,6 @@
 """The load generator: one process of benchmark clients, driven by the benchmark over a pipe.
 
-    python -m broker.bench.load SCENARIO ADDRESS JSON_PARAMS
+    python -m bench.load SCENARIO ADDRESS JSON_PARAMS
 
 It connects and logs in its clients, prints {"ready": true}, waits for a line on stdin (the go
 signal, so every load process starts together), runs the scenario and prints one JSON line of

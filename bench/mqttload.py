@@ -1,6 +1,6 @@
 """The Mosquitto peer workload: publisher→subscriber pairs at QoS 1, like mailnet's peer texts.
 
-    python -m broker.bench.mqttload HOST:PORT JSON_PARAMS
+    python -m bench.mqttload HOST:PORT JSON_PARAMS
 
 Each publisher keeps `window` QoS 1 PUBLISHes unacknowledged (a PUBACK frees a slot) to its own
 subscriber, who is on a persistent session (clean session off, a fresh client id per run) at
@@ -8,10 +8,10 @@ QoS 1 and answers every PUBLISH with a PUBACK. Deliveries and PUBACKs are counte
 measured interval, after a warm-up; send→deliver latency from a timestamp in the payload. The
 subscribers' sessions are removed afterwards (a reconnect with clean session on), so Mosquitto
 keeps nothing of ours. Same parameters, the same ready/go protocol on stdin/stdout and the same
-result keys as broker.bench.load.
+result keys as bench.load.
 
 The default client ("client": "lean") is a minimal MQTT 3.1.1 client on trio sockets, built
-like broker.bench.load's lean mailnet client: per connection one reader task and one writer
+like bench.load's lean mailnet client: per connection one reader task and one writer
 task that coalesces everything queued into one send_all, callbacks in the reader (a PUBACK
 posts the next PUBLISH, a PUBLISH queues its PUBACK), no task per message. So the ratio of the
 two figures compares the brokers, not the client libraries. `"client": "paho"` drives

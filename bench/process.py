@@ -43,6 +43,17 @@ def child_pids(parent: int, command_holds: bytes = b"") -> list[int]:
 
 WRITER_COMMAND = b"broker.store.writer"
 
+# The checkout this harness runs from: bench/ is not installed, so its child processes
+# (`python -m bench.runbroker`, `python -m bench.load`, ...) find it through PYTHONPATH.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a `python -m bench.*` child, with the checkout importable."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
+    return env
+
 
 def free_port() -> int:
     """A port that was free a moment ago (bound to 0, then released) on 127.0.0.1."""
@@ -52,7 +63,7 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    """`python -m broker.bench.runbroker` in a subprocess; start, kill -9, terminate, restart.
+    """`python -m bench.runbroker` in a subprocess; start, kill -9, terminate, restart.
 
     The methods block (they wait for the child): call them through `trio.to_thread.run_sync`
     from async code.
@@ -118,7 +129,7 @@ class BrokerProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         assert self.proc is None, "already running"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = child_env(PYTHONUNBUFFERED="1")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the handle
             self.proc = subprocess.Popen(

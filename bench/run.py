@@ -24,7 +24,7 @@ from typing import Any
 import bcrypt
 
 from .load import PASSWORD, TLS_CA_ENV
-from .process import BrokerProcess, child_pids, known_settings, proc_stat
+from .process import BrokerProcess, child_env, child_pids, known_settings, proc_stat
 
 BENCH_SETTINGS: dict[str, object] = {
     "send_rate": 1e9,
@@ -167,7 +167,9 @@ def run_load(
             cmd.append(scenario)
         cmd += [address, json.dumps(params)]
         procs.append(
-            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
+            )
         )
     try:
         for proc in procs:
@@ -220,7 +222,7 @@ def rate(count: float, seconds: float) -> float:
 
 
 MQTT_CLIENTS = {
-    "lean": "lean MQTT 3.1.1 client on trio (broker/bench/mqttload.py)",
+    "lean": "lean MQTT 3.1.1 client on trio (bench/mqttload.py)",
     "paho": "paho-mqtt, one thread",
 }
 
@@ -356,12 +358,13 @@ class Bench:
 
     def trio_echo(self) -> dict[str, Any]:
         """request/response's floor: a bare trio echo server, one request in flight per
-        connection, on the same machine (broker/bench/echo.py)."""
+        connection, on the same machine (bench/echo.py)."""
         p = self.plan
         server = subprocess.Popen(
             [sys.executable, "-m", "bench.echo", "serve", "0"],
             stdout=subprocess.PIPE,
             text=True,
+            env=child_env(),
         )
         try:
             assert server.stdout is not None

@@ -1,6 +1,6 @@
 """Run one broker in this process for the durability tests and the benchmark.
 
-    python -m broker.bench.runbroker --data-dir DIR [--port N] [--set field=value ...]
+    python -m bench.runbroker --data-dir DIR [--port N] [--set field=value ...]
 
 Plaintext on 127.0.0.1 only. Prints one JSON line ({"port": N, "pid": P}) on stdout once it is
 listening, and stops gracefully (pending acks flushed, store closed) on SIGTERM or SIGINT.
@@ -67,7 +67,7 @@ def _pid() -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m broker.bench.runbroker")
+    parser = argparse.ArgumentParser(prog="python -m bench.runbroker")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")

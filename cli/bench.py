@@ -1,60 +1,48 @@
-"""`mailnet bench`: run the benchmark (broker.bench) and print its table or JSON."""
+"""`mailnet bench`: run a source checkout's benchmark (`python -m bench`), with its options.
+
+The benchmark and crash harness (bench/) are not installed with the package; from an editable
+install (`pip install -e .`) the checkout sits beside this package and the command runs it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import click
 
-from bench.run import WORKLOADS, Plan, format_table, mosquitto_address, run_benchmark
-
 from . import output
 
+# Where an editable install's source checkout is: the parent of the cli/ package.
+CHECKOUT = Path(__file__).resolve().parent.parent
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
-@click.option("--quick", is_flag=True, help="A short run (well under a minute).")
-@click.option("--duration", type=float, help="Seconds measured per timed workload.")
-@click.option("--load-procs", type=click.IntRange(1, 16), help="Load generator processes.")
-@click.option("--no-mosquitto", is_flag=True, help="Skip the Mosquitto comparison.")
-@click.option("--rate", type=float, help="Msgs/s for the latency run (default 5000).")
-@click.option(
-    "--only",
-    multiple=True,
-    type=click.Choice(list(WORKLOADS)),
-    help="Run only this workload (repeatable).",
+
+def find_checkout(root: Path) -> Path | None:
+    """`root` if it is a mailnet checkout holding the benchmark, else None."""
+    return root if (root / "bench" / "__main__.py").is_file() else None
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
 )
-def bench(
-    as_json: bool,
-    quick: bool,
-    duration: float | None,
-    load_procs: int | None,
-    no_mosquitto: bool,
-    rate: float | None,
-    only: tuple[str, ...],
-) -> None:
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
     """Benchmark a fresh local broker (127.0.0.1, temporary database) and print the figures.
 
-    Progress goes to stderr. Where an MQTT broker answers on 127.0.0.1:1883 (Mosquitto), the
-    same peer workload runs against it and mailnet's figure is shown as a ratio.
+    Needs a source checkout (pip install -e .): runs `python -m bench ARGS` there; `mailnet bench
+    --help` lists its options. Progress goes to stderr.
     """
-    plan = Plan.quick() if quick else Plan()
-    if duration is not None:
-        plan = dataclasses.replace(plan, duration=duration)
-    if load_procs is not None:
-        plan = dataclasses.replace(plan, load_procs=load_procs)
-    if only:
-        plan = dataclasses.replace(plan, only=only)
-    if rate is not None:
-        plan = dataclasses.replace(plan, steady_rate=rate)
-    if not no_mosquitto:
-        plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
-    results = run_benchmark(plan)
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(results), indent=2))
-    else:
-        click.echo(format_table(results))
-    failed = [name for name, r in results.scenarios.items() if "error" in r]
-    if failed:
-        output.fail("workloads failed: " + ", ".join(failed), output.EXIT_UNEXPECTED)
+    checkout = find_checkout(CHECKOUT)
+    if checkout is None:
+        output.fail(
+            "mailnet bench runs from a source checkout (pip install -e .): the benchmark is not "
+            "installed with the package; in a checkout run `python -m bench`",
+            output.EXIT_USAGE,
+        )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
+    code = subprocess.call([sys.executable, "-m", "bench", *args], env=env)
+    sys.exit(code)

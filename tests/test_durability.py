@@ -1,6 +1,6 @@
 """Delivery guarantees on real processes: kill -9 chaos, retry storms, restarts, quotas.
 
-The broker runs as a child process (broker.bench.runbroker) on a real SQLite file, so it can be
+The broker runs as a child process (bench.runbroker) on a real SQLite file, so it can be
 SIGKILLed mid-commit and restarted on the same port. Correctness only: no timing asserts.
 Set MAILNET_CHAOS_KILLS to lengthen the chaos run (scripts/chaos.py runs 50 kills).
 """
