@@ -13,6 +13,7 @@ import trio
 from broker import tls
 from broker.config import Config
 from broker.core import Broker
+from broker.core.commits import choose_committer
 from broker.core.throttle import ConnectionLimits
 from broker.store import MailStore, migrate
 from broker.transport.tcp import handle_connection
@@ -79,7 +80,7 @@ async def serve(
     ssl_context, fingerprint = _tls_context(config)
     store = await trio.to_thread.run_sync(open_store, config)
     try:
-        broker = Broker(store, config)
+        broker = Broker(store, config, committer=choose_committer(store, config))
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.run)

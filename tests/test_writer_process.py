@@ -117,6 +117,28 @@ def test_the_child_gives_the_outcomes_store_sends_gives(tmp_path: Path) -> None:
     there.close()
 
 
+def test_the_send_writer_setting_picks_a_committer_and_both_commit_alike(tmp_path: Path) -> None:
+    from broker.core.commits import choose_committer
+
+    results = {}
+    for send_writer in ("thread", "process"):
+        store = fresh_store(tmp_path / f"{send_writer}.db")
+        committer = choose_committer(store, make_config(tmp_path, send_writer=send_writer))
+        assert isinstance(committer, WriterProcess) == (send_writer == "process")
+        try:
+            committer.start()
+            results[send_writer] = [
+                comparable(committer.outcomes(batch, committer.commit(batch, 3)))
+                for batch in BATCHES
+            ]
+        finally:
+            committer.close()
+            store.close()
+    assert results["thread"] == results["process"]
+    with pytest.raises(ValueError, match="send_writer"):
+        choose_committer(store, make_config(tmp_path, send_writer="fork"))
+
+
 def test_a_dead_child_is_replaced_and_a_batch_it_took_down_is_stored_once(
     tmp_path: Path,
 ) -> None:

@@ -7,25 +7,55 @@ instead of being capped by one fsync per message.
 A caller may hand in several sends at once (a connection's window, read in one go): they are
 one group, always in one batch, and the caller hears of them through one callback, which spares
 a task and an event per send.
+
+The batches are written by a SendCommitter (broker/store/committer.py): in a worker thread, or
+in a child process on SQLite; `choose_committer` picks one when the broker is assembled.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 
+from broker.config import SEND_WRITERS, Config
 from broker.protocol import ErrorCode, RequestRefused
-from broker.store import SendIntent, SendOutcome, WriterProcess
+from broker.store import (
+    MailStore,
+    SendCommitter,
+    SendIntent,
+    SendOutcome,
+    ThreadCommitter,
+    WriterProcess,
+)
 
 from .runner import PendingWrite, StoreRunner
 
 MAX_BATCH = 2000
 
 log = logging.getLogger("mailnet.commits")
+
+CommittedT = TypeVar("CommittedT")
+
+
+def choose_committer(store: MailStore, config: Config) -> SendCommitter[Any]:
+    """The writer of the group commit's batches that `config.send_writer` names for `store`.
+
+    "process" (the default) commits SQLite batches in a child process; PostgreSQL, "thread", and
+    systems without descriptor passing (not POSIX) commit in a worker thread of the broker.
+    """
+    if config.send_writer not in SEND_WRITERS:
+        raise ValueError(
+            f"send_writer must be one of {', '.join(SEND_WRITERS)}, not {config.send_writer!r}"
+        )
+    # The child gets its socket by descriptor passing: POSIX only (elsewhere, a thread).
+    if store.engines.is_sqlite and config.send_writer == "process" and os.name == "posix":
+        return WriterProcess(store.engines.write.url.render_as_string(hide_password=False))
+    return ThreadCommitter(store)
 
 
 # Told, once, what became of a group of sends: their outcomes in order, or why none of them
@@ -41,23 +71,23 @@ class _Group:
 
 
 @dataclass(eq=False)
-class _Batch:
+class _Batch(Generic[CommittedT]):
     groups: list[_Group]
     intents: list[SendIntent]
-    pending: PendingWrite[Any]
+    pending: PendingWrite[CommittedT]
 
 
-class CommitQueue:
+class CommitQueue(Generic[CommittedT]):
     def __init__(
         self,
         runner: StoreRunner,
+        committer: SendCommitter[CommittedT],
         on_committed: Callable[[Sequence[SendOutcome]], None],
         *,
         quota: int,
-        writer: WriterProcess | None = None,
     ) -> None:
         self.runner = runner
-        self.writer = writer  # commits in a child process (SQLite), else in a thread
+        self.committer = committer
         self.on_committed = on_committed
         self.quota = quota
         self._waiting: list[_Group] = []
@@ -94,7 +124,7 @@ class CommitQueue:
         handed to the writer first, and only then is the last one answered and pushed, so
         the writer commits while this thread does that work.
         """
-        committing: _Batch | None = None
+        committing: _Batch[CommittedT] | None = None
         while True:
             if committing is None:
                 if not self._waiting:
@@ -111,7 +141,7 @@ class CommitQueue:
             done, committing = committing, self._start_next()
             self._finish(done, result)
 
-    def _start_next(self) -> _Batch | None:
+    def _start_next(self) -> _Batch[CommittedT] | None:
         """Hand the sends waiting now to the writer, as one batch (None if there are none)."""
         self._has_work = trio.Event()
         groups = self._next_batch()
@@ -120,18 +150,12 @@ class CommitQueue:
         if not groups:
             return None
         intents = [intent for group in groups for intent in group.intents]
-        if self.writer is not None:
-            pending = self.runner.start_write(self.writer.commit, intents, self.quota)
-        else:
-            pending = self.runner.start_write(self.runner.store.store_sends, intents, self.quota)
+        pending = self.runner.start_write(self.committer.commit, intents, self.quota)
         return _Batch(groups, intents, pending)
 
-    def _finish(self, batch: _Batch, result: object) -> None:
+    def _finish(self, batch: _Batch[CommittedT], result: CommittedT) -> None:
         try:
-            if self.writer is not None:
-                outcomes = self.writer.outcomes(batch.intents, result)  # type: ignore[arg-type]
-            else:
-                outcomes = result  # type: ignore[assignment]
+            outcomes = self.committer.outcomes(batch.intents, result)
             if len(outcomes) != len(batch.intents):  # one outcome per intent, in order
                 raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch.intents)} sends")
         except Exception as exc:
@@ -146,7 +170,7 @@ class CommitQueue:
             start = end
         self.on_committed(outcomes)
 
-    def _fail(self, batch: _Batch, exc: Exception) -> None:
+    def _fail(self, batch: _Batch[CommittedT], exc: Exception) -> None:
         if not isinstance(exc, RequestRefused):
             log.error("storing a batch of %d sends failed", len(batch.intents), exc_info=exc)
             exc = RequestRefused(ErrorCode.INTERNAL, "the broker could not store this")

@@ -7,7 +7,6 @@ quotas are checked here, and live delivery goes through Presence.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -18,22 +17,22 @@ from typing import Any
 
 import trio
 
-from broker.config import SEND_WRITERS, Config
+from broker.config import Config
 from broker.protocol import ErrorCode, RequestRefused, requests
 from broker.store import (
     HistoryQuery,
     MailStore,
     NotFound,
+    SendCommitter,
     SendIntent,
     SendOutcome,
     UserRecord,
-    WriterProcess,
 )
 
 from .accounts import Accounts, LoginResult, hash_token
 from .admin import AccountAdmin
 from .cluster import SharedPresence
-from .commits import CommitQueue
+from .commits import CommitQueue, choose_committer
 from .presence import LiveSession, OnlineUser, Presence
 from .runner import StoreRunner
 from .throttle import SendRateLimiter
@@ -47,7 +46,15 @@ DISK_CHECK_INTERVAL = 1.0
 
 
 class Broker:
-    def __init__(self, store: MailStore, config: Config) -> None:
+    def __init__(
+        self,
+        store: MailStore,
+        config: Config,
+        *,
+        committer: SendCommitter[Any] | None = None,
+    ) -> None:
+        """The broker on `store`; its sends committed by `committer`, or by the one that
+        `config.send_writer` names (ValueError if it names none)."""
         self.config = config
         self.runner = StoreRunner(store)
         self.accounts = Accounts(self.runner, config)
@@ -58,18 +65,9 @@ class Broker:
             if store.shares_commits
             else None
         )
-        if config.send_writer not in SEND_WRITERS:
-            raise ValueError(
-                f"send_writer must be one of {', '.join(SEND_WRITERS)}, not {config.send_writer!r}"
-            )
-        self.writer = (
-            WriterProcess(store.engines.write.url.render_as_string(hide_password=False))
-            # The child gets its socket by descriptor passing: POSIX only (elsewhere, a thread).
-            if store.engines.is_sqlite and config.send_writer == "process" and os.name == "posix"
-            else None
-        )
+        self.committer = committer if committer is not None else choose_committer(store, config)
         self.commits = CommitQueue(
-            self.runner, self._deliver, quota=config.mailbox_quota, writer=self.writer
+            self.runner, self.committer, self._deliver, quota=config.mailbox_quota
         )
         self.send_limits = SendRateLimiter(config.send_rate, config.send_burst)
         self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
@@ -89,14 +87,12 @@ class Broker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background work: the group committer and the ack flusher."""
         await self.accounts.prepare()
-        if self.writer is not None:
-            await trio.to_thread.run_sync(self.writer.start)
+        await trio.to_thread.run_sync(self.committer.start)
         try:
             await self._run(task_status)
         finally:
-            if self.writer is not None:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self.writer.close)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.committer.close)
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:

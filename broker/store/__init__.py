@@ -1,6 +1,7 @@
 """Persistence: the only package that imports SQLAlchemy. Returns plain records."""
 
 from .admin import AccountRecord, AuditRecord, BlockRecord, InviteInvalid, PrankRecord
+from .committer import SendCommitter, ThreadCommitter
 from .database import Engines, make_engines, sqlite_url_for
 from .mailstore import MailStore, NotFound, StoreUnavailable, UsernameTaken, call_guarded
 from .presence_rows import PresenceChange, PresenceRow
@@ -21,9 +22,11 @@ __all__ = [
     "PrankRecord",
     "PresenceChange",
     "PresenceRow",
+    "SendCommitter",
     "SendIntent",
     "SendOutcome",
     "StoreUnavailable",
+    "ThreadCommitter",
     "UserRecord",
     "UsernameTaken",
     "WriterProcess",
