@@ -6,7 +6,6 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import trio
 
@@ -15,7 +14,9 @@ from broker.config import Config
 from broker.core import Broker
 from broker.core.commits import choose_committer
 from broker.core.throttle import ConnectionLimits
-from broker.store import MailStore, migrate
+from broker.store import MailStore
+from broker.store.entry import open_store as open_migrated_store
+from broker.tls import certificate_paths  # shared with the web server (broker/web/app.py)
 from broker.transport.tcp import handle_connection
 
 log = logging.getLogger("mailnet.server")
@@ -56,21 +57,8 @@ def _tls_context(config: Config) -> tuple[ssl.SSLContext | None, str | None]:
     return context, tls.certificate_fingerprint(cert.read_bytes())
 
 
-def certificate_paths(config: Config) -> tuple[Path, Path]:
-    """The broker's certificate and key: configured ones, or its own self-signed pair.
-
-    The TCP listener and the web server use the same pair, so one pinned fingerprint covers both.
-    """
-    if config.tls_cert and config.tls_key:
-        return config.tls_cert, config.tls_key
-    paths = tls.ensure_self_signed_certificate(config.data_dir, [config.host])
-    return paths.cert_path, paths.key_path
-
-
 def open_store(config: Config) -> MailStore:
-    store = MailStore.open(config.db_url)
-    migrate.upgrade(store.engines.write)
-    return store
+    return open_migrated_store(config.db_url)
 
 
 async def serve(

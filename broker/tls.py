@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from broker.config import Config
+
 __all__ = [
     "ALWAYS_INCLUDED_HOSTNAMES",
     "CERTIFICATE_VALIDITY",
@@ -42,6 +44,7 @@ __all__ = [
     "TLSConfigError",
     "TLSError",
     "certificate_fingerprint",
+    "certificate_paths",
     "check_pinned_fingerprint",
     "client_ssl_context_for_ca",
     "client_ssl_context_for_pinning",
@@ -156,6 +159,17 @@ def ensure_self_signed_certificate(data_dir: Path, hostnames: list[str]) -> Cert
     finally:
         shutil.rmtree(staging_dir, ignore_errors=True)
     return paths
+
+
+def certificate_paths(config: Config) -> tuple[Path, Path]:
+    """The broker's certificate and key: configured ones, or its own self-signed pair.
+
+    The TCP listener and the web server use the same pair, so one pinned fingerprint covers both.
+    """
+    if config.tls_cert and config.tls_key:
+        return config.tls_cert, config.tls_key
+    paths = ensure_self_signed_certificate(config.data_dir, [config.host])
+    return paths.cert_path, paths.key_path
 
 
 def _make_self_signed_certificate(hostnames: list[str]) -> tuple[bytes, bytes]:

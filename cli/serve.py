@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -35,7 +35,7 @@ def redact_url(url: str) -> str:
 def _is_config_problem(exc: BaseException) -> bool:
     from broker import tls
     from broker.server import ConfigError
-    from broker.store import StoreUnavailable
+    from broker.store.entry import StoreUnavailable
 
     # ValueError covers a malformed --db URL; StoreUnavailable a database that cannot be reached.
     return isinstance(exc, ConfigError | tls.TLSError | ValueError | OSError | StoreUnavailable)
@@ -243,32 +243,28 @@ db_option = click.option(
 )
 
 
-def _engine_for(url: str | None) -> tuple[Any, str]:
-    """The store's engines for --db (or the configured database), and that URL."""
-    from broker.store import make_engines
+def _database_url(url: str | None) -> str:
+    """--db, or the configured database."""
+    return url or Config().with_env().db_url
 
-    target = url or Config().with_env().db_url
-    try:
-        return make_engines(target), target
-    except ValueError as exc:
-        fail(f"cannot use database {redact_url(target)}: {exc}", EXIT_USAGE)
+
+def _database_failure(target: str, exc: Exception) -> NoReturn:
+    """One line for a --db URL that cannot be used (ValueError) or reached (StoreUnavailable)."""
+    problem = "use" if isinstance(exc, ValueError) else "reach"
+    fail(f"cannot {problem} database {redact_url(target)}: {exc}", EXIT_USAGE)
 
 
 @db.command()
 @db_option
 def upgrade(url: str | None) -> None:
     """Migrate the database to the newest schema (creating it if needed)."""
-    from broker.store import StoreUnavailable, migrate
+    from broker.store.entry import StoreUnavailable, upgrade_schema
 
-    engines, target = _engine_for(url)
+    target = _database_url(url)
     try:
-        before = migrate.current_revision(engines.write)
-        migrate.upgrade(engines.write)
-        after = migrate.current_revision(engines.write)
-    except StoreUnavailable as exc:
-        fail(f"cannot reach database {redact_url(target)}: {exc}", EXIT_USAGE)
-    finally:
-        engines.dispose()
+        before, after = upgrade_schema(target)
+    except (ValueError, StoreUnavailable) as exc:
+        _database_failure(target, exc)
     if before == after:
         click.echo(f"Already at the newest revision ({after}).")
     else:
@@ -280,16 +276,14 @@ def upgrade(url: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def current(url: str | None, as_json: bool) -> None:
     """Show the database's schema revision and the newest one."""
-    from broker.store import StoreUnavailable, migrate
+    from broker.store.entry import StoreUnavailable, schema_revisions
 
-    engines, target = _engine_for(url)
+    target = _database_url(url)
     try:
-        revision = migrate.current_revision(engines.write)
-        head = migrate.head_revision(engines.write)
-    except StoreUnavailable as exc:
-        fail(f"cannot reach database {redact_url(target)}: {exc}", EXIT_USAGE)
-    finally:
-        engines.dispose()
+        revisions = schema_revisions(target)
+    except (ValueError, StoreUnavailable) as exc:
+        _database_failure(target, exc)
+    revision, head = revisions.current, revisions.head
     if as_json:
         emit_json({"current": revision, "head": head, "up_to_date": revision == head})
         return

@@ -151,9 +151,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hconfig.graceful_timeout = 2.0
     hconfig.alpn_protocols = ["http/1.1"]
     if not config.insecure_plaintext:
-        from broker.server import certificate_paths
-
-        cert, key = certificate_paths(config)
+        cert, key = tls.certificate_paths(config)
         context = tls.server_ssl_context(cert, key)
         context.set_alpn_protocols(["http/1.1"])
         hconfig.certfile, hconfig.keyfile = str(cert), str(key)
