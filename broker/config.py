@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -72,7 +73,7 @@ class Config:
     def with_env(self, environ: dict[str, str] | None = None) -> Config:
         """A copy with every field named MAILNET_<FIELD> in the environment applied."""
         environ = dict(os.environ if environ is None else environ)
-        changes: dict[str, object] = {}
+        changes: dict[str, Any] = {}
         for f in fields(self):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is None or raw == "":

@@ -20,7 +20,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 class MailnetGroup(click.Group):
     """A group whose standalone run never shows a traceback: see cli.output.run_cli."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Any = None,
         prog_name: str | None = None,
@@ -30,10 +30,10 @@ class MailnetGroup(click.Group):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
-        parent = super()
+        parent_main = super().main
         sys.exit(
             output.run_cli(
-                lambda: parent.main(args, prog_name or "mailnet", complete_var, False, **extra)
+                lambda: parent_main(args, prog_name or "mailnet", complete_var, False, **extra)
             )
         )
 

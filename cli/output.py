@@ -83,18 +83,18 @@ def run_cli(invoke: Callable[[], Any]) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except BaseException as raw:  # the last line of defence: no tracebacks
-        exc = innermost(raw)
-        if isinstance(exc, CliError):
-            error_line(exc.message)
-            return exc.exit_code
-        if isinstance(exc, KeyboardInterrupt):
+        inner = innermost(raw)
+        if isinstance(inner, CliError):
+            error_line(inner.message)
+            return inner.exit_code
+        if isinstance(inner, KeyboardInterrupt):
             error_line("interrupted")
             return 130
-        if isinstance(exc, BrokenPipeError):
+        if isinstance(inner, BrokenPipeError):
             return _quiet_broken_pipe()
-        if isinstance(exc, SystemExit):
-            return exc.code if isinstance(exc.code, int) else EXIT_UNEXPECTED
-        error_line(f"unexpected {type(exc).__name__}: {exc}")
+        if isinstance(inner, SystemExit):
+            return inner.code if isinstance(inner.code, int) else EXIT_UNEXPECTED
+        error_line(f"unexpected {type(inner).__name__}: {inner}")
         return EXIT_UNEXPECTED
     # Without standalone mode click returns --help's exit code (an int) instead of exiting.
     return result if isinstance(result, int) else EXIT_OK
@@ -161,8 +161,8 @@ def sender_label(entry: dict[str, Any]) -> str:
 def summary(entry: dict[str, Any]) -> str:
     """One line: the subject of an email or announcement, the body of a text or prank."""
     if entry.get("subject") and entry["kind"] != "rickroll":
-        return entry["subject"]
-    return entry.get("body") or ""
+        return str(entry["subject"])
+    return str(entry.get("body") or "")
 
 
 def notification_line(entry: dict[str, Any]) -> str:

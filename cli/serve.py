@@ -173,12 +173,12 @@ def serve(log_level: str, as_json: bool, **flags: Any) -> None:
     except BaseException as raw:
         from .output import innermost
 
-        exc = innermost(raw)
-        if isinstance(exc, CliError):
-            raise exc from None
-        if _is_config_problem(exc):
-            raise CliError(f"cannot start the broker: {exc}", EXIT_USAGE) from None
-        raise exc from None
+        inner = innermost(raw)
+        if isinstance(inner, CliError):
+            raise inner from None
+        if _is_config_problem(inner):
+            raise CliError(f"cannot start the broker: {inner}", EXIT_USAGE) from None
+        raise inner from None
 
 
 async def _serve_until_signal(config: Config, as_json: bool) -> None:

@@ -80,7 +80,9 @@ class LiveSession:
         self._events.clear()
         return events
 
-    async def next_items(self, fetch_after: FetchAfter) -> tuple[list[EntryRecord], list[dict]]:
+    async def next_items(
+        self, fetch_after: FetchAfter
+    ) -> tuple[list[EntryRecord], list[dict[str, Any]]]:
         """Wait for entries after the cursor (in order) and/or events; advances the cursor."""
         while True:
             queued = self._queued

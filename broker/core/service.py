@@ -318,7 +318,9 @@ class Broker:
 
         def committed(done: Sequence[SendOutcome] | RequestRefused) -> None:
             # A refusal here is the whole batch failing: nothing of it was stored.
-            outcomes = [done] * len(intents) if isinstance(done, RequestRefused) else done
+            outcomes: Sequence[SendOutcome | RequestRefused] = (
+                [done] * len(intents) if isinstance(done, RequestRefused) else done
+            )
             for index, outcome in zip(stored_at, outcomes, strict=True):
                 if isinstance(outcome, SendOutcome) and outcome.error_code is not None:
                     outcome = RequestRefused(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from broker.store import EntryRecord
@@ -16,7 +17,7 @@ RICKROLL_BODY = f"Never gonna give you up! (open it yourself, if you dare: {RICK
 _last_iso: tuple[object, str] = (None, "")
 
 
-def iso(moment) -> str:  # type: ignore[no-untyped-def]
+def iso(moment: datetime) -> str:
     """'2026-11-30T09:13:58.448888Z': the wall-clock fields, microseconds always shown. (Same
     text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") for years 1000-9999, at less than half its cost.)
 

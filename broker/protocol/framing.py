@@ -176,7 +176,7 @@ class FrameConnection:
         """How many more bytes the frame being read needs (a hint for receive sizes)."""
         if len(self._buffer) < HEADER.size:
             return HEADER.size - len(self._buffer)
-        (length,) = HEADER.unpack_from(self._buffer)
+        length: int = HEADER.unpack_from(self._buffer)[0]
         return max(0, HEADER.size + length - len(self._buffer))
 
     def next_frame(self) -> dict[str, Any] | _NeedData:

@@ -7,10 +7,11 @@ one transaction, and only its outcome is what senders are acknowledged with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Row, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, Row, Table, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from . import presence_rows
@@ -28,10 +29,12 @@ from .records import (
 )
 from .sendbatch import SendBatch
 
-users = User.__table__
-sessions = AuthSession.__table__
-messages = Message.__table__
-mailbox = MailboxEntry.__table__
+users = cast(Table, User.__table__)
+sessions = cast(Table, AuthSession.__table__)
+messages = cast(Table, Message.__table__)
+mailbox = cast(Table, MailboxEntry.__table__)
+
+T = TypeVar("T")
 
 
 class UsernameTaken(Exception):
@@ -46,7 +49,7 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or written (down, locked too long, disk error)."""
 
 
-def call_guarded(fn, /, *args):  # type: ignore[no-untyped-def]
+def call_guarded(fn: Callable[..., T], /, *args: object) -> T:
     """Call a store method, turning database outages into StoreUnavailable."""
     try:
         return fn(*args)
@@ -54,7 +57,7 @@ def call_guarded(fn, /, *args):  # type: ignore[no-untyped-def]
         raise StoreUnavailable(str(exc.orig or exc).splitlines()[0]) from exc
 
 
-def _user(row: Row) -> UserRecord:
+def _user(row: Row[*tuple[Any, ...]]) -> UserRecord:
     return UserRecord(
         id=row.id,
         username=row.username,
@@ -86,7 +89,7 @@ _ENTRY_COLUMNS = (
 )
 
 
-def _entry(row: Row, *, direction: str = "in") -> EntryRecord:
+def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
     return EntryRecord(
         seq=row.seq,
         message_id=row.message_id,
@@ -291,7 +294,7 @@ class MailStore(AdminStoreMixin):
         return entries, unread
 
     @staticmethod
-    def _unread_count(conn, user_id: int) -> int:  # type: ignore[no-untyped-def]
+    def _unread_count(conn: Connection, user_id: int) -> int:
         return conn.execute(
             select(func.count())
             .select_from(mailbox)
@@ -426,4 +429,4 @@ class MailStore(AdminStoreMixin):
         with self.engines.read.connect() as conn:
             if not self.engines.is_sqlite:
                 return "ok"
-            return conn.execute(text("PRAGMA integrity_check")).scalar_one()
+            return str(conn.execute(text("PRAGMA integrity_check")).scalar_one())

@@ -5,8 +5,8 @@ A database that cannot be reached raises StoreUnavailable, as every other store 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
@@ -19,7 +19,7 @@ from .mailstore import call_guarded
 SCRIPT_LOCATION = Path(migrations.__file__).parent
 
 
-def alembic_config(engine: Engine, *, stdout: io.TextIOBase | None = None) -> Config:
+def alembic_config(engine: Engine, *, stdout: TextIO | None = None) -> Config:
     config = Config(stdout=stdout) if stdout is not None else Config()
     config.set_main_option("script_location", str(SCRIPT_LOCATION))
     # The engine travels in attributes: a URL in the config chokes on '%' characters.

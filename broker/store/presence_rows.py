@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, text
 
 from .models import NodePresence
 
@@ -27,7 +28,7 @@ log = logging.getLogger("mailnet.notify")
 CHANNEL_SQL = "'mailnet_presence_' || md5(current_schema())"
 MAX_PAYLOAD = 7000
 
-rows_table = NodePresence.__table__
+rows_table = cast(Table, NodePresence.__table__)
 
 
 @dataclass(frozen=True)

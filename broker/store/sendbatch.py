@@ -14,23 +14,26 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 
 from .admin import blocked_pairs
 from .models import MailboxEntry, Message, User, utcnow
 from .notify import announce_commits
 from .records import SendIntent, SendOutcome, deliveries_of
 
-users = User.__table__
-messages = Message.__table__
-mailbox = MailboxEntry.__table__
+users = cast(Table, User.__table__)
+messages = cast(Table, Message.__table__)
+mailbox = cast(Table, MailboxEntry.__table__)
+
+T = TypeVar("T")
 
 _CHUNK = 2000  # bound on bound parameters per statement (SQLite allows 32766)
 _SQLITE_MAX_PARAMS = 30_000  # per raw multi-row statement; SQLite 3.32+ allows 32766
 
 
-def _chunks(items: Sequence, size: int = _CHUNK) -> Iterable[Sequence]:
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -190,10 +193,10 @@ class SendBatch:
                 keyed[intent.sender_id].append(intent.client_msg_id)
         found = {}
         for sender_id, ids in keyed.items():
-            for chunk in _chunks(ids):
+            for id_chunk in _chunks(ids):
                 for row in self.conn.execute(
                     select(messages.c.id, messages.c.client_msg_id).where(
-                        messages.c.sender_id == sender_id, messages.c.client_msg_id.in_(chunk)
+                        messages.c.sender_id == sender_id, messages.c.client_msg_id.in_(id_chunk)
                     )
                 ):
                     found[(sender_id, row.client_msg_id)] = row.id
@@ -213,17 +216,19 @@ class SendBatch:
 
     def _max_params(self) -> int:
         raw = self.conn.connection.driver_connection
-        return min(_SQLITE_MAX_PARAMS, raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        limit: int = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        return min(_SQLITE_MAX_PARAMS, limit)
 
-    def _raw(self, sql: str, params: Sequence[object]) -> list[tuple]:
+    def _raw(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         """SQLite only: run one statement on the raw DBAPI connection (same transaction)."""
         cursor = self.conn.connection.driver_connection.cursor()
         try:
-            return cursor.execute(sql, params).fetchall()
+            rows: list[tuple[Any, ...]] = cursor.execute(sql, params).fetchall()
+            return rows
         finally:
             cursor.close()
 
-    def _insert_rows(self, table: str, columns: str, rows: list[tuple]) -> None:
+    def _insert_rows(self, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
         """SQLite only: multi-row INSERTs. Each statement is one step of the SQLite engine
         (one release of the GIL), where executemany would step, and hand the GIL over to the
         event loop's thread, once per row."""
@@ -334,10 +339,10 @@ class SendBatch:
             if not self.sqlite:
                 by_count[count].append(user_id)
         for count, user_ids in by_count.items():
-            for chunk in _chunks(user_ids):
+            for user_chunk in _chunks(user_ids):
                 result = self.conn.execute(
                     update(users)
-                    .where(users.c.id.in_(chunk))
+                    .where(users.c.id.in_(user_chunk))
                     .values(last_seq=users.c.last_seq + count)
                     .returning(users.c.id, users.c.last_seq)
                 )
