@@ -90,7 +90,11 @@ class LiveSession:
                 # Cleared before the read, not after: a commit notice that arrives while the
                 # read is in flight (and that the read may not see) must trigger another one.
                 self._must_fetch = False
-                entries = await fetch_after(self.user_id, self.cursor, PAGE)
+                try:
+                    entries = await fetch_after(self.user_id, self.cursor, PAGE)
+                except BaseException:
+                    self._must_fetch = True  # nothing was handed out: the next call reads again
+                    raise
                 if len(entries) == PAGE:
                     self._must_fetch = True
                 if entries:
@@ -203,6 +207,11 @@ class Presence:
         for sessions in self._by_user.values():
             for session in sessions:
                 session.offer_event(event)
+
+    def touch_user(self, user_id: int) -> None:
+        """The user did something (an HTTP request): reset their idle time in `who`."""
+        for session in self._by_user.get(user_id, ()):
+            session.touch()
 
     def sessions_of(self, user_id: int) -> set[LiveSession]:
         return self._by_user.get(user_id, set())

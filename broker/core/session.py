@@ -1,0 +1,330 @@
+"""One client session's life, the same for every transport: its login state, the dispatch of each
+operation to the core, its feed (backlog, live mail, presence events) and its end.
+
+A transport turns bytes or HTTP into typed requests (`broker.protocol.requests`), hands them to
+`Session.handle` (sends to `Session.start_sends`) and encodes the results; what the session sends
+on its own (mail, events, why it ended) leaves through the transport's `Outlet`. The session owns
+no socket and no clock: the transport reads until `read_deadline()` and calls `expire()` when
+nothing came. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import trio
+
+from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, fit_page, requests
+from broker.store import SendOutcome, UserRecord
+
+from .presence import LiveSession
+from .service import Broker
+from .views import entry_view, mail_event, online_user_view
+
+log = logging.getLogger("mailnet.session")
+
+MAX_FAILED_LOGINS_PER_CONNECTION = 3
+# A feed whose store read fails (`unavailable`: a database blip) waits and reads again, from the
+# same cursor, doubling the wait up to the maximum: nothing is lost and the session stays up.
+FEED_RETRY_FIRST = 0.1
+FEED_RETRY_MAX = 5.0
+INTERNAL_MESSAGE = "internal error; it was logged"
+
+Message = dict[str, Any]  # a response's fields or an event, as the wire shows it
+SendsDone = Callable[[list[SendOutcome | RequestRefused]], None]
+
+
+class Outlet(Protocol):
+    """A transport's side of a live session: the one way its pushes and its end go out."""
+
+    async def push(self, mail: list[Message], events: list[Message]) -> None:
+        """Send `mail` events (entries in seq order), then the other `events`."""
+
+    async def end(self, code: ErrorCode, message: str) -> None:
+        """Tell the client why the session ends (an error), then close the connection."""
+
+
+class Session:
+    """A client's session on one connection (TCP, WebSocket) or for one HTTP request.
+
+    A live transport passes its `outlet` and the `nursery` its connection runs in: a login then
+    registers the session in `who` and feeds it there until the connection ends. Without them
+    (HTTP), a login only hands out a token.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        peer: str,
+        outlet: Outlet | None = None,
+        nursery: trio.Nursery | None = None,
+        started_at: float | None = None,
+        fit_pages: bool = True,
+        login_timeout_message: str = "login took too long",
+    ) -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.peer = peer
+        self.user: UserRecord | None = None
+        self.token: str | None = None
+        self.live: LiveSession | None = None
+        # Set once the connection must close after its current answer (logout, login guessing).
+        self.closing = False
+        self._outlet = outlet
+        self._nursery = nursery
+        self._fit_pages = fit_pages  # pages of entries must fit in one frame (TCP)
+        self._login_timeout_message = login_timeout_message
+        self._failed_logins = 0
+        start = trio.current_time() if started_at is None else started_at
+        self._login_deadline = start + self.config.login_timeout
+
+    @classmethod
+    def of_caller(
+        cls, broker: Broker, user: UserRecord, token: str | None, *, peer: str
+    ) -> Session:
+        """The session of one HTTP request, whose caller is already authenticated."""
+        session = cls(broker, peer=peer, fit_pages=False)
+        session.user, session.token = user, token
+        return session
+
+    # -- state --------------------------------------------------------------------------------
+
+    def read_deadline(self) -> float:
+        """When the client must have sent something: logging in has one fixed deadline however
+        chatty the client; after that, each message restarts the heartbeat timeout."""
+        if self.user is None:
+            return self._login_deadline
+        return trio.current_time() + self.config.heartbeat_timeout
+
+    def require_user(self) -> UserRecord:
+        """The logged-in user (a request is activity: it resets their idle time in `who`)."""
+        if self.user is None:
+            raise RequestRefused(ErrorCode.NOT_AUTHENTICATED, "log in first")
+        if self.live is not None:
+            self.live.touch()
+        elif self._outlet is None:
+            self.broker.touch_user(self.user.id)
+        return self.user
+
+    async def expire(self) -> None:
+        """Nothing arrived before read_deadline(): end the session, saying why."""
+        if self.user is None:
+            log.info("closing %s: no login within %.0fs", self.peer, self.config.login_timeout)
+            await self._end(ErrorCode.TIMEOUT, self._login_timeout_message)
+        else:
+            log.info(
+                "session of %r from %s expired: no heartbeat for %.0fs",
+                self.user.username,
+                self.peer,
+                self.config.heartbeat_timeout,
+            )
+            await self._end(ErrorCode.TIMEOUT, "no heartbeat: session expired")
+
+    async def _end(self, code: ErrorCode, message: str) -> None:
+        self.closing = True
+        if self._outlet is not None:
+            await self._outlet.end(code, message)
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def start_sends(self, sends: Sequence[requests.Send], on_done: SendsDone) -> None:
+        """Store several sends in one group commit; `on_done` gets each one's outcome, in order,
+        once they are on disk (see Broker.start_sends). Raises RequestRefused if none may go."""
+        self.broker.start_sends(self.require_user(), sends, on_done)
+
+    async def send(self, request: requests.Send) -> Message:
+        """One send, answered once it is on disk."""
+        outcome = await self.broker.send(self.require_user(), request)
+        return {"message_id": outcome.message_id, "duplicate": outcome.duplicate}
+
+    async def me(self) -> Message:
+        return await self.broker.me(self.require_user())
+
+    async def handle(self, request: requests.Request) -> Message | None:
+        """Carry out one request (a send: see start_sends): the response's fields, or None when
+        it has no answer (ack). Raises RequestRefused or ProtocolError to refuse it."""
+        broker, admin = self.broker, self.broker.admin
+        match request:
+            case requests.Ping():
+                return {"pong": True}
+            case requests.Login() | requests.Resume():
+                try:
+                    return await self._log_in(request)
+                except RequestRefused as exc:
+                    self._count_failed_login(exc)
+                    raise
+            case requests.Logout():
+                await broker.logout(self.require_user(), self.token)
+                self.closing = True
+                return {"bye": True}
+            case requests.Ack(seq=seq):
+                self.require_user()
+                if self.live is not None:  # every live login opens one
+                    broker.ack(self.live, seq)
+                return None
+            case requests.Send():
+                return await self.send(request)
+            case requests.Inbox():
+                entries, unread = await broker.inbox(self.require_user(), request)
+                page, cut = self._page([entry_view(e) for e in entries])
+                return {"entries": page, "unread": unread, **({"truncated": True} if cut else {})}
+            case requests.MarkRead(seqs=seqs):
+                return {"marked": await broker.mark_read(self.require_user(), seqs)}
+            case requests.Who():
+                self.require_user()
+                return {"users": [online_user_view(u) for u in await broker.who()]}
+            case requests.History():
+                items = await broker.history(self.require_user(), request)
+                page, cut = self._page([entry_view(e) for e in items])
+                return {"items": page, **({"truncated": True} if cut else {})}
+            case requests.SetPrefs(prank_opt_out=value):
+                return await broker.set_prefs(self.require_user(), value)
+            case requests.ChangePassword(old_password=old, new_password=new):
+                changed = await admin.change_password(
+                    self.require_user(),
+                    old,
+                    new,
+                    peer=self.peer,
+                    client=self.live.client if self.live else "",
+                    current=self.live,
+                )
+                self.token = changed.token
+                return {"token": changed.token, "sessions_ended": changed.sessions_ended}
+            case requests.Block(username=name):
+                return await admin.block(self.require_user(), name)
+            case requests.Unblock(username=name):
+                return await admin.unblock(self.require_user(), name)
+            case requests.ListBlocks():
+                return {"blocks": await admin.list_blocks(self.require_user())}
+            case requests.AdminUsers():
+                return {"users": await admin.users(self.require_user())}
+            case requests.AdminSetDisabled(username=name, disabled=disabled):
+                return await admin.set_disabled(self.require_user(), name, disabled)
+            case requests.AdminKick(username=name):
+                return await admin.kick(self.require_user(), name)
+            case requests.AdminSessions():
+                return {"sessions": await admin.sessions(self.require_user())}
+            case requests.AdminAudit(limit=limit):
+                return await admin.audit(self.require_user(), limit)
+            case requests.AdminInvite():
+                return await admin.create_invite(self.require_user(), self.config.invite_ttl)
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, "unsupported operation")
+
+    def _page(self, items: list[Message]) -> tuple[list[Message], bool]:
+        return fit_page(items) if self._fit_pages else (items, False)
+
+    # -- login --------------------------------------------------------------------------------
+
+    def _count_failed_login(self, refusal: RequestRefused) -> None:
+        """A few failed logins and the connection is closed after its answer: a guesser must
+        reconnect (and count against the connection limits) to keep guessing."""
+        if refusal.code in (ErrorCode.AUTH_FAILED, ErrorCode.RATE_LIMITED):
+            self._failed_logins += 1
+            if self._failed_logins >= MAX_FAILED_LOGINS_PER_CONNECTION:
+                log.info("closing %s: %d failed logins", self.peer, self._failed_logins)
+                self.closing = True
+
+    async def _log_in(self, request: requests.Login | requests.Resume) -> Message:
+        if self.user is not None:
+            raise RequestRefused(ErrorCode.ALREADY_AUTHENTICATED, "already logged in")
+        created = False
+        if isinstance(request, requests.Login):
+            result = await self.broker.login(
+                request.username,
+                request.password,
+                create=request.create,
+                client=request.client,
+                peer=self.peer,
+                invite=request.invite,
+            )
+            user, token, created = result.user, result.token, result.created
+        else:
+            user, token = await self.broker.user_for_token(request.token), request.token
+        self.user, self.token = user, token
+        answer: Message = {
+            "username": user.username,
+            "role": user.role,
+            "token": token,
+            "created": created,
+            "last_seq": user.last_seq,
+        }
+        if self._nursery is None:
+            return answer  # no connection to feed: the token is all there is (HTTP)
+        self.live = await self._nursery.start(self._run_feed, user, token, request)
+        self._nursery.start_soon(self._end_when_ended, self.live)
+        return {
+            **answer,
+            "resume_after": self.live.cursor,
+            "heartbeat_interval": self.config.heartbeat_interval,
+        }
+
+    # -- feed and end -------------------------------------------------------------------------
+
+    async def _run_feed(
+        self,
+        user: UserRecord,
+        token: str,
+        request: requests.Login | requests.Resume,
+        *,
+        task_status: trio.TaskStatus[LiveSession] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with self.broker.live_session(
+            user,
+            client=request.client,
+            resume_after=request.resume_after,
+            address=self.peer,
+            quiet=not request.live,
+            token=token,
+        ) as live:
+            task_status.started(live)
+            if not request.live:
+                await trio.sleep_forever()  # registered for kicks only: nothing to push
+            await self.deliver_feed(live)
+
+    async def deliver_feed(self, live: LiveSession) -> None:
+        """Push the session's backlog, then its live mail and events, until the connection ends.
+
+        A store that is unavailable delays the feed (retried with backoff from the same cursor)
+        but keeps the session; any other failure ends it with an `internal` error.
+        """
+        assert self._outlet is not None
+        push, fetch = self._outlet.push, self.broker.fetch_after
+        wait = FEED_RETRY_FIRST
+        while True:
+            try:
+                entries, events = await live.next_items(fetch)
+            except RequestRefused as exc:
+                if exc.code != ErrorCode.UNAVAILABLE:
+                    raise
+                log.warning(
+                    "feed of session %d of %r waits %.1fs for the store: %s",
+                    live.id,
+                    live.username,
+                    wait,
+                    exc.message,
+                )
+                await trio.sleep(wait)
+                wait = min(wait * 2, FEED_RETRY_MAX)
+                continue
+            except Exception:
+                log.exception("feed of session %d of %r failed", live.id, live.username)
+                await self._end(ErrorCode.INTERNAL, INTERNAL_MESSAGE)
+                return
+            wait = FEED_RETRY_FIRST
+            await push([mail_event(e) for e in entries], events)
+
+    async def _end_when_ended(self, live: LiveSession) -> None:
+        """Close the connection when the core ends its session (kick, disable, password)."""
+        await live.ended.wait()
+        log.info(
+            "closing session %d of %r from %s: %s",
+            live.id,
+            live.username,
+            self.peer,
+            live.end_reason,
+        )
+        await self._end(ErrorCode.SESSION_ENDED, live.end_reason)
+
