@@ -327,4 +327,3 @@ class Session:
             live.end_reason,
         )
         await self._end(ErrorCode.SESSION_ENDED, live.end_reason)
-

@@ -42,9 +42,9 @@ RECEIVE_SIZE = 64 * 1024
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
-    inner = getattr(stream, "transport_stream", stream)
+    inner: Any = getattr(stream, "transport_stream", stream)  # a SocketStream, or a test's
     try:
-        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
+        return str(inner.socket.getpeername()[0])
     except (AttributeError, OSError):
         return "?"
 
@@ -145,7 +145,7 @@ class ClientConnection:
             if not data:
                 return  # the client closed the connection
             try:
-                self.frames.receive_data(data)
+                self.frames.receive_data(data)  # type: ignore[arg-type]  # bytes or bytearray
             except RemoteProtocolError as exc:  # oversized: the next frame cannot be found
                 log.info("closing %s: %s", self.peer, exc.message)
                 await self._refuse_and_close(exc.code, exc.message)
