@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-import broker.core.session as session_module
+import broker.core.feed as feed_module
 from broker.config import Config
 from broker.core import Broker, Message, Session
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
@@ -226,7 +226,7 @@ async def test_store_unavailable_during_a_feed_fetch_keeps_the_session(
 ) -> None:
     """The bug of issue 9: the refusal escaped the feed and dropped the connection silently.
     The feed now waits and reads again from the same cursor: the mail arrives, once."""
-    monkeypatch.setattr(session_module, "FEED_RETRY_FIRST", 0.01)
+    monkeypatch.setattr(feed_module, "FEED_RETRY_FIRST", 0.01)
     real_fetch = core.fetch_after
     failures = 2
     calls = 0

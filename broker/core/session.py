@@ -12,27 +12,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, fit_page, requests
 from broker.store import SendOutcome, UserRecord
 
+from .feed import Message, deliver_feed
 from .presence import LiveSession
 from .service import Broker
-from .views import entry_view, mail_event, online_user_view
+from .views import entry_view, online_user_view
 
 log = logging.getLogger("mailnet.session")
 
 MAX_FAILED_LOGINS_PER_CONNECTION = 3
-# A feed whose store read fails (`unavailable`: a database blip) waits and reads again, from the
-# same cursor, doubling the wait up to the maximum: nothing is lost and the session stays up.
-FEED_RETRY_FIRST = 0.1
-FEED_RETRY_MAX = 5.0
 INTERNAL_MESSAGE = "internal error; it was logged"
 
-Message = dict[str, Any]  # a response's fields or an event, as the wire shows it
 SendsDone = Callable[[list[SendOutcome | RequestRefused]], None]
 
 
@@ -282,39 +278,13 @@ class Session:
             task_status.started(live)
             if not request.live:
                 await trio.sleep_forever()  # registered for kicks only: nothing to push
-            await self.deliver_feed(live)
+            await self._deliver_feed(live)
 
-    async def deliver_feed(self, live: LiveSession) -> None:
-        """Push the session's backlog, then its live mail and events, until the connection ends.
-
-        A store that is unavailable delays the feed (retried with backoff from the same cursor)
-        but keeps the session; any other failure ends it with an `internal` error.
-        """
+    async def _deliver_feed(self, live: LiveSession) -> None:
         assert self._outlet is not None
-        push, fetch = self._outlet.push, self.broker.fetch_after
-        wait = FEED_RETRY_FIRST
-        while True:
-            try:
-                entries, events = await live.next_items(fetch)
-            except RequestRefused as exc:
-                if exc.code != ErrorCode.UNAVAILABLE:
-                    raise
-                log.warning(
-                    "feed of session %d of %r waits %.1fs for the store: %s",
-                    live.id,
-                    live.username,
-                    wait,
-                    exc.message,
-                )
-                await trio.sleep(wait)
-                wait = min(wait * 2, FEED_RETRY_MAX)
-                continue
-            except Exception:
-                log.exception("feed of session %d of %r failed", live.id, live.username)
-                await self._end(ErrorCode.INTERNAL, INTERNAL_MESSAGE)
-                return
-            wait = FEED_RETRY_FIRST
-            await push([mail_event(e) for e in entries], events)
+        failed = await deliver_feed(live, self.broker.fetch_after, self._outlet.push)
+        if failed:
+            await self._end(ErrorCode.INTERNAL, INTERNAL_MESSAGE)
 
     async def _end_when_ended(self, live: LiveSession) -> None:
         """Close the connection when the core ends its session (kick, disable, password)."""
