@@ -19,6 +19,7 @@ import broker.core.feed as feed_module
 from broker.config import Config
 from broker.core import Broker, Message, Session
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
+from broker.protocol import responses as r
 from broker.server import open_store
 from broker.store import EntryRecord
 from tests.conftest import make_config
@@ -97,7 +98,9 @@ def text(to: str, body: str) -> requests.Send:
 
 async def create_accounts(core: Broker, *usernames: str) -> None:
     for username in usernames:
-        await Session(core, peer="127.0.0.1").handle(login(username))
+        request = login(username)
+        assert isinstance(request, requests.Login)
+        await Session(core, peer="127.0.0.1").log_in(request)
 
 
 async def test_backlog_then_live_mail_reach_the_outlet_in_order(core: Broker) -> None:
@@ -108,7 +111,7 @@ async def test_backlog_then_live_mail_reach_the_outlet_in_order(core: Broker) ->
             await alice.send(text("bob", "while you were away"))
             async with connection(core) as (bob, outlet):
                 answer = await bob.handle(login("bob"))
-                assert answer is not None and answer["resume_after"] == 0
+                assert isinstance(answer, r.LoginResult) and answer.resume_after == 0
                 assert [e["body"] for e in await outlet.wait_for_mail(1)] == ["while you were away"]
                 await alice.send(text("bob", "live"))
                 entries = await outlet.wait_for_mail(2)
@@ -129,7 +132,7 @@ async def test_a_second_login_on_one_session_is_refused(core: Broker) -> None:
 async def test_every_operation_but_ping_and_login_needs_a_login(core: Broker) -> None:
     with trio.fail_after(10):
         async with connection(core) as (session, _):
-            assert await session.handle(requests.Ping()) == {"pong": True}
+            assert await session.handle(requests.Ping()) == r.PingResult()
             for request in (
                 requests.Who(),
                 requests.Inbox(),
@@ -163,11 +166,11 @@ async def test_logout_answers_bye_and_marks_the_connection_for_closing(core: Bro
     with trio.fail_after(10):
         async with connection(core) as (session, _):
             answer = await session.handle(login("alice"))
-            assert answer is not None
-            assert await session.handle(requests.Logout()) == {"bye": True}
+            assert isinstance(answer, r.LoginResult)
+            assert await session.handle(requests.Logout()) == r.LogoutResult()
             assert session.closing
             with pytest.raises(RequestRefused):  # the token is dead
-                await core.user_for_token(answer["token"])
+                await core.user_for_token(answer.token)
 
 
 async def test_login_deadline_is_fixed_and_heartbeat_deadline_moves(core: Broker) -> None:
@@ -211,10 +214,10 @@ async def test_password_change_ends_the_users_other_sessions(core: Broker) -> No
                 answer = await second.handle(
                     requests.ChangePassword(old_password=PASSWORD, new_password="password2")
                 )
-                assert answer is not None and answer["sessions_ended"] == 1
+                assert isinstance(answer, r.ChangePasswordResult) and answer.sessions_ended == 1
                 await first_outlet.closed.wait()
                 assert second_outlet.ended is None
-                assert second.token == answer["token"]
+                assert second.token == answer.token
         assert first_outlet.ended == (
             ErrorCode.SESSION_ENDED,
             "your password was changed; log in again",
@@ -253,7 +256,7 @@ async def test_store_unavailable_during_a_feed_fetch_keeps_the_session(
                 assert outlet.ended is None
                 assert not bob.closing
                 assert calls >= 3  # two refused reads, then the one that worked
-                assert await bob.handle(requests.Ping()) == {"pong": True}
+                assert await bob.handle(requests.Ping()) == r.PingResult()
 
 
 async def test_any_other_feed_failure_ends_the_session_with_an_internal_error(
@@ -274,13 +277,14 @@ async def test_a_session_without_a_transport_feed_only_hands_out_a_token(core: B
     """An HTTP login: authenticated, not online, nothing to feed."""
     with trio.fail_after(10):
         session = Session(core, peer="127.0.0.1", fit_pages=False)
-        answer = await session.handle(login("alice"))
-        assert answer is not None
-        assert set(answer) == {"username", "role", "token", "created", "last_seq"}
+        request = login("alice")
+        assert isinstance(request, requests.Login)
+        result = await session.log_in(request)
+        assert (result.user.username, result.created) == ("alice", True)
         assert session.live is None
         assert await core.who() == []
-        caller = Session.of_caller(core, await core.user_for_token(answer["token"]), None, peer="?")
-        assert await caller.handle(requests.Inbox()) == {"entries": [], "unread": 0}
+        caller = Session.of_caller(core, await core.user_for_token(result.token), None, peer="?")
+        assert await caller.handle(requests.Inbox()) == r.InboxResult(entries=[], unread=0)
 
 
 async def test_an_unknown_request_is_refused_as_unsupported(core: Broker) -> None:

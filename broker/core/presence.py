@@ -14,10 +14,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import trio
 
+from broker.protocol.events import Event, PresenceEvent
 from broker.store import EntryRecord
 
 MAX_QUEUED = 10_000  # live entries held per session before it falls back to the store
@@ -38,7 +38,7 @@ class LiveSession:
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_active: float = field(default_factory=trio.current_time)
     _queued: deque[EntryRecord] = field(default_factory=deque)
-    _events: deque[dict[str, Any]] = field(default_factory=deque)
+    _events: deque[Event] = field(default_factory=deque)
     _must_fetch: bool = True  # the backlog, first
     _wakeup: trio.Event = field(default_factory=trio.Event)
     address: str = ""  # the client's IP address, for admins
@@ -70,17 +70,17 @@ class LiveSession:
             self._must_fetch = True
             self._wakeup.set()
 
-    def offer_event(self, event: dict[str, Any]) -> None:
+    def offer_event(self, event: Event) -> None:
         if len(self._events) < MAX_QUEUED:
             self._events.append(event)
             self._wakeup.set()
 
-    def take_events(self) -> list[dict[str, Any]]:
+    def take_events(self) -> list[Event]:
         events = list(self._events)
         self._events.clear()
         return events
 
-    async def next_items(self, fetch_after: FetchAfter) -> tuple[list[EntryRecord], list[dict]]:
+    async def next_items(self, fetch_after: FetchAfter) -> tuple[list[EntryRecord], list[Event]]:
         """Wait for entries after the cursor (in order) and/or events; advances the cursor."""
         while True:
             queued = self._queued
@@ -203,7 +203,7 @@ class Presence:
                     self.offline_elsewhere(node_id, user_id, self._names_elsewhere[user_id])
 
     def _announce(self, username: str, *, online: bool) -> None:
-        event = {"event": "presence", "username": username, "online": online}
+        event = PresenceEvent(username=username, online=online)
         for sessions in self._by_user.values():
             for session in sessions:
                 session.offer_event(event)

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+import msgspec
 import trio
 
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, fit_page, requests
+from broker.protocol import responses as r
+from broker.protocol.events import Entry, Event
 from broker.store import SendOutcome, UserRecord
 
+from .accounts import LoginResult
 from .feed import Message, deliver_feed
 from .presence import LiveSession
 from .service import Broker
@@ -30,13 +34,24 @@ MAX_FAILED_LOGINS_PER_CONNECTION = 3
 INTERNAL_MESSAGE = "internal error; it was logged"
 
 SendsDone = Callable[[list[SendOutcome | RequestRefused]], None]
+R = TypeVar("R", bound=r.Result)
+
+
+def _typed(kind: type[R], fields: dict[str, Any]) -> R:
+    """A result the core built as a dict (the admin services), as its protocol type."""
+    return msgspec.convert(fields, kind)
+
+
+def _entries(views: list[Message]) -> list[Entry]:
+    return msgspec.convert(views, list[Entry])
 
 
 class Outlet(Protocol):
     """A transport's side of a live session: the one way its pushes and its end go out."""
 
-    async def push(self, mail: list[Message], events: list[Message]) -> None:
-        """Send `mail` events (entries in seq order), then the other `events`."""
+    async def push(self, mail: list[Message], events: list[Event]) -> None:
+        """Send `mail` events (entries in seq order, as views.mail_event builds them: the
+        fast encoders' case), then the other `events` (broker.protocol.events)."""
 
     async def end(self, code: ErrorCode, message: str) -> None:
         """Tell the client why the session ends (an error), then close the connection."""
@@ -131,31 +146,32 @@ class Session:
         once they are on disk (see Broker.start_sends). Raises RequestRefused if none may go."""
         self.broker.start_sends(self.require_user(), sends, on_done)
 
-    async def send(self, request: requests.Send) -> Message:
+    async def send(self, request: requests.Send) -> r.SendResult:
         """One send, answered once it is on disk."""
         outcome = await self.broker.send(self.require_user(), request)
-        return {"message_id": outcome.message_id, "duplicate": outcome.duplicate}
+        assert outcome.message_id is not None  # refusals are raised
+        return r.SendResult(message_id=outcome.message_id, duplicate=outcome.duplicate)
 
     async def me(self) -> Message:
         return await self.broker.me(self.require_user())
 
-    async def handle(self, request: requests.Request) -> Message | None:
+    async def handle(self, request: requests.Request) -> r.Result | None:
         """Carry out one request (a send: see start_sends): the response's fields, or None when
         it has no answer (ack). Raises RequestRefused or ProtocolError to refuse it."""
         broker, admin = self.broker, self.broker.admin
         match request:
             case requests.Ping():
-                return {"pong": True}
+                return r.PingResult()
             case requests.Login() | requests.Resume():
                 try:
-                    return await self._log_in(request)
+                    return await self._logged_in(request)
                 except RequestRefused as exc:
                     self._count_failed_login(exc)
                     raise
             case requests.Logout():
                 await broker.logout(self.require_user(), self.token)
                 self.closing = True
-                return {"bye": True}
+                return r.LogoutResult()
             case requests.Ack(seq=seq):
                 self.require_user()
                 if self.live is not None:  # every live login opens one
@@ -166,18 +182,25 @@ class Session:
             case requests.Inbox():
                 entries, unread = await broker.inbox(self.require_user(), request)
                 page, cut = self._page([entry_view(e) for e in entries])
-                return {"entries": page, "unread": unread, **({"truncated": True} if cut else {})}
+                inbox = r.InboxResult(entries=_entries(page), unread=unread)
+                if cut:
+                    inbox.truncated = True
+                return inbox
             case requests.MarkRead(seqs=seqs):
-                return {"marked": await broker.mark_read(self.require_user(), seqs)}
+                return r.MarkReadResult(marked=await broker.mark_read(self.require_user(), seqs))
             case requests.Who():
                 self.require_user()
-                return {"users": [online_user_view(u) for u in await broker.who()]}
+                users = [online_user_view(u) for u in await broker.who()]
+                return r.WhoResult(users=msgspec.convert(users, list[r.OnlineUser]))
             case requests.History():
                 items = await broker.history(self.require_user(), request)
                 page, cut = self._page([entry_view(e) for e in items])
-                return {"items": page, **({"truncated": True} if cut else {})}
+                history = r.HistoryResult(items=_entries(page))
+                if cut:
+                    history.truncated = True
+                return history
             case requests.SetPrefs(prank_opt_out=value):
-                return await broker.set_prefs(self.require_user(), value)
+                return _typed(r.PrefsResult, await broker.set_prefs(self.require_user(), value))
             case requests.ChangePassword(old_password=old, new_password=new):
                 changed = await admin.change_password(
                     self.require_user(),
@@ -188,25 +211,31 @@ class Session:
                     current=self.live,
                 )
                 self.token = changed.token
-                return {"token": changed.token, "sessions_ended": changed.sessions_ended}
+                return r.ChangePasswordResult(
+                    token=changed.token, sessions_ended=changed.sessions_ended
+                )
             case requests.Block(username=name):
-                return await admin.block(self.require_user(), name)
+                return _typed(r.BlockResult, await admin.block(self.require_user(), name))
             case requests.Unblock(username=name):
-                return await admin.unblock(self.require_user(), name)
+                return _typed(r.UnblockResult, await admin.unblock(self.require_user(), name))
             case requests.ListBlocks():
-                return {"blocks": await admin.list_blocks(self.require_user())}
+                blocks = await admin.list_blocks(self.require_user())
+                return _typed(r.ListBlocksResult, {"blocks": blocks})
             case requests.AdminUsers():
-                return {"users": await admin.users(self.require_user())}
+                return _typed(r.AdminUsersResult, {"users": await admin.users(self.require_user())})
             case requests.AdminSetDisabled(username=name, disabled=disabled):
-                return await admin.set_disabled(self.require_user(), name, disabled)
+                done = await admin.set_disabled(self.require_user(), name, disabled)
+                return _typed(r.AdminSetDisabledResult, done)
             case requests.AdminKick(username=name):
-                return await admin.kick(self.require_user(), name)
+                return _typed(r.AdminKickResult, await admin.kick(self.require_user(), name))
             case requests.AdminSessions():
-                return {"sessions": await admin.sessions(self.require_user())}
+                sessions = await admin.sessions(self.require_user())
+                return _typed(r.AdminSessionsResult, {"sessions": sessions})
             case requests.AdminAudit(limit=limit):
-                return await admin.audit(self.require_user(), limit)
+                return _typed(r.AdminAuditResult, await admin.audit(self.require_user(), limit))
             case requests.AdminInvite():
-                return await admin.create_invite(self.require_user(), self.config.invite_ttl)
+                invite = await admin.create_invite(self.require_user(), self.config.invite_ttl)
+                return _typed(r.AdminInviteResult, invite)
         raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, "unsupported operation")
 
     def _page(self, items: list[Message]) -> tuple[list[Message], bool]:
@@ -223,10 +252,11 @@ class Session:
                 log.info("closing %s: %d failed logins", self.peer, self._failed_logins)
                 self.closing = True
 
-    async def _log_in(self, request: requests.Login | requests.Resume) -> Message:
+    async def log_in(self, request: requests.Login | requests.Resume) -> LoginResult:
+        """Authenticate the session; on a live transport, also register it and start its feed.
+        (`handle` answers a login with this, as the protocol's LoginResult.)"""
         if self.user is not None:
             raise RequestRefused(ErrorCode.ALREADY_AUTHENTICATED, "already logged in")
-        created = False
         if isinstance(request, requests.Login):
             result = await self.broker.login(
                 request.username,
@@ -236,26 +266,29 @@ class Session:
                 peer=self.peer,
                 invite=request.invite,
             )
-            user, token, created = result.user, result.token, result.created
         else:
-            user, token = await self.broker.user_for_token(request.token), request.token
-        self.user, self.token = user, token
-        answer: Message = {
-            "username": user.username,
-            "role": user.role,
-            "token": token,
-            "created": created,
-            "last_seq": user.last_seq,
-        }
-        if self._nursery is None:
-            return answer  # no connection to feed: the token is all there is (HTTP)
-        self.live = await self._nursery.start(self._run_feed, user, token, request)
-        self._nursery.start_soon(self._end_when_ended, self.live)
-        return {
-            **answer,
-            "resume_after": self.live.cursor,
-            "heartbeat_interval": self.config.heartbeat_interval,
-        }
+            user = await self.broker.user_for_token(request.token)
+            result = LoginResult(user=user, token=request.token, created=False)
+        self.user, self.token = result.user, result.token
+        if self._nursery is not None:  # else no connection to feed: HTTP
+            self.live = await self._nursery.start(
+                self._run_feed, result.user, result.token, request
+            )
+            self._nursery.start_soon(self._end_when_ended, self.live)
+        return result
+
+    async def _logged_in(self, request: requests.Login | requests.Resume) -> r.LoginResult:
+        result = await self.log_in(request)
+        assert self.live is not None, "a session without a transport to feed: call log_in"
+        return r.LoginResult(
+            username=result.user.username,
+            role=result.user.role,  # type: ignore[arg-type]  # the store holds admin or user
+            token=result.token,
+            created=result.created,
+            last_seq=result.user.last_seq,
+            resume_after=self.live.cursor,
+            heartbeat_interval=self.config.heartbeat_interval,
+        )
 
     # -- feed and end -------------------------------------------------------------------------
 

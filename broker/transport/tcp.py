@@ -34,7 +34,9 @@ from broker.protocol import (
     parse_request,
     request_id,
     requests,
+    wire,
 )
+from broker.protocol.events import Event
 
 log = logging.getLogger("mailnet.tcp")
 
@@ -119,12 +121,13 @@ class ClientConnection:
 
     # -- the session's Outlet -------------------------------------------------------------------
 
-    async def push(self, mail: list[Message], events: list[Message]) -> None:
+    async def push(self, mail: list[Message], events: list[Event]) -> None:
         # Mail events hold only strings, ints, bools and None: the fast encoder's case.
-        send_plain, send = self.frames.send_plain, self.frames.send
+        send_plain = self.frames.send_plain
         data = b"".join([send_plain(m) for m in mail])
         if events:
-            data += b"".join([send(e) for e in events])
+            send = self.frames.send_payload
+            data += b"".join([send(wire.event_payload(e)) for e in events])
         await self._write_bytes(data)
 
     async def end(self, code: ErrorCode, message: str) -> None:
@@ -263,21 +266,25 @@ class ClientConnection:
             result = await self.session.handle(request)
         except RequestRefused as exc:
             log.info("refused %s from %s: %s", type(request).__name__, self.peer, exc.message)
-            response = error_response(rid, exc.code, exc.message, **exc.details)
+            payload = wire.error_payload(rid, exc.code, exc.message, **exc.details)
         except ProtocolError as exc:
-            response = error_response(rid, exc.code, exc.message)
+            payload = wire.error_payload(rid, exc.code, exc.message)
         except Exception:
             log.exception("internal error answering %s", type(request).__name__)
-            response = error_response(rid, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
+            payload = wire.error_payload(rid, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
         else:
             if result is None:
                 return
-            response = ok_response(rid, **result)
-        try:
-            await self.write(response)
-        except LocalProtocolError as exc:  # too large to send; nothing was written
-            log.error("cannot answer %s from %s: %s", type(request).__name__, self.peer, exc)
-            await self.write(error_response(rid, ErrorCode.INTERNAL, "the answer is too large"))
+            try:
+                payload = wire.result_payload(rid, result)
+                data = self.frames.send_payload(payload)
+            except LocalProtocolError as exc:  # too large to send; nothing was written
+                log.error("cannot answer %s from %s: %s", type(request).__name__, self.peer, exc)
+                payload = wire.error_payload(rid, ErrorCode.INTERNAL, "the answer is too large")
+            else:
+                await self._write_bytes(data)
+                return
+        await self._write_bytes(self.frames.send_payload(payload))
 
 
 def _is_dropped_connection(exc: BaseException) -> bool:

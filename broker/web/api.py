@@ -5,11 +5,11 @@ No business rule lives here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -17,6 +17,7 @@ from starlette.routing import Route
 from broker.config import Config
 from broker.core import Broker, Message, Session
 from broker.protocol import ProtocolError, RequestRefused, parse_request, requests
+from broker.protocol.responses import Result
 
 from .auth import authenticate, client_address
 from .errors import NO_STORE, error_response, internal_error_response
@@ -26,6 +27,12 @@ from .live import LiveSockets
 log = logging.getLogger("mailnet.web.api")
 
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+def _json(result: Result) -> Message:
+    """A typed result as the JSON object the endpoint answers (the same fields as over TCP)."""
+    fields: Message = msgspec.to_builtins(result)
+    return fields
 
 
 class HttpApi:
@@ -83,7 +90,7 @@ class HttpApi:
     async def _answer(self, session: Session, request: requests.Request) -> Message:
         result = await session.handle(request)
         assert result is not None  # only an ack has no answer, and HTTP has no ack
-        return result
+        return _json(result)
 
     async def _body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(
@@ -105,13 +112,13 @@ class HttpApi:
         )
         assert isinstance(login, requests.Login)
         session = Session(self.broker, peer=client_address(request), fit_pages=False)
-        result = await self._answer(session, dataclasses.replace(login, client="web"))
+        result = await session.log_in(msgspec.structs.replace(login, client="web"))
         return {
-            "token": result["token"],
-            "username": result["username"],
-            "role": result["role"],
-            "created": result["created"],
-            "last_seq": result["last_seq"],
+            "token": result.token,
+            "username": result.user.username,
+            "role": result.user.role,
+            "created": result.created,
+            "last_seq": result.user.last_seq,
         }
 
     async def logout(self, request: Request) -> dict[str, Any]:
@@ -131,7 +138,7 @@ class HttpApi:
         body = await self._body(request)
         send = parse_request({**body, "op": "send", "kind": kind})
         assert isinstance(send, requests.Send)
-        return await session.send(send)
+        return _json(await session.send(send))
 
     async def send_email(self, request: Request) -> dict[str, Any]:
         return await self._send(request, "email")

@@ -15,6 +15,7 @@ import logging
 from enum import Enum
 from typing import Any
 
+import msgspec
 import trio
 from starlette.websockets import WebSocket
 
@@ -22,6 +23,8 @@ from broker.config import Config
 from broker.core import Broker, Message, Session
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import ErrorCode, ProtocolError, RequestRefused, parse_request, requests
+from broker.protocol.events import Event
+from broker.protocol.responses import LoginResult
 
 from .auth import client_address
 
@@ -155,9 +158,9 @@ class LiveSocket:
 
     # -- the session's Outlet -------------------------------------------------------------------
 
-    async def push(self, mail: list[Message], events: list[Message]) -> None:
+    async def push(self, mail: list[Message], events: list[Event]) -> None:
         await self._ready_sent.wait()
-        await self.send(*mail, *events)
+        await self.send(*mail, *[msgspec.to_builtins(e) for e in events])
 
     async def end(self, code: ErrorCode, message: str) -> None:
         if code == ErrorCode.INTERNAL:
@@ -228,16 +231,16 @@ class LiveSocket:
         except (ProtocolError, RequestRefused) as exc:
             await self.close(CLOSE_POLICY, "", _error(exc.code, exc.message))
             return
-        assert ready is not None
+        assert isinstance(ready, LoginResult)
         self.sockets.add(resume.token, self)
         try:
             await self.send(
                 {
                     "event": "ready",
-                    "username": ready["username"],
-                    "last_seq": ready["last_seq"],
-                    "resume_after": ready["resume_after"],
-                    "heartbeat_interval": ready["heartbeat_interval"],
+                    "username": ready.username,
+                    "last_seq": ready.last_seq,
+                    "resume_after": ready.resume_after,
+                    "heartbeat_interval": ready.heartbeat_interval,
                 }
             )
             self._ready_sent.set()
