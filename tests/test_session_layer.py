@@ -20,6 +20,7 @@ from broker.config import Config
 from broker.core import Broker, Message, Session
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
 from broker.protocol import responses as r
+from broker.protocol.events import Event, PresenceEvent
 from broker.server import open_store
 from broker.store import EntryRecord
 from tests.conftest import make_config
@@ -34,12 +35,12 @@ class RecordingOutlet:
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self.mail: list[Message] = []
-        self.events: list[Message] = []
+        self.events: list[Event] = []
         self.ended: tuple[ErrorCode, str] | None = None
         self.closed = trio.Event()
         self._changed = trio.Event()
 
-    async def push(self, mail: list[Message], events: list[Message]) -> None:
+    async def push(self, mail: list[Message], events: list[Event]) -> None:
         self.mail.extend(mail)
         self.events.extend(events)
         self._changed.set()
@@ -49,6 +50,11 @@ class RecordingOutlet:
         self.ended = (code, message)
         self.closed.set()
         self.nursery.cancel_scope.cancel()
+
+    async def wait_for_events(self, count: int) -> list[Event]:
+        while len(self.events) < count:
+            await self._changed.wait()
+        return self.events
 
     async def wait_for_mail(self, count: int) -> list[Message]:
         while len(self.mail) < count:
@@ -118,6 +124,33 @@ async def test_backlog_then_live_mail_reach_the_outlet_in_order(core: Broker) ->
                 assert [e["body"] for e in entries] == ["while you were away", "live"]
                 assert [e["seq"] for e in entries] == [1, 2]
                 assert outlet.ended is None
+
+
+async def test_presence_changes_are_pushed_to_other_online_users(core: Broker) -> None:
+    with trio.fail_after(10):
+        await create_accounts(core, "alice", "bob")
+        async with connection(core) as (bob, outlet):
+            await bob.handle(login("bob"))
+            async with connection(core) as (alice, _):
+                await alice.handle(login("alice"))
+                await outlet.wait_for_events(2)
+            assert await outlet.wait_for_events(3) == [
+                PresenceEvent(username="bob", online=True),  # every online session hears it
+                PresenceEvent(username="alice", online=True),
+                PresenceEvent(username="alice", online=False),
+            ]
+
+
+async def test_a_quiet_login_is_not_online_and_is_fed_nothing(core: Broker) -> None:
+    with trio.fail_after(10):
+        await create_accounts(core, "alice", "bob")
+        async with connection(core) as (alice, _), connection(core) as (bob, outlet):
+            await alice.handle(login("alice"))
+            await bob.handle(login("bob", live=False))
+            assert [u.username for u in await core.who()] == ["alice"]
+            await alice.send(text("bob", "not pushed"))
+            await bob.handle(requests.Ping())
+            assert outlet.mail == [] and outlet.events == []
 
 
 async def test_a_second_login_on_one_session_is_refused(core: Broker) -> None:
