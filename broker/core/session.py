@@ -156,8 +156,8 @@ class Session:
         return await self.broker.me(self.require_user())
 
     async def handle(self, request: requests.Request) -> r.Result | None:
-        """Carry out one request (a send: see start_sends): the response's fields, or None when
-        it has no answer (ack). Raises RequestRefused or ProtocolError to refuse it."""
+        """Carry out one request (many sends at once: see start_sends): its typed result, or None
+        when it has no answer (ack). Raises RequestRefused or ProtocolError to refuse it."""
         broker, admin = self.broker, self.broker.admin
         match request:
             case requests.Ping():
