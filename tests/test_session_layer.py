@@ -322,7 +322,9 @@ async def test_a_session_without_a_transport_feed_only_hands_out_a_token(core: B
 
 async def test_an_unknown_request_is_refused_as_unsupported(core: Broker) -> None:
     with trio.fail_after(10):
+        await create_accounts(core, "alice")
         session = Session(core, peer="127.0.0.1")
+        await session.log_in(requests.Login(username="alice", password=PASSWORD))
         with pytest.raises(RemoteProtocolError) as refused:
             await session.handle(object())  # type: ignore[arg-type]
         assert refused.value.code == ErrorCode.UNKNOWN_OP

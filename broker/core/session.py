@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
-import msgspec
 import trio
 
-from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, fit_page, requests
+from broker.protocol import ErrorCode, RequestRefused, requests
 from broker.protocol import responses as r
-from broker.protocol.events import Entry, Event
+from broker.protocol.events import Event
 from broker.store import SendOutcome, UserRecord
 
 from .accounts import LoginResult
 from .feed import Message, deliver_feed
+from .operations import carry_out
 from .presence import LiveSession
 from .service import Broker
-from .views import entry_view, online_user_view
 
 log = logging.getLogger("mailnet.session")
 
@@ -34,16 +33,6 @@ MAX_FAILED_LOGINS_PER_CONNECTION = 3
 INTERNAL_MESSAGE = "internal error; it was logged"
 
 SendsDone = Callable[[list[SendOutcome | RequestRefused]], None]
-R = TypeVar("R", bound=r.Result)
-
-
-def _typed(kind: type[R], fields: dict[str, Any]) -> R:
-    """A result the core built as a dict (the admin services), as its protocol type."""
-    return msgspec.convert(fields, kind)
-
-
-def _entries(views: list[Message]) -> list[Entry]:
-    return msgspec.convert(views, list[Entry])
 
 
 class Outlet(Protocol):
@@ -157,8 +146,9 @@ class Session:
 
     async def handle(self, request: requests.Request) -> r.Result | None:
         """Carry out one request (many sends at once: see start_sends): its typed result, or None
-        when it has no answer (ack). Raises RequestRefused or ProtocolError to refuse it."""
-        broker, admin = self.broker, self.broker.admin
+        when it has no answer (ack). Raises RequestRefused or ProtocolError to refuse it.
+        What changes the session is here; what needs only its user is in operations.py."""
+        broker = self.broker
         match request:
             case requests.Ping():
                 return r.PingResult()
@@ -179,30 +169,8 @@ class Session:
                 return None
             case requests.Send():
                 return await self.send(request)
-            case requests.Inbox():
-                entries, unread = await broker.inbox(self.require_user(), request)
-                page, cut = self._page([entry_view(e) for e in entries])
-                inbox = r.InboxResult(entries=_entries(page), unread=unread)
-                if cut:
-                    inbox.truncated = True
-                return inbox
-            case requests.MarkRead(seqs=seqs):
-                return r.MarkReadResult(marked=await broker.mark_read(self.require_user(), seqs))
-            case requests.Who():
-                self.require_user()
-                users = [online_user_view(u) for u in await broker.who()]
-                return r.WhoResult(users=msgspec.convert(users, list[r.OnlineUser]))
-            case requests.History():
-                items = await broker.history(self.require_user(), request)
-                page, cut = self._page([entry_view(e) for e in items])
-                history = r.HistoryResult(items=_entries(page))
-                if cut:
-                    history.truncated = True
-                return history
-            case requests.SetPrefs(prank_opt_out=value):
-                return _typed(r.PrefsResult, await broker.set_prefs(self.require_user(), value))
             case requests.ChangePassword(old_password=old, new_password=new):
-                changed = await admin.change_password(
+                changed = await broker.admin.change_password(
                     self.require_user(),
                     old,
                     new,
@@ -214,32 +182,7 @@ class Session:
                 return r.ChangePasswordResult(
                     token=changed.token, sessions_ended=changed.sessions_ended
                 )
-            case requests.Block(username=name):
-                return _typed(r.BlockResult, await admin.block(self.require_user(), name))
-            case requests.Unblock(username=name):
-                return _typed(r.UnblockResult, await admin.unblock(self.require_user(), name))
-            case requests.ListBlocks():
-                blocks = await admin.list_blocks(self.require_user())
-                return _typed(r.ListBlocksResult, {"blocks": blocks})
-            case requests.AdminUsers():
-                return _typed(r.AdminUsersResult, {"users": await admin.users(self.require_user())})
-            case requests.AdminSetDisabled(username=name, disabled=disabled):
-                done = await admin.set_disabled(self.require_user(), name, disabled)
-                return _typed(r.AdminSetDisabledResult, done)
-            case requests.AdminKick(username=name):
-                return _typed(r.AdminKickResult, await admin.kick(self.require_user(), name))
-            case requests.AdminSessions():
-                sessions = await admin.sessions(self.require_user())
-                return _typed(r.AdminSessionsResult, {"sessions": sessions})
-            case requests.AdminAudit(limit=limit):
-                return _typed(r.AdminAuditResult, await admin.audit(self.require_user(), limit))
-            case requests.AdminInvite():
-                invite = await admin.create_invite(self.require_user(), self.config.invite_ttl)
-                return _typed(r.AdminInviteResult, invite)
-        raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, "unsupported operation")
-
-    def _page(self, items: list[Message]) -> tuple[list[Message], bool]:
-        return fit_page(items) if self._fit_pages else (items, False)
+        return await carry_out(broker, self.require_user(), request, fit_pages=self._fit_pages)
 
     # -- login --------------------------------------------------------------------------------
 
