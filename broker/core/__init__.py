@@ -4,13 +4,17 @@ from broker.store import SendOutcome, UserRecord
 
 from .presence import LiveSession, OnlineUser
 from .service import Broker
+from .session import Message, Outlet, Session
 from .views import entry_view, iso, mail_event, online_user_view
 
 __all__ = [
     "Broker",
     "LiveSession",
+    "Message",
     "OnlineUser",
+    "Outlet",
     "SendOutcome",
+    "Session",
     "UserRecord",
     "entry_view",
     "iso",

@@ -14,10 +14,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import trio
 
+from broker.protocol.events import Event, PresenceEvent
 from broker.store import EntryRecord
 
 MAX_QUEUED = 10_000  # live entries held per session before it falls back to the store
@@ -38,7 +38,7 @@ class LiveSession:
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_active: float = field(default_factory=trio.current_time)
     _queued: deque[EntryRecord] = field(default_factory=deque)
-    _events: deque[dict[str, Any]] = field(default_factory=deque)
+    _events: deque[Event] = field(default_factory=deque)
     _must_fetch: bool = True  # the backlog, first
     _wakeup: trio.Event = field(default_factory=trio.Event)
     address: str = ""  # the client's IP address, for admins
@@ -70,19 +70,17 @@ class LiveSession:
             self._must_fetch = True
             self._wakeup.set()
 
-    def offer_event(self, event: dict[str, Any]) -> None:
+    def offer_event(self, event: Event) -> None:
         if len(self._events) < MAX_QUEUED:
             self._events.append(event)
             self._wakeup.set()
 
-    def take_events(self) -> list[dict[str, Any]]:
+    def take_events(self) -> list[Event]:
         events = list(self._events)
         self._events.clear()
         return events
 
-    async def next_items(
-        self, fetch_after: FetchAfter
-    ) -> tuple[list[EntryRecord], list[dict[str, Any]]]:
+    async def next_items(self, fetch_after: FetchAfter) -> tuple[list[EntryRecord], list[Event]]:
         """Wait for entries after the cursor (in order) and/or events; advances the cursor."""
         while True:
             queued = self._queued
@@ -92,7 +90,11 @@ class LiveSession:
                 # Cleared before the read, not after: a commit notice that arrives while the
                 # read is in flight (and that the read may not see) must trigger another one.
                 self._must_fetch = False
-                entries = await fetch_after(self.user_id, self.cursor, PAGE)
+                try:
+                    entries = await fetch_after(self.user_id, self.cursor, PAGE)
+                except BaseException:
+                    self._must_fetch = True  # nothing was handed out: the next call reads again
+                    raise
                 if len(entries) == PAGE:
                     self._must_fetch = True
                 if entries:
@@ -201,10 +203,15 @@ class Presence:
                     self.offline_elsewhere(node_id, user_id, self._names_elsewhere[user_id])
 
     def _announce(self, username: str, *, online: bool) -> None:
-        event = {"event": "presence", "username": username, "online": online}
+        event = PresenceEvent(username=username, online=online)
         for sessions in self._by_user.values():
             for session in sessions:
                 session.offer_event(event)
+
+    def touch_user(self, user_id: int) -> None:
+        """The user did something (an HTTP request): reset their idle time in `who`."""
+        for session in self._by_user.get(user_id, ()):
+            session.touch()
 
     def sessions_of(self, user_id: int) -> set[LiveSession]:
         return self._by_user.get(user_id, set())

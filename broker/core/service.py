@@ -214,6 +214,11 @@ class Broker:
             self.presence.remove(session)
             log.info("session %d of %r offline", session.id, user.username)
 
+    def touch_user(self, user_id: int) -> None:
+        """A request without a live session of its own (HTTP) is activity: it resets the
+        user's idle time in `who`."""
+        self.presence.touch_user(user_id)
+
     async def fetch_after(self, user_id: int, after_seq: int, limit: int):  # type: ignore[no-untyped-def]
         return await self.runner.read(self.runner.store.entries_after, user_id, after_seq, limit)
 

@@ -1,5 +1,13 @@
-"""The mailnet wire protocol, sans I/O: framing, requests, responses. Imports no trio, no SQL."""
+"""The mailnet wire protocol, sans I/O: framing, requests, responses. Imports no trio, no SQL.
 
+Typed messages live in submodules: `requests` (what clients send), `responses` (one result
+type per operation, and Failure), `events` (what the broker pushes), `wire` (encoding and
+decoding them, the one place), `schema` (the JSON Schema in docs/protocol.schema.json).
+"""
+
+from . import events as events
+from . import responses as responses
+from . import wire as wire
 from .errors import (
     ErrorCode,
     LocalProtocolError,

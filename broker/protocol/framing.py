@@ -83,6 +83,15 @@ def encode_plain_frame(
     return HEADER.pack(len(payload)) + payload
 
 
+def frame_payload(payload: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
+    """A payload already encoded (broker.protocol.wire) as a frame: its length, then it."""
+    if len(payload) > max_frame_bytes:
+        raise LocalProtocolError(
+            ErrorCode.FRAME_TOO_LARGE, f"frame of {len(payload)} bytes over {max_frame_bytes}"
+        )
+    return HEADER.pack(len(payload)) + payload
+
+
 def _holds_float(values: Any) -> bool:
     for value in values:
         kind = type(value)
@@ -202,6 +211,10 @@ class FrameConnection:
     def send(self, obj: dict[str, Any]) -> bytes:
         """The frame's bytes; LocalProtocolError if it is over max_send_bytes (nothing sent)."""
         return encode_frame(obj, max_frame_bytes=self.max_send_bytes)
+
+    def send_payload(self, payload: bytes) -> bytes:
+        """send() for a payload encoded by broker.protocol.wire (typed results and events)."""
+        return frame_payload(payload, max_frame_bytes=self.max_send_bytes)
 
     def send_plain(self, obj: dict[str, Any]) -> bytes:
         """send() for an object of JSON's own types without floats (see encode_plain_frame)."""

@@ -1,16 +1,21 @@
-"""The requests a client may send, validated into frozen dataclasses.
+"""The requests a client may send: frozen msgspec Structs, tagged by their `op`.
 
 `parse_request(frame)` checks every field of every operation and raises RemoteProtocolError
-with `bad_request` or `unknown_op`; the limits on names, subjects and bodies live here so that
-every transport enforces the same ones.
+with `bad_request` or `unknown_op`, worded as docs/protocol.md shows; the limits on names,
+subjects and bodies live here so that every transport enforces the same ones. The constraints
+annotated on the fields (Meta) are what the JSON Schema of the protocol (broker.protocol.schema)
+publishes; tests/test_protocol_schema.py checks that the two agree.
 """
 
 from __future__ import annotations
 
+import builtins
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import Meta
 
 from .errors import ErrorCode, RemoteProtocolError
 
@@ -29,137 +34,145 @@ MAX_SEARCH_CHARS: Final = 200
 MAX_INVITE_CHARS: Final = 64
 
 KINDS: Final = ("email", "text", "announcement", "rickroll")
+MAX_INT: Final = 2**62  # the largest integer any field takes: the database holds 64 bits
+MAX_REQUEST_ID: Final = 2**53 - 1  # exact in every JSON implementation
+
+Kind = Literal["email", "text", "announcement", "rickroll"]
+# The canonical form; the broker also strips surrounding spaces and lower-cases.
+Username = Annotated[
+    str,
+    Meta(
+        pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
+        description="1-32 letters, digits, '.', '_' or '-'; case does not matter.",
+        examples=["bob"],
+    ),
+]
+Seq = Annotated[int, Meta(ge=0, le=MAX_INT)]
+PositiveInt = Annotated[int, Meta(ge=1, le=MAX_INT)]
+PageSize = Annotated[int, Meta(ge=1, le=MAX_PAGE)]
+RequestId = Annotated[int, Meta(ge=0, le=MAX_REQUEST_ID)]
 
 
-@dataclass(frozen=True, slots=True)
-class Login:
-    username: str
-    password: str
+class _Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="op"):
+    """Every request is tagged by its operation, `op`. The request id (`id`) is not part of
+    the request: request_id() reads it, broker.protocol.wire.encode_request writes it. A client
+    leaves out the fields at their defaults."""
+
+
+class Login(_Request, tag="login", frozen=True):
+    username: Username
+    password: Annotated[str, Meta(max_length=200)]
     create: bool = False
-    resume_after: int | None = None
-    client: str = ""
-    invite: str | None = None  # needed to create an account when registration is 'invite'
+    resume_after: Seq | None = None
+    client: Annotated[str, Meta(max_length=100)] = ""
+    # needed to create an account when registration is 'invite'
+    invite: Annotated[str, Meta(max_length=MAX_INVITE_CHARS)] | None = None
     live: bool = True  # False: a one-shot command, not online and pushed nothing
 
 
-@dataclass(frozen=True, slots=True)
-class Resume:
+class Resume(_Request, tag="resume", frozen=True):
     """Log in again with a session token saved by an earlier login."""
 
-    token: str
-    resume_after: int | None = None
-    client: str = ""
+    token: Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS)]
+    resume_after: Seq | None = None
+    client: Annotated[str, Meta(max_length=100)] = ""
     live: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Logout:
+class Logout(_Request, tag="logout", frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
+class Ping(_Request, tag="ping", frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    kind: str
-    to: tuple[str, ...]
-    subject: str | None
-    body: str
-    client_msg_id: str | None = None
+class Send(_Request, tag="send", frozen=True):
+    """A message; which fields a kind needs is checked by parse_request (docs/protocol.md)."""
+
+    kind: Kind
+    to: Annotated[tuple[Username, ...], Meta(max_length=MAX_RECIPIENTS)] = ()
+    subject: Annotated[str, Meta(min_length=1, max_length=MAX_SUBJECT_CHARS)] | None = None
+    body: Annotated[str, Meta(max_length=MAX_BODY_CHARS)] = ""
+    client_msg_id: Annotated[str, Meta(min_length=1, max_length=MAX_CLIENT_MSG_ID_CHARS)] | None = (
+        None
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    seq: int
+class Ack(_Request, tag="ack", frozen=True):
+    seq: Seq
 
 
-@dataclass(frozen=True, slots=True)
-class Inbox:
+class Inbox(_Request, tag="inbox", frozen=True):
     unread_only: bool = False
-    limit: int = 50
-    before_seq: int | None = None
+    limit: PageSize = 50
+    before_seq: PositiveInt | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MarkRead:
-    seqs: tuple[int, ...]
+class MarkRead(_Request, tag="mark_read", frozen=True):
+    seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
 
 
-@dataclass(frozen=True, slots=True)
-class Who:
+class Who(_Request, tag="who", frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class History:
-    with_user: str | None = None
-    kind: str | None = None
-    search: str | None = None
+class History(_Request, tag="history", frozen=True):
+    with_user: Username | None = msgspec.field(default=None, name="with")
+    kind: Kind | None = None
+    search: Annotated[str, Meta(min_length=1, max_length=MAX_SEARCH_CHARS)] | None = None
+    # On the wire an ISO 8601 date or date-time (without a zone: UTC); parsed, always in UTC.
     since: datetime | None = None
-    limit: int = 50
-    before_id: int | None = None
+    limit: PageSize = 50
+    before_id: PositiveInt | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SetPrefs:
+class SetPrefs(_Request, tag="set_prefs", frozen=True):
     prank_opt_out: bool
 
 
 # -- account security and administration (docs/security.md) ---------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ChangePassword:
-    old_password: str
-    new_password: str
+class ChangePassword(_Request, tag="change_password", frozen=True):
+    old_password: Annotated[str, Meta(max_length=200)]
+    new_password: Annotated[str, Meta(min_length=MIN_PASSWORD_CHARS, max_length=200)]
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
-    username: str
+class Block(_Request, tag="block", frozen=True):
+    username: Username
 
 
-@dataclass(frozen=True, slots=True)
-class Unblock:
-    username: str
+class Unblock(_Request, tag="unblock", frozen=True):
+    username: Username
 
 
-@dataclass(frozen=True, slots=True)
-class ListBlocks:
+class ListBlocks(_Request, tag="list_blocks", frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class AdminUsers:
+class AdminUsers(_Request, tag="admin_users", frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class AdminSetDisabled:
-    username: str
+class AdminSetDisabled(_Request, tag="admin_set_disabled", frozen=True):
+    username: Username
     disabled: bool
 
 
-@dataclass(frozen=True, slots=True)
-class AdminKick:
-    username: str
+class AdminKick(_Request, tag="admin_kick", frozen=True):
+    username: Username
 
 
-@dataclass(frozen=True, slots=True)
-class AdminSessions:
+class AdminSessions(_Request, tag="admin_sessions", frozen=True):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class AdminAudit:
-    limit: int = 100
+class AdminAudit(_Request, tag="admin_audit", frozen=True):
+    limit: PageSize = 100
 
 
-@dataclass(frozen=True, slots=True)
-class AdminInvite:
+class AdminInvite(_Request, tag="admin_invite", frozen=True):
     pass
 
 
@@ -205,7 +218,9 @@ class _Fields:
             return None
         return self.frame[name]
 
-    def str(self, name: str, *, required: bool = True, max_chars: int, allow_empty: bool = False):
+    def str(
+        self, name: str, *, required: bool = True, max_chars: int, allow_empty: bool = False
+    ) -> Any:  # a str, or None when not required and absent
         value = self._get(name, required)
         if value is None:
             return None
@@ -219,7 +234,9 @@ class _Fields:
             raise _bad(f"field '{name}' must not be empty")
         return value
 
-    def int(self, name: str, *, required: bool = True, minimum: int = 0, maximum: int = 2**62):
+    def int(
+        self, name: builtins.str, *, required: bool = True, minimum: int = 0, maximum: int = MAX_INT
+    ) -> Any:  # an int, or None when not required and absent
         value = self._get(name, required)
         if value is None:
             return None
@@ -229,7 +246,7 @@ class _Fields:
             raise _bad(f"field '{name}' must be between {minimum} and {maximum}")
         return value
 
-    def bool(self, name: str, *, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, *, default: bool = False) -> bool:
         value = self._get(name, False)
         if value is None:
             return default
@@ -426,7 +443,7 @@ def _parse(op: str, f: _Fields) -> Request:
 def request_id(frame: dict[str, Any]) -> int | None:
     """The client's request id, echoed in the response as 're' (None if absent or invalid)."""
     value = frame.get("id")
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REQUEST_ID:
         return value
     return None
 

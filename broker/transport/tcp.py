@@ -17,15 +17,8 @@ from typing import Any
 import trio
 
 from broker.config import Config
-from broker.core import (
-    Broker,
-    LiveSession,
-    SendOutcome,
-    UserRecord,
-    entry_view,
-    mail_event,
-    online_user_view,
-)
+from broker.core import Broker, Message, SendOutcome, Session
+from broker.core.session import INTERNAL_MESSAGE
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     MAX_SENT_FRAME_BYTES,
@@ -37,52 +30,50 @@ from broker.protocol import (
     RemoteProtocolError,
     RequestRefused,
     error_response,
-    fit_page,
     ok_response,
     parse_request,
     request_id,
     requests,
+    wire,
 )
+from broker.protocol.events import Event
 
 log = logging.getLogger("mailnet.tcp")
 
 RECEIVE_SIZE = 64 * 1024
-MAX_FAILED_LOGINS_PER_CONNECTION = 3
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
-    inner = getattr(stream, "transport_stream", stream)
+    inner: Any = getattr(stream, "transport_stream", stream)  # a SocketStream, or a test's
     try:
-        return str(inner.socket.getpeername()[0])  # type: ignore[attr-defined]
+        return str(inner.socket.getpeername()[0])
     except (AttributeError, OSError):
         return "?"
 
 
 @dataclass(eq=False)
 class ClientConnection:
+    """One client's connection: bytes to typed requests for its Session, whose answers, pushes
+    and end it encodes as frames (it is the session's Outlet)."""
+
     broker: Broker
     config: Config
     stream: trio.abc.Stream
     peer: str
     frames: FrameConnection = field(init=False)
-    user: UserRecord | None = None
-    token: str | None = None
-    session: LiveSession | None = None
+    session: Session = field(init=False)
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _outgoing: list[bytes] = field(default_factory=list)
     _flush_wanted: trio.Event = field(default_factory=trio.Event)
     _closing: bool = False
     # When the socket was accepted: the TLS handshake and the login share one deadline.
     accepted_at: float | None = None
-    _failed_logins: int = 0
 
     def __post_init__(self) -> None:
         self.frames = FrameConnection(
             max_frame_bytes=self.config.max_frame_bytes, max_send_bytes=MAX_SENT_FRAME_BYTES
         )
         self._window = trio.Semaphore(self.config.max_in_flight_per_connection)
-        start = trio.current_time() if self.accepted_at is None else self.accepted_at
-        self._login_deadline = start + self.config.login_timeout
 
     async def write(self, *objs: dict[str, Any]) -> None:
         """Send frames; returns once they are handed to the socket (backpressure).
@@ -115,35 +106,55 @@ class ClientConnection:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.session = Session(
+                self.broker,
+                peer=self.peer,
+                outlet=self,
+                nursery=nursery,
+                started_at=self.accepted_at,
+            )
             nursery.start_soon(self._flush_forever)
             try:
                 await self._read_frames()
             finally:
                 nursery.cancel_scope.cancel()
 
-    def _deadline(self) -> float:
-        if self.user is None:  # logging in has one fixed deadline, however chatty the client
-            return self._login_deadline
-        return trio.current_time() + self.config.heartbeat_timeout
+    # -- the session's Outlet -------------------------------------------------------------------
+
+    async def push(self, mail: list[Message], events: list[Event]) -> None:
+        # Mail events hold only strings, ints, bools and None: the fast encoder's case.
+        send_plain = self.frames.send_plain
+        data = b"".join([send_plain(m) for m in mail])
+        if events:
+            send = self.frames.send_payload
+            data += b"".join([send(wire.event_payload(e)) for e in events])
+        await self._write_bytes(data)
+
+    async def end(self, code: ErrorCode, message: str) -> None:
+        await self._refuse_and_close(code, message)
+        self._nursery.cancel_scope.cancel()
+
+    # -- frames in ------------------------------------------------------------------------------
 
     async def _read_frames(self) -> None:
-        deadline = self._deadline()
-        while not self._closing:
+        session = self.session
+        deadline = session.read_deadline()
+        while not (self._closing or session.closing):
             with trio.move_on_at(deadline) as waiting:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             if waiting.cancelled_caught:
-                await self._expire()
+                await session.expire()
                 return
             if not data:
                 return  # the client closed the connection
             try:
-                self.frames.receive_data(data)
+                self.frames.receive_data(data)  # type: ignore[arg-type]  # bytes or bytearray
             except RemoteProtocolError as exc:  # oversized: the next frame cannot be found
                 log.info("closing %s: %s", self.peer, exc.message)
                 await self._refuse_and_close(exc.code, exc.message)
                 return
             sends: list[tuple[int | None, requests.Send]] = []  # read, not yet started
-            while not self._closing:
+            while not (self._closing or session.closing):
                 try:
                     frame = self.frames.next_frame()
                 except RemoteProtocolError as exc:
@@ -159,21 +170,8 @@ class ClientConnection:
                     break
                 assert isinstance(frame, dict)
                 await self._dispatch(frame, sends)
-                deadline = self._deadline()
+                deadline = session.read_deadline()
             self._start_sends(sends)
-
-    async def _expire(self) -> None:
-        if self.user is None:
-            log.info("closing %s: no login within %.0fs", self.peer, self.config.login_timeout)
-            await self._refuse_and_close(ErrorCode.TIMEOUT, "login took too long")
-        else:
-            log.info(
-                "session of %r from %s expired: no heartbeat for %.0fs",
-                self.user.username,
-                self.peer,
-                self.config.heartbeat_timeout,
-            )
-            await self._refuse_and_close(ErrorCode.TIMEOUT, "no heartbeat: session expired")
 
     async def _refuse_and_close(self, code: ErrorCode, message: str) -> None:
         self._closing = True
@@ -215,15 +213,14 @@ class ClientConnection:
         batch = list(sends)
         sends.clear()
         try:
-            user = self._require_user()
-            self.broker.start_sends(
-                user, [request for _, request in batch], partial(self._answered, batch)
+            self.session.start_sends(
+                [request for _, request in batch], partial(self._answered, batch)
             )
         except RequestRefused as exc:
             self._answered(batch, [exc] * len(batch))
         except Exception:
             log.exception("internal error answering %d sends", len(batch))
-            internal = RequestRefused(ErrorCode.INTERNAL, "internal error; it was logged")
+            internal = RequestRefused(ErrorCode.INTERNAL, INTERNAL_MESSAGE)
             self._answered(batch, [internal] * len(batch))
 
     def _answered(
@@ -266,179 +263,28 @@ class ClientConnection:
 
     async def _answer(self, rid: int | None, request: requests.Request) -> None:
         try:
-            result = await self._handle(request)
+            result = await self.session.handle(request)
         except RequestRefused as exc:
             log.info("refused %s from %s: %s", type(request).__name__, self.peer, exc.message)
-            response = error_response(rid, exc.code, exc.message, **exc.details)
+            payload = wire.error_payload(rid, exc.code, exc.message, **exc.details)
         except ProtocolError as exc:
-            response = error_response(rid, exc.code, exc.message)
+            payload = wire.error_payload(rid, exc.code, exc.message)
         except Exception:
             log.exception("internal error answering %s", type(request).__name__)
-            response = error_response(rid, ErrorCode.INTERNAL, "internal error; it was logged")
+            payload = wire.error_payload(rid, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
         else:
             if result is None:
                 return
-            response = ok_response(rid, **result)
-        try:
-            await self.write(response)
-        except LocalProtocolError as exc:  # too large to send; nothing was written
-            log.error("cannot answer %s from %s: %s", type(request).__name__, self.peer, exc)
-            await self.write(error_response(rid, ErrorCode.INTERNAL, "the answer is too large"))
-
-    def _require_user(self) -> UserRecord:
-        if self.user is None:
-            raise RequestRefused(ErrorCode.NOT_AUTHENTICATED, "log in first")
-        if self.session is not None:
-            self.session.touch()
-        return self.user
-
-    async def _handle(self, request: requests.Request) -> dict[str, Any] | None:
-        broker = self.broker
-        match request:
-            case requests.Ping():
-                return {"pong": True}
-            case requests.Login() | requests.Resume():
-                try:
-                    return await self._log_in(request)
-                except RequestRefused as exc:
-                    self._count_failed_login(exc)
-                    raise
-            case requests.Logout():
-                user = self._require_user()
-                await broker.logout(user, self.token)
-                self._closing = True
-                return {"bye": True}
-            case requests.Ack(seq=seq):
-                self._require_user()
-                assert self.session is not None  # every login opens one
-                broker.ack(self.session, seq)
-                return None
-            case requests.Inbox():
-                entries, unread = await broker.inbox(self._require_user(), request)
-                page, cut = fit_page([entry_view(e) for e in entries])
-                return {"entries": page, "unread": unread, **({"truncated": True} if cut else {})}
-            case requests.MarkRead(seqs=seqs):
-                return {"marked": await broker.mark_read(self._require_user(), seqs)}
-            case requests.Who():
-                self._require_user()
-                return {"users": [online_user_view(u) for u in await broker.who()]}
-            case requests.History():
-                items = await broker.history(self._require_user(), request)
-                page, cut = fit_page([entry_view(e) for e in items])
-                return {"items": page, **({"truncated": True} if cut else {})}
-            case requests.SetPrefs(prank_opt_out=value):
-                return await broker.set_prefs(self._require_user(), value)
-            case requests.ChangePassword(old_password=old, new_password=new):
-                changed = await broker.admin.change_password(
-                    self._require_user(),
-                    old,
-                    new,
-                    peer=self.peer,
-                    client=self.session.client if self.session else "",
-                    current=self.session,
-                )
-                self.token = changed.token
-                return {"token": changed.token, "sessions_ended": changed.sessions_ended}
-            case requests.Block(username=name):
-                return await broker.admin.block(self._require_user(), name)
-            case requests.Unblock(username=name):
-                return await broker.admin.unblock(self._require_user(), name)
-            case requests.ListBlocks():
-                return {"blocks": await broker.admin.list_blocks(self._require_user())}
-            case requests.AdminUsers():
-                return {"users": await broker.admin.users(self._require_user())}
-            case requests.AdminSetDisabled(username=name, disabled=disabled):
-                return await broker.admin.set_disabled(self._require_user(), name, disabled)
-            case requests.AdminKick(username=name):
-                return await broker.admin.kick(self._require_user(), name)
-            case requests.AdminSessions():
-                return {"sessions": await broker.admin.sessions(self._require_user())}
-            case requests.AdminAudit(limit=limit):
-                return await broker.admin.audit(self._require_user(), limit)
-            case requests.AdminInvite():
-                return await broker.admin.create_invite(
-                    self._require_user(), self.config.invite_ttl
-                )
-        raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, "unsupported operation")
-
-    def _count_failed_login(self, refusal: RequestRefused) -> None:
-        """A few failed logins and the connection is closed after its answer: a guesser must
-        reconnect (and count against the connection limits) to keep guessing."""
-        if refusal.code in (ErrorCode.AUTH_FAILED, ErrorCode.RATE_LIMITED):
-            self._failed_logins += 1
-            if self._failed_logins >= MAX_FAILED_LOGINS_PER_CONNECTION:
-                log.info("closing %s: %d failed logins", self.peer, self._failed_logins)
-                self._closing = True
-
-    async def _log_in(self, request: requests.Login | requests.Resume) -> dict[str, Any]:
-        if self.user is not None:
-            raise RequestRefused(ErrorCode.ALREADY_AUTHENTICATED, "already logged in")
-        created = False
-        if isinstance(request, requests.Login):
-            result = await self.broker.login(
-                request.username,
-                request.password,
-                create=request.create,
-                client=request.client,
-                peer=self.peer,
-                invite=request.invite,
-            )
-            user, token, created = result.user, result.token, result.created
-        else:
-            user, token = await self.broker.user_for_token(request.token), request.token
-        self.user, self.token = user, token
-        self.session = await self._nursery.start(self._run_feed, user, token, request)
-        self._nursery.start_soon(self._close_when_ended, self.session)
-        return {
-            "username": user.username,
-            "role": user.role,
-            "token": token,
-            "created": created,
-            "last_seq": user.last_seq,
-            "resume_after": self.session.cursor,
-            "heartbeat_interval": self.config.heartbeat_interval,
-        }
-
-    async def _run_feed(
-        self,
-        user: UserRecord,
-        token: str,
-        request: requests.Login | requests.Resume,
-        *,
-        task_status: trio.TaskStatus[LiveSession] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        async with self.broker.live_session(
-            user,
-            client=request.client,
-            resume_after=request.resume_after,
-            address=self.peer,
-            quiet=not request.live,
-            token=token,
-        ) as session:
-            task_status.started(session)
-            if not request.live:
-                await trio.sleep_forever()  # registered for kicks only: nothing to push
-            while True:
-                entries, events = await session.next_items(self.broker.fetch_after)
-                # Mail events hold only strings, ints, bools and None: the fast encoder's case.
-                send_plain, send = self.frames.send_plain, self.frames.send
-                data = b"".join([send_plain(mail_event(e)) for e in entries])
-                if events:
-                    data += b"".join([send(e) for e in events])
+            try:
+                payload = wire.result_payload(rid, result)
+                data = self.frames.send_payload(payload)
+            except LocalProtocolError as exc:  # too large to send; nothing was written
+                log.error("cannot answer %s from %s: %s", type(request).__name__, self.peer, exc)
+                payload = wire.error_payload(rid, ErrorCode.INTERNAL, "the answer is too large")
+            else:
                 await self._write_bytes(data)
-
-    async def _close_when_ended(self, session: LiveSession) -> None:
-        """Close the connection when the core ends its session (kick, disable, password)."""
-        await session.ended.wait()
-        log.info(
-            "closing session %d of %r from %s: %s",
-            session.id,
-            session.username,
-            self.peer,
-            session.end_reason,
-        )
-        await self._refuse_and_close(ErrorCode.SESSION_ENDED, session.end_reason)
-        self._nursery.cancel_scope.cancel()
+                return
+        await self._write_bytes(self.frames.send_payload(payload))
 
 
 def _is_dropped_connection(exc: BaseException) -> bool:

@@ -1,5 +1,6 @@
 """The JSON endpoints under /api: each builds the protocol's request dict, lets
-broker.protocol validate it, and calls the core facade. No business rule lives here.
+broker.protocol validate it, and hands the typed request to a core Session for the caller.
+No business rule lives here.
 """
 
 from __future__ import annotations
@@ -8,15 +9,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from broker.config import Config
-from broker.core import Broker, entry_view, online_user_view
+from broker.core import Broker, Message, Session
 from broker.protocol import ProtocolError, RequestRefused, parse_request, requests
+from broker.protocol.responses import Result
 
-from .auth import Caller, authenticate, client_address
+from .auth import authenticate, client_address
 from .errors import NO_STORE, error_response, internal_error_response
 from .inputs import InputError, query_bool, query_int, query_str, read_json_object
 from .live import LiveSockets
@@ -24,6 +27,12 @@ from .live import LiveSockets
 log = logging.getLogger("mailnet.web.api")
 
 Handler = Callable[[Request], Awaitable[dict[str, Any]]]
+
+
+def _json(result: Result) -> Message:
+    """A typed result as the JSON object the endpoint answers (the same fields as over TCP)."""
+    fields: Message = msgspec.to_builtins(result)
+    return fields
 
 
 class HttpApi:
@@ -69,11 +78,19 @@ class HttpApi:
 
         return endpoint
 
-    async def _caller(self, request: Request) -> Caller:
+    async def _session(self, request: Request) -> Session:
+        """The caller's session for this request (a request is activity: see require_user)."""
         caller = await authenticate(self.broker, request)
-        for session in self.broker.presence.sessions_of(caller.user.id):
-            session.touch()  # a request is activity: it resets the user's idle time in `who`
-        return caller
+        session = Session.of_caller(
+            self.broker, caller.user, caller.token, peer=client_address(request)
+        )
+        session.require_user()
+        return session
+
+    async def _answer(self, session: Session, request: requests.Request) -> Message:
+        result = await session.handle(request)
+        assert result is not None  # only an ack has no answer, and HTTP has no ack
+        return _json(result)
 
     async def _body(self, request: Request) -> dict[str, Any]:
         return await read_json_object(
@@ -94,14 +111,8 @@ class HttpApi:
             }
         )
         assert isinstance(login, requests.Login)
-        result = await self.broker.login(
-            login.username,
-            login.password,
-            create=login.create,
-            client="web",
-            peer=client_address(request),
-            invite=login.invite,
-        )
+        session = Session(self.broker, peer=client_address(request), fit_pages=False)
+        result = await session.log_in(msgspec.structs.replace(login, client="web"))
         return {
             "token": result.token,
             "username": result.user.username,
@@ -111,25 +122,23 @@ class HttpApi:
         }
 
     async def logout(self, request: Request) -> dict[str, Any]:
-        caller = await self._caller(request)
-        await self.broker.logout(caller.user, caller.token)
-        if caller.token is not None:
-            self.sockets.revoke(caller.token)
-        return {"logged_out": caller.token is not None}
+        session = await self._session(request)
+        await self._answer(session, requests.Logout())
+        if session.token is not None:
+            self.sockets.revoke(session.token)
+        return {"logged_out": session.token is not None}
 
     async def me(self, request: Request) -> dict[str, Any]:
-        caller = await self._caller(request)
-        return await self.broker.me(caller.user)
+        return await (await self._session(request)).me()
 
     # -- sending ----------------------------------------------------------------------------
 
     async def _send(self, request: Request, kind: str) -> dict[str, Any]:
-        caller = await self._caller(request)
+        session = await self._session(request)
         body = await self._body(request)
         send = parse_request({**body, "op": "send", "kind": kind})
         assert isinstance(send, requests.Send)
-        outcome = await self.broker.send(caller.user, send)
-        return {"message_id": outcome.message_id, "duplicate": outcome.duplicate}
+        return _json(await session.send(send))
 
     async def send_email(self, request: Request) -> dict[str, Any]:
         return await self._send(request, "email")
@@ -146,7 +155,7 @@ class HttpApi:
     # -- reading ----------------------------------------------------------------------------
 
     async def inbox(self, request: Request) -> dict[str, Any]:
-        caller = await self._caller(request)
+        session = await self._session(request)
         inbox = parse_request(
             {
                 "op": "inbox",
@@ -156,22 +165,20 @@ class HttpApi:
             }
         )
         assert isinstance(inbox, requests.Inbox)
-        entries, unread = await self.broker.inbox(caller.user, inbox)
-        return {"entries": [entry_view(e) for e in entries], "unread": unread}
+        return await self._answer(session, inbox)
 
     async def mark_read(self, request: Request) -> dict[str, Any]:
-        caller = await self._caller(request)
+        session = await self._session(request)
         body = await self._body(request)
         mark = parse_request({"op": "mark_read", "seqs": body.get("seqs")})
         assert isinstance(mark, requests.MarkRead)
-        return {"marked": await self.broker.mark_read(caller.user, mark.seqs)}
+        return await self._answer(session, mark)
 
     async def who(self, request: Request) -> dict[str, Any]:
-        await self._caller(request)
-        return {"users": [online_user_view(u) for u in await self.broker.who()]}
+        return await self._answer(await self._session(request), requests.Who())
 
     async def history(self, request: Request) -> dict[str, Any]:
-        caller = await self._caller(request)
+        session = await self._session(request)
         history = parse_request(
             {
                 "op": "history",
@@ -184,12 +191,11 @@ class HttpApi:
             }
         )
         assert isinstance(history, requests.History)
-        items = await self.broker.history(caller.user, history)
-        return {"items": [entry_view(e) for e in items]}
+        return await self._answer(session, history)
 
     async def set_prefs(self, request: Request) -> dict[str, Any]:
-        caller = await self._caller(request)
+        session = await self._session(request)
         body = await self._body(request)
         prefs = parse_request({"op": "set_prefs", "prank_opt_out": body.get("prank_opt_out")})
         assert isinstance(prefs, requests.SetPrefs)
-        return await self.broker.set_prefs(caller.user, prefs.prank_opt_out)
+        return await self._answer(session, prefs)

@@ -15,21 +15,18 @@ import logging
 from enum import Enum
 from typing import Any
 
+import msgspec
 import trio
 from starlette.websockets import WebSocket
 
 from broker.config import Config
-from broker.core import Broker, LiveSession, UserRecord, mail_event
+from broker.core import Broker, Message, Session
 from broker.core.throttle import ConnectionLimits
-from broker.protocol import (
-    ErrorCode,
-    ProtocolError,
-    RequestRefused,
-    parse_request,
-    requests,
-)
+from broker.protocol import ErrorCode, ProtocolError, RequestRefused, parse_request, requests
+from broker.protocol.events import Event
+from broker.protocol.responses import LoginResult
 
-from .auth import client_address, user_for_token
+from .auth import client_address
 
 log = logging.getLogger("mailnet.web.live")
 
@@ -76,6 +73,9 @@ def _error(code: str, message: str) -> dict[str, Any]:
 
 
 class LiveSocket:
+    """One WebSocket: messages to typed requests for its Session, whose answers, pushes and end
+    it encodes as JSON messages (it is the session's Outlet)."""
+
     def __init__(
         self, broker: Broker, config: Config, sockets: LiveSockets, websocket: WebSocket
     ) -> None:
@@ -88,6 +88,9 @@ class LiveSocket:
         self._scope = trio.CancelScope()
         self._revoked = False
         self._client_gone = False
+        self._ready_sent = trio.Event()  # nothing is pushed before the `ready` event
+        self._nursery: trio.Nursery | None = None
+        self.session: Session | None = None
 
     def revoke(self) -> None:
         self._revoked = True
@@ -153,6 +156,28 @@ class LiveSocket:
                 CLOSE_POLICY, "logged out", _error(ErrorCode.AUTH_FAILED, "logged out")
             )
 
+    # -- the session's Outlet -------------------------------------------------------------------
+
+    async def push(self, mail: list[Message], events: list[Event]) -> None:
+        await self._ready_sent.wait()
+        await self.send(*mail, *[msgspec.to_builtins(e) for e in events])
+
+    async def end(self, code: ErrorCode, message: str) -> None:
+        if code == ErrorCode.INTERNAL:
+            await self.close(CLOSE_INTERNAL, "internal error", _error(code, "internal error"))
+        else:
+            if code == ErrorCode.SESSION_ENDED:
+                reason = "session ended"
+            elif code == ErrorCode.TIMEOUT and self.session and self.session.user is not None:
+                reason = "no heartbeat"
+            else:
+                reason = ""
+            await self.close(CLOSE_POLICY, reason, _error(code, message))
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- messages in ----------------------------------------------------------------------------
+
     async def _serve(self) -> None:
         await self.websocket.accept()
         refusal = self.sockets.limits.admit(self.peer)
@@ -163,18 +188,26 @@ class LiveSocket:
             )
             return
         try:
-            await self._authenticate_then_run()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.session = Session(
+                    self.broker,
+                    peer=self.peer,
+                    outlet=self,
+                    nursery=nursery,
+                    login_timeout_message="authenticate within the login timeout",
+                )
+                await self._authenticate_then_read(self.session)
+                nursery.cancel_scope.cancel()
         finally:
             self.sockets.limits.release(self.peer)
 
-    async def _authenticate_then_run(self) -> None:
-        frame = await self.receive(trio.current_time() + self.config.login_timeout)
+    async def _authenticate_then_read(self, session: Session) -> None:
+        frame = await self.receive(session.read_deadline())
         if frame is Silence.GONE:
             return
         if frame is Silence.TIMED_OUT:
-            await self.close(
-                CLOSE_POLICY, "", _error(ErrorCode.TIMEOUT, "authenticate within the login timeout")
-            )
+            await session.expire()
             return
         assert isinstance(frame, dict)
         if frame.get("op") != "auth":
@@ -194,63 +227,34 @@ class LiveSocket:
                 }
             )
             assert isinstance(resume, requests.Resume)
-            user = await user_for_token(self.broker, resume.token)
+            ready = await session.handle(resume)
         except (ProtocolError, RequestRefused) as exc:
             await self.close(CLOSE_POLICY, "", _error(exc.code, exc.message))
             return
+        assert isinstance(ready, LoginResult)
         self.sockets.add(resume.token, self)
         try:
-            await self._run(user, resume.token, resume.resume_after)
-        finally:
-            self.sockets.discard(resume.token, self)
-
-    async def _run(self, user: UserRecord, token: str, resume_after: int | None) -> None:
-        async with self.broker.live_session(
-            user, client="web", resume_after=resume_after, address=self.peer, token=token
-        ) as session:
             await self.send(
                 {
                     "event": "ready",
-                    "username": user.username,
-                    "last_seq": user.last_seq,
-                    "resume_after": session.cursor,
-                    "heartbeat_interval": self.config.heartbeat_interval,
+                    "username": ready.username,
+                    "last_seq": ready.last_seq,
+                    "resume_after": ready.resume_after,
+                    "heartbeat_interval": ready.heartbeat_interval,
                 }
             )
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._feed, session)
-                nursery.start_soon(self._close_when_ended, session, nursery.cancel_scope)
-                await self._read(user, session)
-                nursery.cancel_scope.cancel()
+            self._ready_sent.set()
+            await self._read(session)
+        finally:
+            self.sockets.discard(resume.token, self)
 
-    async def _close_when_ended(self, session: LiveSession, scope: trio.CancelScope) -> None:
-        """The core ended the session (kicked, disabled, password changed): close the socket."""
-        await session.ended.wait()
-        log.info(
-            "closing WebSocket of %r from %s: %s", session.username, self.peer, session.end_reason
-        )
-        await self.close(
-            CLOSE_POLICY, "session ended", _error(ErrorCode.SESSION_ENDED, session.end_reason)
-        )
-        scope.cancel()
-
-    async def _feed(self, session: LiveSession) -> None:
+    async def _read(self, session: Session) -> None:
         while True:
-            entries, events = await session.next_items(self.broker.fetch_after)
-            await self.send(*[mail_event(e) for e in entries], *events)
-
-    async def _read(self, user: UserRecord, session: LiveSession) -> None:
-        while True:
-            frame = await self.receive(trio.current_time() + self.config.heartbeat_timeout)
+            frame = await self.receive(session.read_deadline())
             if frame is Silence.GONE:
                 return
             if frame is Silence.TIMED_OUT:
-                log.info("WebSocket of %r from %s expired: no heartbeat", user.username, self.peer)
-                await self.close(
-                    CLOSE_POLICY,
-                    "no heartbeat",
-                    _error(ErrorCode.TIMEOUT, "no heartbeat: session expired"),
-                )
+                await session.expire()
                 return
             assert isinstance(frame, dict)
             op = frame.get("op")
@@ -258,12 +262,9 @@ class LiveSocket:
                 await self.send({"event": "pong"})
             elif op == "ack":
                 try:
-                    ack = parse_request(frame)
-                except ProtocolError as exc:
+                    await session.handle(parse_request(frame))
+                except (ProtocolError, RequestRefused) as exc:
                     await self.send(_error(exc.code, exc.message))
-                    continue
-                assert isinstance(ack, requests.Ack)
-                self.broker.ack(session, ack.seq)
             elif op == "auth":
                 await self.send(_error(ErrorCode.ALREADY_AUTHENTICATED, "already authenticated"))
             elif not frame:

@@ -1,0 +1,60 @@
+"""The events a broker pushes to a logged-in session, and the mailbox entry they carry.
+
+Events are tagged by their `event` field (docs/protocol.md §6); encode them with
+broker.protocol.wire.encode_event, read them with wire.decode_event.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Timestamp = Annotated[
+    str,
+    Meta(
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$",
+        description="ISO 8601 in UTC with microseconds: 2026-11-30T08:11:41.538509Z",
+        extra_json_schema={"format": "date-time"},
+    ),
+]
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    """A mailbox entry as its owner sees it: in `mail` events, `inbox` and `history` pages."""
+
+    seq: int | None  # null only for a history item the user sent and did not receive
+    message_id: int
+    kind: Literal["email", "text", "announcement", "rickroll"]
+    sender: str | None  # null for a rick-roll the user received
+    recipients: list[str]
+    subject: str | None
+    body: str
+    sent_at: Timestamp
+    read: bool
+    direction: Literal["in", "out"]
+
+
+class _Event(msgspec.Struct, kw_only=True, tag_field="event"):
+    """Every event is tagged by its name, `event`."""
+
+
+class MailEvent(_Event, tag="mail"):
+    """A new entry in this session's user's mailbox, pushed in seq order."""
+
+    entry: Entry
+
+
+class PresenceEvent(_Event, tag="presence"):
+    """A user's first live session started (online) or their last one ended (offline)."""
+
+    username: str
+    online: bool
+
+
+Event = MailEvent | PresenceEvent
+
+EVENT_TYPES: tuple[type[_Event], ...] = (MailEvent, PresenceEvent)
+
+__all__ = ["EVENT_TYPES", "Entry", "Event", "MailEvent", "PresenceEvent", "Timestamp"]

@@ -1,0 +1,237 @@
+"""What the broker answers: one result type per operation, and the error of a failed request.
+
+A result holds the operation's fields only; the envelope (`"re": <request id>, "ok": true`
+before them, or `"ok": false` and an `error`) is written by broker.protocol.wire, the one place
+where frames are encoded. The HTTP API (docs/http-api.md) answers with the same result types
+where its shape is the same (broker/web/openapi.py is generated from them).
+
+`RESULT_TYPES` maps each operation to its result type; `ack` has none (no answer on success).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from .events import Entry, Timestamp
+
+Role = Literal["admin", "user"]
+
+
+class Result(msgspec.Struct, kw_only=True):
+    """Base of every result."""
+
+
+class LoginResult(Result):
+    """The answer to `login` and to `resume`."""
+
+    username: str
+    role: Role
+    token: str
+    created: bool
+    last_seq: int
+    resume_after: int
+    heartbeat_interval: float
+
+
+class LogoutResult(Result):
+    bye: Literal[True] = True
+
+
+class PingResult(Result):
+    pong: Literal[True] = True
+
+
+class SendResult(Result):
+    message_id: int
+    duplicate: bool
+
+
+class InboxResult(Result):
+    entries: list[Entry]
+    unread: int
+    # Present (true) only when the page was cut short to fit in a frame.
+    truncated: Literal[True] | UnsetType = UNSET
+
+
+class MarkReadResult(Result):
+    marked: int
+
+
+class OnlineUser(Result):
+    """One line of `who`."""
+
+    username: str
+    since: Timestamp
+    idle_seconds: float
+    sessions: int
+
+
+class WhoResult(Result):
+    users: list[OnlineUser]
+
+
+class HistoryResult(Result):
+    items: list[Entry]
+    truncated: Literal[True] | UnsetType = UNSET
+
+
+class PrefsResult(Result):
+    prank_opt_out: bool
+
+
+class ChangePasswordResult(Result):
+    token: str
+    sessions_ended: int
+
+
+class BlockResult(Result):
+    blocked: str
+    changed: bool
+
+
+class UnblockResult(Result):
+    unblocked: str
+    changed: bool
+
+
+class BlockedUser(Result):
+    username: str
+    since: Timestamp
+
+
+class ListBlocksResult(Result):
+    blocks: list[BlockedUser]
+
+
+class Account(Result):
+    """One line of `admin_users`."""
+
+    username: str
+    role: Role
+    disabled: bool
+    created: Timestamp
+    online: bool
+
+
+class AdminUsersResult(Result):
+    users: list[Account]
+
+
+class AdminSetDisabledResult(Result):
+    username: str
+    disabled: bool
+    sessions_ended: int
+
+
+class AdminKickResult(Result):
+    username: str
+    sessions_ended: int
+    tokens_revoked: int
+
+
+class LiveSessionInfo(Result):
+    """One line of `admin_sessions`."""
+
+    username: str
+    client: str
+    since: Timestamp
+    idle_seconds: float
+    address: str
+
+
+class AdminSessionsResult(Result):
+    sessions: list[LiveSessionInfo]
+
+
+class PrankRecord(Result):
+    message_id: int
+    sent_at: Timestamp
+    sender: str
+    recipient: str
+
+
+class AuditAction(Result):
+    at: Timestamp
+    admin: str | None  # null once the admin account is gone
+    action: str
+    target: str
+    detail: str
+
+
+class AdminAuditResult(Result):
+    rickrolls: list[PrankRecord]
+    actions: list[AuditAction]
+
+
+class AdminInviteResult(Result):
+    invite: str
+    expires: Timestamp
+
+
+class Failure(msgspec.Struct, kw_only=True):
+    """The `error` object of a failed request (docs/protocol.md §7).
+
+    `code` is one of broker.protocol.ErrorCode; a client treats an unknown code as `internal`.
+    """
+
+    code: str
+    message: str
+    retry_after: float | UnsetType = UNSET  # seconds, with `rate_limited`
+
+
+RESULT_TYPES: Final[dict[str, type[Result]]] = {
+    "login": LoginResult,
+    "resume": LoginResult,
+    "logout": LogoutResult,
+    "ping": PingResult,
+    "send": SendResult,
+    "inbox": InboxResult,
+    "mark_read": MarkReadResult,
+    "who": WhoResult,
+    "history": HistoryResult,
+    "set_prefs": PrefsResult,
+    "change_password": ChangePasswordResult,
+    "block": BlockResult,
+    "unblock": UnblockResult,
+    "list_blocks": ListBlocksResult,
+    "admin_users": AdminUsersResult,
+    "admin_set_disabled": AdminSetDisabledResult,
+    "admin_kick": AdminKickResult,
+    "admin_sessions": AdminSessionsResult,
+    "admin_audit": AdminAuditResult,
+    "admin_invite": AdminInviteResult,
+}
+
+__all__ = [
+    "RESULT_TYPES",
+    "Account",
+    "AdminAuditResult",
+    "AdminInviteResult",
+    "AdminKickResult",
+    "AdminSessionsResult",
+    "AdminSetDisabledResult",
+    "AdminUsersResult",
+    "AuditAction",
+    "BlockResult",
+    "BlockedUser",
+    "ChangePasswordResult",
+    "Failure",
+    "HistoryResult",
+    "InboxResult",
+    "ListBlocksResult",
+    "LiveSessionInfo",
+    "LoginResult",
+    "LogoutResult",
+    "MarkReadResult",
+    "OnlineUser",
+    "PingResult",
+    "PrankRecord",
+    "PrefsResult",
+    "Result",
+    "SendResult",
+    "UnblockResult",
+    "WhoResult",
+]
