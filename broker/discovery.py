@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import ifaddr
 import trio
+from zeroconf import Error as ZeroconfError
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceListener, Zeroconf
 
 from broker import tls
@@ -147,7 +148,10 @@ def unregister(zc: Zeroconf, info: ServiceInfo) -> None:
 
 async def advertise(ad: Advertisement, *, task_status: trio.TaskStatus[None]) -> None:
     """Advertise `ad` until cancelled, then say goodbye."""
-    zc, info = await trio.to_thread.run_sync(register, ad)
+    try:
+        zc, info = await trio.to_thread.run_sync(register, ad)
+    except (OSError, ZeroconfError) as exc:  # `serve` reports an OSError as a start-up problem
+        raise OSError(f"cannot advertise the broker on the LAN by mDNS: {exc}") from None
     log.info("advertising %r on %s by mDNS (%s)", ad.name, ", ".join(ad.addresses), SERVICE_TYPE)
     try:
         task_status.started()

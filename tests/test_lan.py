@@ -361,3 +361,67 @@ async def test_several_brokers_make_a_script_choose_with_server(lan: Lan, tmp_pa
     assert sorted(item["name"] for item in login.json_lines()) == ["room-1", "room-2"]
     assert "2 brokers found on this network: choose one with --server" in login.stderr
     assert known_servers(config) == {}
+
+
+async def test_several_brokers_give_a_numbered_choice_at_a_terminal(
+    lan: Lan, tmp_path: Path
+) -> None:
+    import pexpect
+
+    config = tmp_path / "alice"
+
+    def converse() -> tuple[int, str]:
+        child = pexpect.spawn(
+            "ip",
+            ["netns", "exec", lan.client_ns, sys.executable, "-m", "cli", "login", "alice"],
+            env=env_for(config),
+            cwd=str(REPO),
+            encoding="utf-8",
+            timeout=40,
+        )
+        child.expect(r"Which one \[1-2\]: ")
+        menu = child.before
+        child.sendline("2")
+        child.expect("Password: ")
+        child.sendline("password1")
+        child.expect(r"Create account 'alice'\? \[y/N\]: ")
+        child.sendline("y")
+        child.expect("New password: ")
+        child.sendline("password1")
+        child.expect("Repeat the new password: ")
+        child.sendline("password1")
+        child.expect(pexpect.EOF)
+        child.close()
+        return child.exitstatus, menu + child.before
+
+    with trio.fail_after(180):
+        async with (
+            broker_in(
+                lan,
+                tmp_path / "one",
+                "--lan",
+                "--lan-name",
+                "room-1",
+                "--port",
+                str(PORT),
+                "--web-port",
+                "-1",
+            ),
+            broker_in(
+                lan,
+                tmp_path / "two",
+                "--lan",
+                "--lan-name",
+                "room-2",
+                "--port",
+                str(PORT + 1),
+                "--web-port",
+                "-1",
+            ) as second,
+        ):
+            status, said = await trio.to_thread.run_sync(converse)
+    assert status == 0, said
+    assert f"1) room-1  {BROKER_IP}:{PORT}" in said
+    assert f"2) room-2  {BROKER_IP}:{PORT + 1}" in said
+    assert f"Logged in as alice on {BROKER_IP}:{PORT + 1}" in said
+    assert known_servers(config) == {f"{BROKER_IP}:{PORT + 1}": second["fingerprint"]}

@@ -140,3 +140,11 @@ async def test_the_invite_of_a_loopback_broker_says_to_serve_with_lan(web: Runni
     body = invite.json()
     assert body["url"] is None and body["svg"] is None
     assert "mailnet serve --lan" in body["message"]
+
+
+def test_a_broker_of_another_protocol_version_is_skipped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ad = Advertisement("classroom", FINGERPRINT, ("169.254.77.1",), 7878, protocol="2")
+    assert trustworthy([Found(ad, "169.254.77.1:7878", FINGERPRINT)]) == []
+    assert "it speaks protocol '2'" in capsys.readouterr().err
