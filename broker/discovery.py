@@ -263,14 +263,23 @@ async def presented_fingerprint(host: str, port: int) -> str:
 
 
 async def _check(ad: Advertisement) -> Found:
-    for host in ad.addresses:
+    """Try every advertised address at once (a broker may list addresses of networks this
+    client is not on); the first address in the advertisement's order that answers is used."""
+    presented: dict[str, str] = {}
+
+    async def try_address(host: str) -> None:
         try:
             with trio.fail_after(PROBE_TIMEOUT):
-                presented = await presented_fingerprint(host, ad.port)
+                presented[host] = await presented_fingerprint(host, ad.port)
         except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError) as exc:
             log.info("cannot check %r at %s:%s: %s", ad.name, host, ad.port, exc)
-            continue
-        return Found(ad, tls.format_server_address(host, ad.port), presented)
+
+    async with trio.open_nursery() as nursery:
+        for host in ad.addresses:
+            nursery.start_soon(try_address, host)
+    for host in ad.addresses:
+        if host in presented:
+            return Found(ad, tls.format_server_address(host, ad.port), presented[host])
     return Found(ad, None, None)
 
 

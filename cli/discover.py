@@ -102,7 +102,10 @@ def _rows(found: Sequence[Found]) -> list[list[str]]:
 @json_option
 def servers(seconds: float | None, as_json: bool) -> None:
     """List the brokers advertised on this network (mDNS), each checked against its certificate."""
-    found = run_async(discover, browse_seconds(seconds) or DEFAULT_BROWSE_SECONDS)
+    try:
+        found = run_async(discover, browse_seconds(seconds) or DEFAULT_BROWSE_SECONDS)
+    except OSError as exc:
+        fail(f"cannot look for brokers on this network: {exc}", EXIT_UNREACHABLE)
     if as_json:
         for item in found:
             emit_json(item.as_json())
@@ -124,7 +127,11 @@ def server_from_lan(options: ClientOptions, *, interactive: bool, as_json: bool)
     if seconds <= 0 or options.insecure_plaintext:  # a LAN broker always uses TLS
         return None
     note(f"mailnet: looking for brokers on this network for {seconds:g}s (--server skips this)")
-    found = run_async(discover, seconds)
+    try:
+        found = run_async(discover, seconds)
+    except OSError as exc:  # no network at all, or multicast refused
+        note(f"mailnet: cannot look for brokers on this network ({exc}); trying {DEFAULT_SERVER}")
+        return None
     if not found:
         note(f"mailnet: no broker found on this network; trying {DEFAULT_SERVER}")
         return None
