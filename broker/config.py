@@ -59,6 +59,10 @@ class Config:
     # commits do not compete with the event loop for one interpreter lock) or "thread".
     # PostgreSQL always commits from a thread.
     send_writer: str = "process"
+    # `mailnet serve --lan`: listen on every interface and advertise the broker by mDNS
+    # (broker/discovery.py) under lan_name (empty: this computer's name).
+    lan: bool = False
+    lan_name: str = ""
 
     @property
     def db_url(self) -> str:

@@ -14,6 +14,7 @@ from broker.config import Config
 from broker.core import Broker
 from broker.core.commits import choose_committer
 from broker.core.throttle import ConnectionLimits
+from broker.discovery import Advertisement
 from broker.store import MailStore
 from broker.store.entry import open_store as open_migrated_store
 from broker.tls import certificate_paths  # shared with the web server (broker/web/app.py)
@@ -30,6 +31,7 @@ class ServerInfo:
     fingerprint: str | None
     web: list[str] = field(default_factory=list)
     db_url: str = ""
+    lan: Advertisement | None = None  # what `--lan` advertises by mDNS
 
     @property
     def tcp_port(self) -> int:
@@ -65,6 +67,10 @@ async def serve(
     config: Config, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the broker until cancelled. Acknowledged sends are committed before any answer."""
+    if config.lan:
+        from broker.lan import check_lan_config
+
+        check_lan_config(config)
     ssl_context, fingerprint = _tls_context(config)
     store = await trio.to_thread.run_sync(open_store, config)
     try:
@@ -87,6 +93,10 @@ async def serve(
 
                 web = await nursery.start(serve_web, broker, config)
             info = ServerInfo(tcp=addresses, fingerprint=fingerprint, web=web, db_url=config.db_url)
+            if config.lan:
+                from broker.lan import advertise_broker
+
+                info = await advertise_broker(nursery, config, info)
             log.info("mailnet listening on %s", addresses)
             task_status.started(info)
     finally:

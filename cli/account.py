@@ -18,6 +18,7 @@ from .connect import (
     run_async,
     session_client,
 )
+from .discover import server_from_lan
 from .output import (
     EXIT_AUTH,
     EXIT_USAGE,
@@ -75,6 +76,13 @@ def login(
     interactive = _interactive() and not password_stdin
     if not password_stdin and not _interactive():
         fail("no terminal to ask for the password: use --password-stdin", EXIT_USAGE)
+    # No --server and no saved session: look for a broker on the LAN (cli/discover.py).
+    server = (
+        options.server
+        or _saved_server()
+        or server_from_lan(options, interactive=interactive, as_json=as_json)
+        or DEFAULT_SERVER
+    )
     if username is None:
         if password_stdin:
             fail("give the USERNAME when the password comes from stdin", EXIT_USAGE)
@@ -84,7 +92,6 @@ def login(
     )
     if create is None:
         create = password_stdin
-    server = options.server or _saved_server() or DEFAULT_SERVER
 
     offer_to_create = interactive and not create
 

@@ -73,3 +73,7 @@ main.add_command(admin)
 from .bench import bench  # noqa: E402
 
 main.add_command(bench)
+
+from .discover import servers  # noqa: E402
+
+main.add_command(servers)

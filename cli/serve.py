@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import signal
 import socket
@@ -21,6 +22,7 @@ import trio
 
 from broker.config import REGISTRATION_POLICIES, SEND_WRITERS, Config
 
+from .lan import lan_summary_json, lan_summary_lines
 from .output import EXIT_USAGE, CliError, emit_json, fail
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -150,6 +152,13 @@ def limit_options(command: Any) -> Any:
     type=click.Choice(SEND_WRITERS),
     help="Where SQLite group commits run [default process; env MAILNET_SEND_WRITER].",
 )
+@click.option(
+    "--lan",
+    is_flag=True,
+    default=None,
+    help="Serve the local network: every interface, TLS, advertised by mDNS, QR code.",
+)
+@click.option("--lan-name", metavar="NAME", help="Name advertised with --lan [default: hostname].")
 @limit_options
 @click.option(
     "--log-level",
@@ -165,6 +174,8 @@ def serve(log_level: str, as_json: bool, **flags: Any) -> None:
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    if config.lan and flags["host"] is None and not os.environ.get("MAILNET_HOST"):
+        config = dataclasses.replace(config, host="0.0.0.0")  # --lan: every interface
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     if log_level != "debug":  # alembic narrates every plugin and migration at INFO
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -207,6 +218,7 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
                 "fingerprint": info.fingerprint,
                 "web": client_urls(list(info.web)),
                 "db": database,
+                **lan_summary_json(info.lan),
             }
         )
     else:
@@ -222,6 +234,7 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
             )
         lines += [f"Web UI: {url}" for url in client_urls(list(info.web))]
         lines.append(f"Database: {database}")
+        lines += lan_summary_lines(info.lan)
         lines.append("Stop with Ctrl-C.")
         click.echo("\n".join(lines))
     sys.stdout.flush()

@@ -22,6 +22,9 @@ def cli_env(config_dir: Path | None, server: str | None, **extra: str) -> dict[s
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILNET_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["MAILNET_BCRYPT_ROUNDS"] = "4"
+    # `mailnet login` with no server browses the LAN by mDNS: never on the host's network here
+    # (tests/test_lan.py browses inside network namespaces of its own).
+    env["MAILNET_BROWSE_SECONDS"] = "0"
     if config_dir is not None:
         env["MAILNET_CONFIG_DIR"] = str(config_dir)
     if server is not None:

@@ -497,6 +497,7 @@ async def test_the_openapi_schema_lists_every_api_route(web):
         "/api/who",
         "/api/history",
         "/api/prefs",
+        "/api/invite",
     }
     assert set(schema["components"]["securitySchemes"]) == {"bearer", "basic"}
 

@@ -28,6 +28,7 @@ from broker.core import Broker
 
 from .api import HttpApi
 from .errors import NO_STORE, error_response, internal_error_response
+from .invite import invite_routes
 from .live import LiveSockets, serve_live_socket
 from .openapi import openapi_schema
 
@@ -121,6 +122,7 @@ def create_app(broker: Broker, config: Config) -> ASGIApp:
             Route("/", index, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             *api.routes(),
+            *invite_routes(broker, config),
             WebSocketRoute("/api/ws", live),
             Route("/api/ws", upgrade_required, methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),

@@ -249,6 +249,20 @@ SCHEMAS: dict[str, Any] = {
         "required": ["marked"],
         "properties": {"marked": {"type": "integer"}},
     },
+    "Invite": {
+        "type": "object",
+        "required": ["url", "svg", "name", "fingerprint", "message"],
+        "properties": {
+            "url": {
+                "type": ["string", "null"],
+                "description": "The web UI's LAN address; null when it listens on loopback only.",
+            },
+            "svg": {"type": ["string", "null"], "description": "A QR code of `url` (SVG)."},
+            "name": {"type": "string", "description": "The broker's name on the LAN."},
+            "fingerprint": {"type": ["string", "null"], "description": "Its TLS certificate."},
+            "message": {"type": "string", "description": "What to tell the person invited."},
+        },
+    },
     "Who": {
         "type": "object",
         "required": ["users"],
@@ -354,6 +368,7 @@ def openapi_schema() -> dict[str, Any]:
                 )
             },
             "/api/prefs": {"put": _operation("Set prefs", "Prefs", body="Prefs")},
+            "/api/invite": {"get": _operation("Invite", "Invite")},
         },
         "components": {
             "schemas": SCHEMAS,
