@@ -70,6 +70,12 @@ main.add_command(unblock)
 main.add_command(blocks)
 main.add_command(admin)
 
+from .backup import backup  # noqa: E402
+from .export import export  # noqa: E402
+
+admin.add_command(backup)
+main.add_command(export)
+
 from .bench import bench  # noqa: E402
 
 main.add_command(bench)
