@@ -19,6 +19,7 @@ import trio
 
 from broker.config import Config
 from broker.protocol import ErrorCode, RequestRefused, requests
+from broker.protocol.search import parse_search
 from broker.store import (
     HistoryQuery,
     MailStore,
@@ -406,6 +407,9 @@ class Broker:
             since=request.since,
             limit=request.limit,
             before_id=request.before_id,
+            query=None if request.query is None else parse_search(request.query),
+            offset=request.offset,
+            username=user.username,
         )
         return await self.runner.read(self.runner.store.history, user.id, query)
 

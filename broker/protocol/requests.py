@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from .errors import ErrorCode, RemoteProtocolError
+from .search import MAX_QUERY_CHARS, parse_search
 
 USERNAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 # Line breaks and control characters (tab excepted): a subject is shown on one terminal line.
@@ -31,6 +32,7 @@ MAX_CLIENT_MSG_ID_CHARS: Final = 64
 MAX_TOKEN_CHARS: Final = 128
 MAX_PAGE: Final = 1000
 MAX_SEARCH_CHARS: Final = 200
+MAX_SEARCH_OFFSET: Final = 10_000  # ranked results page by offset; deeper pages cost more
 MAX_INVITE_CHARS: Final = 64
 
 KINDS: Final = ("email", "text", "announcement", "rickroll")
@@ -125,6 +127,10 @@ class History(_Request, tag="history", frozen=True):
     since: datetime | None = None
     limit: PageSize = 50
     before_id: PositiveInt | None = None
+    # The search language (broker/protocol/search.py): parse_request checks that it parses.
+    query: Annotated[str, Meta(max_length=MAX_QUERY_CHARS)] | None = None
+    # Paging through ranked results (a query with words); before_id pages by message id.
+    offset: Annotated[int, Meta(ge=0, le=MAX_SEARCH_OFFSET)] = 0
 
 
 class SetPrefs(_Request, tag="set_prefs", frozen=True):
@@ -343,6 +349,9 @@ def _parse_history(f: _Fields) -> History:
     if kind is not None and kind not in KINDS:
         raise _bad(f"field 'kind' must be one of {', '.join(KINDS)}")
     since = f.str("since", required=False, max_chars=40)
+    query = f.str("query", required=False, max_chars=MAX_QUERY_CHARS, allow_empty=True)
+    if query is not None:
+        parse_search(query)  # a query that does not parse is refused like any other bad field
     return History(
         with_user=None if with_user is None else normalize_username(with_user, "with"),
         kind=kind,
@@ -350,6 +359,8 @@ def _parse_history(f: _Fields) -> History:
         since=None if since is None else _parse_since(since),
         limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 50,
         before_id=f.int("before_id", required=False, minimum=1),
+        query=query,
+        offset=f.int("offset", required=False, minimum=0, maximum=MAX_SEARCH_OFFSET) or 0,
     )
 
 
