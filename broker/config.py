@@ -99,3 +99,7 @@ class Config:
             except ValueError:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not valid") from None
         return replace(self, **changes)
+
+
+class ConfigError(Exception):
+    """The broker cannot start with this configuration; the message says why."""

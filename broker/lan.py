@@ -4,15 +4,13 @@ the listeners, the web UI's LAN address for invitations, and its QR code (text a
 
 from __future__ import annotations
 
-import dataclasses
 import io
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import segno
 import trio
 
-from broker.config import Config
+from broker.config import Config, ConfigError
 from broker.discovery import (
     Advertisement,
     advertise,
@@ -23,16 +21,11 @@ from broker.discovery import (
 )
 from broker.tls import format_server_address
 
-if TYPE_CHECKING:
-    from broker.server import ServerInfo
-
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
 def check_lan_config(config: Config) -> None:
     """Refuse the settings under which an advertisement would mislead or expose passwords."""
-    from broker.server import ConfigError
-
     if config.insecure_plaintext:
         raise ConfigError(
             "--lan needs TLS: clients check the advertised certificate fingerprint, and "
@@ -51,21 +44,26 @@ def advertised_addresses(config: Config) -> list[str]:
     return [config.host]
 
 
-async def advertise_broker(nursery: trio.Nursery, config: Config, info: ServerInfo) -> ServerInfo:
-    """Start advertising the started broker in `nursery`; `info` with what is advertised."""
-    web_port = None
-    if info.web:
-        web_port = urlsplit(info.web[0]).port
+async def advertise_broker(
+    nursery: trio.Nursery,
+    config: Config,
+    fingerprint: str | None,
+    tcp_port: int,
+    web: list[str],
+) -> Advertisement:
+    """Start advertising the started broker (its certificate's fingerprint, TCP port and web
+    URLs) in `nursery`; what is advertised."""
+    web_port = urlsplit(web[0]).port if web else None
     ad = lan_advertisement(
         config.lan_name or default_broker_name(),
-        info.fingerprint or "",
-        info.tcp_port,
+        fingerprint or "",
+        tcp_port,
         web_port,
         advertised_addresses(config),
     )
     if ad.addresses:
         await nursery.start(advertise, ad)
-    return dataclasses.replace(info, lan=ad)
+    return ad
 
 
 def web_urls(ad: Advertisement) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from functools import partial
 import trio
 
 from broker import tls
-from broker.config import Config
+from broker.config import Config, ConfigError
 from broker.core import Broker
 from broker.core.commits import choose_committer
 from broker.core.throttle import ConnectionLimits
@@ -36,10 +37,6 @@ class ServerInfo:
     @property
     def tcp_port(self) -> int:
         return self.tcp[0][1]
-
-
-class ConfigError(Exception):
-    """The broker cannot start with this configuration; the message says why."""
 
 
 def _is_loopback(host: str) -> bool:
@@ -96,7 +93,10 @@ async def serve(
             if config.lan:
                 from broker.lan import advertise_broker
 
-                info = await advertise_broker(nursery, config, info)
+                lan = await advertise_broker(
+                    nursery, config, info.fingerprint, info.tcp_port, info.web
+                )
+                info = dataclasses.replace(info, lan=lan)
             log.info("mailnet listening on %s", addresses)
             task_status.started(info)
     finally:

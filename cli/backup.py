@@ -31,7 +31,7 @@ def backup(file: Path, url: str | None, as_json: bool) -> None:
     Restore by stopping the broker and putting FILE in place of the database file (removing
     its -wal and -shm files); see docs/operations.md. PostgreSQL: use pg_dump.
     """
-    from broker.store import BackupError, StoreUnavailable, backup_sqlite
+    from broker.store.entry import BackupError, StoreUnavailable, backup_sqlite
 
     if not file.parent.is_dir():
         fail(f"no such directory: {file.parent}", EXIT_USAGE)

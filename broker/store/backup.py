@@ -67,7 +67,7 @@ def _copy(url: str, temporary: Path) -> None:
     engines = make_engines(url)
     target = create_engine(sqlite_url_for(temporary), poolclass=NullPool)
     try:
-        source = call_guarded(engines.read.raw_connection)  # type: ignore[no-untyped-call]
+        source = call_guarded(engines.read.raw_connection)
         copy = target.raw_connection()
         try:
             source_db, copy_db = source.driver_connection, copy.driver_connection

@@ -1,7 +1,8 @@
 """The store's entry point for code outside the broker's core: open a database by URL.
 
-`mailnet db upgrade` / `mailnet db current` (cli/serve.py) and serve's start-up (broker/server.py)
-reach the database only through these functions, so the CLI never handles engines, alembic or
+`mailnet db upgrade` / `mailnet db current` (cli/serve.py), `mailnet admin backup`
+(cli/backup.py) and serve's start-up (broker/server.py) reach the database only through these
+functions, so the CLI never handles engines, alembic or
 SQLAlchemy itself. A URL that cannot be used raises ValueError; a database that cannot be
 reached raises StoreUnavailable, as every store call does.
 """
@@ -13,13 +14,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import migrate
+from .backup import BackupError, BackupReport, backup_sqlite
 from .database import Engines, make_engines
 from .mailstore import MailStore, StoreUnavailable
 
 __all__ = [
+    "BackupError",
+    "BackupReport",
     "MailStore",
     "SchemaRevisions",
     "StoreUnavailable",
+    "backup_sqlite",
     "open_store",
     "schema_revisions",
     "upgrade_schema",

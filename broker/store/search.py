@@ -7,6 +7,8 @@ index is kept by the database in the transaction that stores each message.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -75,7 +77,7 @@ def _named(names: tuple[str, ...], recipients: ColumnElement[str]) -> ColumnElem
 
 
 def apply_search(
-    stmt: Select[tuple[object, ...]],
+    stmt: Select[Any],
     query: SearchQuery,
     *,
     user_id: int,
@@ -83,7 +85,7 @@ def apply_search(
     mine: FromClause,
     sender: FromClause,
     dialect: str,
-) -> Select[tuple[object, ...]]:
+) -> Select[Any]:
     """The history statement narrowed by the query; with words or phrases, ordered by rank."""
     received = mine.c.id.is_not(None)
     sent = messages.c.sender_id == user_id

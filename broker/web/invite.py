@@ -27,7 +27,7 @@ def invite_routes(broker: Broker, config: Config) -> list[Route]:
     name = config.lan_name or default_broker_name()
     fingerprint: str | None = None
     if not config.insecure_plaintext:
-        from broker.server import certificate_paths
+        from broker.tls import certificate_paths
 
         cert, _ = certificate_paths(config)
         fingerprint = tls.certificate_fingerprint(cert.read_bytes())
