@@ -14,6 +14,7 @@ from broker import tls
 from broker.config import Config
 from broker.core import Broker
 from broker.core.throttle import ConnectionLimits
+from broker.protocol.proxy import trusted_proxies
 from broker.store import MailStore, migrate
 from broker.transport.tcp import handle_connection
 
@@ -77,6 +78,10 @@ async def serve(
 ) -> None:
     """Run the broker until cancelled. Acknowledged sends are committed before any answer."""
     ssl_context, fingerprint = _tls_context(config)
+    try:
+        trusted_proxies(config.trusted_proxy)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     store = await trio.to_thread.run_sync(open_store, config)
     try:
         broker = Broker(store, config)

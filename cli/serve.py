@@ -150,6 +150,14 @@ def limit_options(command: Any) -> Any:
     type=click.Choice(SEND_WRITERS),
     help="Where SQLite group commits run [default process; env MAILNET_SEND_WRITER].",
 )
+@click.option(
+    "--trusted-proxy",
+    multiple=True,
+    metavar="CIDR",
+    callback=lambda _ctx, _param, values: tuple(values) or None,
+    help="A balancer whose PROXY protocol (TCP) and X-Forwarded-For (web) headers are believed;"
+    " repeatable [env MAILNET_TRUSTED_PROXY, comma-separated].",
+)
 @limit_options
 @click.option(
     "--log-level",

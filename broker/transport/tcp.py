@@ -43,6 +43,7 @@ from broker.protocol import (
     request_id,
     requests,
 )
+from broker.transport.proxied import accept_proxied
 
 log = logging.getLogger("mailnet.tcp")
 
@@ -458,6 +459,11 @@ async def handle_connection(
     """serve_tcp's handler: never raises, so one bad client cannot stop the listener."""
     accepted_at = trio.current_time()
     peer = peer_address(stream)
+    deadline = accepted_at + config.login_timeout
+    relayed = await accept_proxied(stream, peer, config, deadline=deadline)
+    if relayed is None:  # a trusted balancer sent no valid PROXY header (closed already)
+        return
+    stream, peer = relayed
     refusal = limits.admit(peer)
     try:
         if ssl_context is not None:

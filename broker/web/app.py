@@ -25,6 +25,7 @@ from starlette.websockets import WebSocket
 from broker import tls
 from broker.config import Config
 from broker.core import Broker
+from broker.protocol.proxy import trusted_proxies
 
 from .api import HttpApi
 from .errors import NO_STORE, error_response, internal_error_response
@@ -128,6 +129,7 @@ def create_app(broker: Broker, config: Config) -> ASGIApp:
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )
     app.state.sockets = sockets
+    app.state.trusted_proxies = trusted_proxies(config.trusted_proxy)  # see forwarded.py
     return SecurityHeaders(app)
 
 
