@@ -81,7 +81,7 @@ def nesting_depth(payload: bytes) -> int:
     """How deeply a JSON text nests arrays and objects (0 for a scalar)."""
     brackets = _STRING_LITERAL.sub(b"", payload).translate(_DEPTH_STEPS, _NOT_BRACKETS)
     steps = (1 if step == 1 else -1 for step in brackets)
-    return max(itertools.accumulate(steps, initial=0))
+    return int(max(itertools.accumulate(steps, initial=0)))
 
 
 # One decoder and one encoder for every frame: json.loads/dumps with options build one per call.

@@ -19,6 +19,7 @@ from broker.protocol.proxy import (
     V1_MAX_BYTES,
     V2_HEADER,
     V2_MAX_PAYLOAD,
+    ProxyHeader,
     ProxyHeaderError,
     read_proxy_header,
     trusted_proxies,
@@ -40,7 +41,7 @@ class PrefixedStream(trio.abc.Stream):
     def socket(self) -> object:  # peer_address() and getpeername() callers look for it
         return getattr(self.transport_stream, "socket", None)
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._prefix:
             size = len(self._prefix) if max_bytes is None else max_bytes
             data, self._prefix = self._prefix[:size], self._prefix[size:]
@@ -98,7 +99,7 @@ async def _read_header(
                 log.info("proxy %s closed the connection before its PROXY header", peer)
                 return None
             data += chunk
-        assert not isinstance(header, type(NEED_MORE))
+        assert isinstance(header, ProxyHeader)
         rest = data[header.length :]
         # No client: the proxy's own connection (a health check) counts as the proxy.
         client = peer if header.client is None else header.client[0]
