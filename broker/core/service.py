@@ -35,6 +35,7 @@ from .admin import AccountAdmin
 from .cluster import SharedPresence
 from .cluster_limits import SharedSendRate
 from .commits import CommitQueue
+from .prelogin import PreLoginBudget
 from .presence import LiveSession, OnlineUser, Presence
 from .runner import StoreRunner
 from .throttle import SendRateLimiter
@@ -84,6 +85,8 @@ class Broker:
         if self.shared_send_rate is not None:
             self.send_limits = self.shared_send_rate
         self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
+        # What connections that have not logged in may buffer, all transports together.
+        self.prelogin = PreLoginBudget(config.pre_login_buffer_bytes)
         self._pending_acks: dict[int, int] = {}
         # Highest seq any client of each user acknowledged here, written or not: a session that
         # starts before the store has it must not be handed those entries again.

@@ -26,6 +26,7 @@ from broker.core import (
     mail_event,
     online_user_view,
 )
+from broker.core.prelogin import PreLoginFrames
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     MAX_SENT_FRAME_BYTES,
@@ -65,7 +66,7 @@ class ClientConnection:
     config: Config
     stream: trio.abc.Stream
     peer: str
-    frames: FrameConnection = field(init=False)
+    frames: PreLoginFrames = field(init=False)
     user: UserRecord | None = None
     token: str | None = None
     session: LiveSession | None = None
@@ -78,8 +79,14 @@ class ClientConnection:
     _failed_logins: int = 0
 
     def __post_init__(self) -> None:
-        self.frames = FrameConnection(
+        frames = FrameConnection(
             max_frame_bytes=self.config.max_frame_bytes, max_send_bytes=MAX_SENT_FRAME_BYTES
+        )
+        self.frames = PreLoginFrames(  # small frames and a shared budget until login
+            frames,
+            self.broker.prelogin,
+            lambda: self.user is not None,
+            max_pre_login_frame_bytes=self.config.max_pre_login_frame_bytes,
         )
         self._window = trio.Semaphore(self.config.max_in_flight_per_connection)
         start = trio.current_time() if self.accepted_at is None else self.accepted_at
@@ -120,6 +127,7 @@ class ClientConnection:
             try:
                 await self._read_frames()
             finally:
+                self.frames.close()  # gives back its share of the pre-login budget
                 nursery.cancel_scope.cancel()
 
     def _deadline(self) -> float:

@@ -17,6 +17,7 @@ from broker.core import Broker, entry_view, online_user_view
 from broker.protocol import ProtocolError, RequestRefused, parse_request, requests
 
 from .auth import Caller, authenticate, client_address
+from .budget import read_login_body
 from .errors import NO_STORE, error_response, internal_error_response
 from .inputs import InputError, query_bool, query_int, query_str, read_json_object
 from .live import LiveSockets
@@ -83,7 +84,7 @@ class HttpApi:
     # -- sessions ---------------------------------------------------------------------------
 
     async def login(self, request: Request) -> dict[str, Any]:
-        body = await self._body(request)
+        body = await read_login_body(request, self.broker.prelogin, self.config)  # budget.py
         login = parse_request(
             {
                 "op": "login",

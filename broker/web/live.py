@@ -30,6 +30,7 @@ from broker.protocol import (
 )
 
 from .auth import client_address, user_for_token
+from .budget import BUSY_MESSAGE, pre_login_cap, reserved
 
 log = logging.getLogger("mailnet.web.live")
 
@@ -168,7 +169,12 @@ class LiveSocket:
             self.sockets.limits.release(self.peer)
 
     async def _authenticate_then_run(self) -> None:
-        frame = await self.receive(trio.current_time() + self.config.login_timeout)
+        with reserved(self.broker.prelogin, pre_login_cap(self.config)) as admitted:  # budget.py
+            if not admitted:
+                busy = _error(ErrorCode.TOO_MANY_CONNECTIONS, BUSY_MESSAGE)
+                await self.close(CLOSE_TRY_AGAIN_LATER, "", busy)
+                return
+            frame = await self.receive(trio.current_time() + self.config.login_timeout)
         if frame is Silence.GONE:
             return
         if frame is Silence.TIMED_OUT:
