@@ -63,8 +63,8 @@ class Config:
     # PostgreSQL always commits from a thread.
     send_writer: str = "process"
     # Balancers whose PROXY protocol headers (TCP port) and X-Forwarded-For headers (web port)
-    # are believed: addresses or CIDR networks. MAILNET_TRUSTED_PROXY takes them comma-separated.
-    trusted_proxy: tuple[str, ...] = ()
+    # are believed: addresses or CIDR networks, comma-separated (--trusted-proxy, repeatable).
+    trusted_proxy: str = ""
 
     @property
     def db_url(self) -> str:
@@ -88,8 +88,6 @@ class Config:
             try:
                 if f.name in ("tls_cert", "tls_key"):
                     changes[f.name] = Path(raw)
-                elif isinstance(current, tuple):
-                    changes[f.name] = tuple(v.strip() for v in raw.split(",") if v.strip())
                 elif isinstance(current, bool):
                     changes[f.name] = raw.lower() in ("1", "true", "yes", "on")
                 elif isinstance(current, int):

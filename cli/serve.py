@@ -156,7 +156,7 @@ def limit_options(command: Any) -> Any:
     "--trusted-proxy",
     multiple=True,
     metavar="CIDR",
-    callback=lambda _ctx, _param, values: tuple(values) or None,
+    callback=lambda _ctx, _param, values: ",".join(values) or None,
     help="A balancer whose PROXY protocol (TCP) and X-Forwarded-For (web) headers are believed;"
     " repeatable [env MAILNET_TRUSTED_PROXY, comma-separated].",
 )

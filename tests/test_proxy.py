@@ -32,6 +32,7 @@ from broker.protocol.proxy import (
     encode_proxy_v1,
     encode_proxy_v2,
     read_proxy_header,
+    trusted_proxies,
 )
 from tests.conftest import make_config, running_broker
 from tests.test_security_limits import RawConnection
@@ -143,7 +144,8 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
 
 def test_the_setting_comes_from_the_environment_comma_separated() -> None:
     config = Config().with_env({"MAILNET_TRUSTED_PROXY": "10.0.0.0/8, 192.0.2.7"})
-    assert config.trusted_proxy == ("10.0.0.0/8", "192.0.2.7")
+    assert config.trusted_proxy == "10.0.0.0/8, 192.0.2.7"
+    assert "192.0.2.7" in trusted_proxies(config.trusted_proxy)
 
 
 # -- a live broker -------------------------------------------------------------------------------
@@ -189,7 +191,7 @@ async def sessions_by_address(broker: Any) -> dict[str, int]:
 async def test_clients_behind_a_trusted_proxy_are_counted_by_their_own_address(
     tmp_path: Path,
 ) -> None:
-    config = make_config(tmp_path, trusted_proxy=(PROXY + "/32",), max_connections_per_ip=2)
+    config = make_config(tmp_path, trusted_proxy=PROXY + "/32", max_connections_per_ip=2)
     with trio.fail_after(TIMEOUT):
         async with running_broker(config) as broker, AsyncExitStack() as stack:
             async with broker.user("root"):
@@ -222,7 +224,7 @@ async def test_clients_behind_a_trusted_proxy_are_counted_by_their_own_address(
 
 
 async def test_a_trusted_proxy_without_a_valid_header_is_closed(tmp_path: Path) -> None:
-    config = make_config(tmp_path, trusted_proxy=(PROXY,), login_timeout=2.0)
+    config = make_config(tmp_path, trusted_proxy=PROXY, login_timeout=2.0)
     with trio.fail_after(TIMEOUT):
         async with running_broker(config) as broker, Balancer(broker.info.tcp_port) as balancer:
             proxied = balancer.open
@@ -236,7 +238,7 @@ async def test_a_trusted_proxy_without_a_valid_header_is_closed(tmp_path: Path) 
 
 
 async def test_a_proxy_header_from_an_untrusted_address_is_not_believed(tmp_path: Path) -> None:
-    config = make_config(tmp_path, trusted_proxy=(PROXY,))
+    config = make_config(tmp_path, trusted_proxy=PROXY)
     with trio.fail_after(TIMEOUT):
         async with running_broker(config) as broker, Balancer(broker.info.tcp_port) as balancer:
             async with broker.user("root"):
@@ -249,7 +251,7 @@ async def test_a_proxy_header_from_an_untrusted_address_is_not_believed(tmp_path
 
 
 async def test_the_proxy_header_comes_before_the_tls_handshake(tmp_path: Path) -> None:
-    config = make_config(tmp_path, insecure_plaintext=False, trusted_proxy=(PROXY,))
+    config = make_config(tmp_path, insecure_plaintext=False, trusted_proxy=PROXY)
     with trio.fail_after(TIMEOUT):
         async with running_broker(config) as broker, Balancer(broker.info.tcp_port) as balancer:
             raw = await balancer.open(v1("203.0.113.77"))
@@ -276,7 +278,7 @@ async def test_the_web_port_believes_x_forwarded_for_from_trusted_proxies_only(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    config = make_config(tmp_path, web_port=0, trusted_proxy=(PROXY,))
+    config = make_config(tmp_path, web_port=0, trusted_proxy=PROXY)
     wrong = {"username": "alice", "password": "wrong-password"}
     forwarded = {"X-Forwarded-For": "192.0.2.200, 198.51.100.50"}
     with trio.fail_after(TIMEOUT):

@@ -229,6 +229,7 @@ class TrustedProxies:
 
 
 @functools.cache
-def trusted_proxies(cidrs: tuple[str, ...]) -> TrustedProxies:
-    """The parsed `trusted_proxy` setting, parsed once (the broker checks it when it starts)."""
-    return TrustedProxies.parse(cidrs)
+def trusted_proxies(setting: str) -> TrustedProxies:
+    """The `trusted_proxy` setting (comma-separated), parsed once; the broker checks it when it
+    starts."""
+    return TrustedProxies.parse(cidr for cidr in setting.split(",") if cidr.strip())

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from broker.config import Config
 from broker.core import Broker, LiveSession, UserRecord, mail_event
+from broker.core.prelogin import BUSY_MESSAGE
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     ErrorCode,
@@ -30,7 +31,7 @@ from broker.protocol import (
 )
 
 from .auth import client_address, user_for_token
-from .budget import BUSY_MESSAGE, pre_login_cap, reserved
+from .budget import pre_login_cap, reserved
 
 log = logging.getLogger("mailnet.web.live")
 
