@@ -70,6 +70,28 @@ def test_a_header_reads_back_the_client_at_every_split(
     assert stream[parsed.length :] == trailing  # what follows is left for TLS or the framing
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            bytes.__add__,
+            st.sampled_from([b"PROXY ", b"\r\n\r\n\x00\r\nQUIT\n"]),
+            st.binary(max_size=300),
+        ),
+    )
+)
+def test_any_bytes_are_a_header_need_more_or_refused_never_a_crash(data: bytes) -> None:
+    try:
+        header = read_proxy_header(data)
+    except ProxyHeaderError:
+        return
+    if isinstance(header, ProxyHeader):
+        assert 0 < header.length <= len(data)
+    else:
+        assert header is NEED_MORE
+
+
 def test_v1_examples_from_the_specification() -> None:
     header = read_proxy_header(b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\nX")
     assert isinstance(header, ProxyHeader)

@@ -73,6 +73,10 @@ class PreLoginFrames:
             self._promoted = True
             self.frames.max_frame_bytes = self._full_max_frame_bytes
             self.budget.release(self)
+            # From now on the wrapped connection's own methods, without this layer's cost on
+            # every frame of a logged-in connection.
+            self.receive_data = self.frames.receive_data  # type: ignore[method-assign]
+            self.next_frame = self.frames.next_frame  # type: ignore[method-assign]
         return self._promoted
 
     def receive_data(self, data: bytes) -> None:

@@ -95,8 +95,8 @@ async def _read_header(
             if header is not NEED_MORE:
                 break
             chunk = await stream.receive_some(MAX_HEADER_BYTES)
-            if not chunk:
-                log.info("proxy %s closed the connection before its PROXY header", peer)
+            if not chunk:  # a health check that only connects, or a proxy giving up
+                log.debug("proxy %s closed the connection before its PROXY header", peer)
                 return None
             data += chunk
         assert isinstance(header, ProxyHeader)
