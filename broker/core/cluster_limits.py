@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 import trio
 
 from broker.protocol import RequestRefused
-from broker.store.limits import take_tokens, with_login_ledger
+from broker.store.limits import SqlLoginLedger, take_tokens, with_login_ledger
 
 from .runner import StoreRunner
-from .throttle import LoginAttempt, LoginThrottle
+from .throttle import LoginAttempt, LoginThrottle, client_network
 
 LEASE_SECONDS = 0.2  # a lease holds about this many seconds of a user's sustained rate
 
@@ -35,8 +35,8 @@ class SharedLoginLedger:
     async def admit(self, username: str, address: str) -> LoginAttempt:
         keys = self.throttle.keys_for(username, address)
 
-        def decide(ledger: object) -> LoginAttempt:
-            return self.throttle.decide(ledger, username, address)  # type: ignore[arg-type]
+        def decide(ledger: SqlLoginLedger) -> LoginAttempt:
+            return self.throttle.decide(ledger, username, address)
 
         return await self.runner.read(
             with_login_ledger, self.runner.store.engines, keys, True, decide
@@ -45,28 +45,16 @@ class SharedLoginLedger:
     async def finish(
         self, attempt: LoginAttempt, *, ok: bool | None, username: str, address: str
     ) -> None:
-        def settle(ledger: object) -> None:
-            self.throttle.settle(
-                ledger,  # type: ignore[arg-type]
-                attempt,
-                ok=ok,
-                username=username,
-                address=address,
-            )
+        def settle(ledger: SqlLoginLedger) -> None:
+            self.throttle.settle(ledger, attempt, ok=ok, username=username, address=address)
 
         await self.runner.read(
             with_login_ledger, self.runner.store.engines, attempt.keys, False, settle
         )
 
     async def remember_address(self, username: str, address: str) -> None:
-        def remember(ledger: object) -> None:
-            self.throttle.settle(
-                ledger,  # type: ignore[arg-type]
-                LoginAttempt("", "", 0.0),
-                ok=True,
-                username=username,
-                address=address,
-            )
+        def remember(ledger: SqlLoginLedger) -> None:
+            ledger.remember(username, client_network(address))
 
         await self.runner.read(with_login_ledger, self.runner.store.engines, (), False, remember)
 
