@@ -48,6 +48,33 @@ async def test_failed_logins_are_capped_across_both_nodes_together(
                 await owner.login("alice", "the-real-one")
 
 
+async def test_login_spacing_holds_across_both_nodes(pg_url: str, tmp_path: Path) -> None:
+    # Spaced from the first failure on: parallel guesses on one account queue behind each
+    # other's slots, 0, 0.25, 0.75, 1.75, 3.75, 7.75 s ... and waits over 5 s are refused.
+    # Per node, four guesses each would all be served (the fourth at 1.75 s); together, the
+    # queue reaches past 5 s, whatever the order the two nodes take them in.
+    limits = {"login_slow_after": 1, "db": pg_url}
+    with trio.fail_after(TIMEOUT):
+        async with (
+            running_broker(make_config(tmp_path / "a", **limits)) as a,
+            running_broker(make_config(tmp_path / "b", **limits)) as b,
+        ):
+            async with a.user("alice", "the-real-one"):
+                pass
+            codes: list[str] = []
+
+            async def guess(i: int) -> None:
+                async with raw_connection((a, b)[i % 2], local_address="127.0.0.2") as raw:
+                    reply = await raw.request("login", username="alice", password=f"guess{i}")
+                    codes.append(reply["error"]["code"])
+
+            async with trio.open_nursery() as nursery:
+                for i in range(8):
+                    nursery.start_soon(guess, i)
+            assert "rate_limited" in codes
+            assert set(codes) == {"auth_failed", "rate_limited"}
+
+
 async def test_a_users_send_rate_is_shared_by_both_nodes(pg_url: str, tmp_path: Path) -> None:
     # A burst of 4 and practically no refill: four sends in all, whichever node takes them.
     limits = {"send_rate": 0.01, "send_burst": 4, "db": pg_url}
