@@ -34,6 +34,10 @@ class Config:
     allow_plaintext_on_network: bool = False
     # Limits (docs/security.md explains each one).
     max_frame_bytes: int = 1024 * 1024
+    # Before login: the largest frame (a login is a few hundred bytes; also the largest web
+    # login body and WebSocket message), and the bytes all such connections may hold together.
+    max_pre_login_frame_bytes: int = 16 * 1024
+    pre_login_buffer_bytes: int = 8 * 1024 * 1024
     login_timeout: float = 10.0
     max_connections: int = 1000
     max_connections_per_ip: int = 50
@@ -63,6 +67,9 @@ class Config:
     # (broker/discovery.py) under lan_name (empty: this computer's name).
     lan: bool = False
     lan_name: str = ""
+    # Balancers whose PROXY protocol headers (TCP port) and X-Forwarded-For headers (web port)
+    # are believed: addresses or CIDR networks, comma-separated (--trusted-proxy, repeatable).
+    trusted_proxy: str = ""
 
     @property
     def db_url(self) -> str:

@@ -16,6 +16,7 @@ from broker.core import Broker
 from broker.core.commits import choose_committer
 from broker.core.throttle import ConnectionLimits
 from broker.discovery import Advertisement
+from broker.protocol.proxy import trusted_proxies
 from broker.store import MailStore
 from broker.store.entry import open_store as open_migrated_store
 from broker.tls import certificate_paths  # shared with the web server (broker/web/app.py)
@@ -69,6 +70,10 @@ async def serve(
 
         check_lan_config(config)
     ssl_context, fingerprint = _tls_context(config)
+    try:
+        trusted_proxies(config.trusted_proxy)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     store = await trio.to_thread.run_sync(open_store, config)
     try:
         broker = Broker(store, config, committer=choose_committer(store, config))

@@ -97,6 +97,8 @@ def client_urls(urls: list[str]) -> list[str]:
 # The limits of docs/security.md, one flag each (defaults from broker.config.Config).
 LIMIT_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("max_frame_bytes", click.IntRange(min=1024), "largest frame accepted, in bytes"),
+    ("max_pre_login_frame_bytes", click.IntRange(min=1024), "largest frame before login"),
+    ("pre_login_buffer_bytes", click.IntRange(min=1024), "bytes held for all not logged in"),
     ("login_timeout", click.FloatRange(min=0.1), "seconds to finish TLS and log in"),
     ("max_connections", click.IntRange(min=1), "open connections in total"),
     ("max_connections_per_ip", click.IntRange(min=1), "open connections per address"),
@@ -159,6 +161,14 @@ def limit_options(command: Any) -> Any:
     help="Serve the local network: every interface, TLS, advertised by mDNS, QR code.",
 )
 @click.option("--lan-name", metavar="NAME", help="Name advertised with --lan [default: hostname].")
+@click.option(
+    "--trusted-proxy",
+    multiple=True,
+    metavar="CIDR",
+    callback=lambda _ctx, _param, values: ",".join(values) or None,
+    help="A balancer whose PROXY protocol (TCP) and X-Forwarded-For (web) headers are believed;"
+    " repeatable [env MAILNET_TRUSTED_PROXY, comma-separated].",
+)
 @limit_options
 @click.option(
     "--log-level",

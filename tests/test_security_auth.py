@@ -378,7 +378,11 @@ async def test_the_throttle_forgets_names_and_addresses_after_an_hour(
     await trio.sleep(3601)
     for _ in range(1024):
         _fail(throttle, "alice", "203.0.113.9")
-    assert set(throttle.failures._failures) == {"user:alice", "ip:203.0.113.9"}
+    assert set(throttle.failures._failures) == {
+        "user:alice",
+        "ip:203.0.113.9",
+        "pair:203.0.113.9|alice",
+    }
 
 
 async def test_a_success_of_your_own_does_not_reset_your_spacing(autojump_clock: object) -> None:

@@ -21,8 +21,9 @@ from broker.protocol import ErrorCode, RequestRefused, check_password
 from broker.protocol.requests import MAX_PASSWORD_BYTES
 from broker.store import InviteInvalid, MailStore, UsernameTaken, UserRecord
 
+from .cluster_limits import SharedLoginLedger
 from .runner import StoreRunner
-from .throttle import LoginRefused, LoginThrottle
+from .throttle import LoginAttempt, LoginRefused, LoginThrottle
 
 log = logging.getLogger("mailnet.accounts")
 
@@ -70,6 +71,10 @@ class Accounts:
             max_delay=config.login_max_delay,
             max_wait=min(MAX_INLINE_WAIT, config.login_max_delay),
         )
+        # Nodes sharing PostgreSQL count failed logins together (cluster_limits.py).
+        self.shared_ledger = (
+            SharedLoginLedger(runner, self.throttle) if runner.store.shares_commits else None
+        )
 
     async def prepare(self) -> None:
         """Hash the dummy password now, so the first unknown-user login takes no longer."""
@@ -105,7 +110,7 @@ class Accounts:
                 ErrorCode.BAD_REQUEST, f"password must be at most {MAX_PASSWORD_BYTES} bytes"
             )
         try:
-            attempt = self.throttle.admit(username, peer)
+            attempt = await self._admit(username, peer)
         except LoginRefused as exc:
             log.warning("login for %r from %s refused unchecked: %s", username, peer, exc.reason)
             raise RequestRefused(
@@ -118,15 +123,42 @@ class Accounts:
             user = await self.runner.read(self.runner.store.user_by_name, username)
             outcome = await self._verify(password, None if user is None else user.password_hash)
         finally:
-            self.throttle.finish(attempt, ok=outcome, username=username, address=peer)
+            with trio.CancelScope(shield=True):
+                await self._finish(attempt, ok=outcome, username=username, address=peer)
         if not outcome:
             log.warning("login failed for %r from %s", username, peer)
+            # From an address the owner used before: answered as from anywhere else.
+            if attempt.failure_refusal is not None:
+                wait = round(attempt.failure_refusal.retry_after, 1)
+                reason = attempt.failure_refusal.reason
+                raise RequestRefused(ErrorCode.RATE_LIMITED, reason, retry_after=wait)
+            if attempt.failure_delay > 0:
+                await trio.sleep(attempt.failure_delay)
             raise RequestRefused(ErrorCode.AUTH_FAILED, AUTH_FAILED_MESSAGE)
         assert user is not None
         if user.disabled:
             log.info("login of disabled account %r from %s refused", username, peer)
             raise RequestRefused(ErrorCode.ACCOUNT_DISABLED, "this account is disabled")
         return user
+
+    async def _admit(self, username: str, peer: str) -> LoginAttempt:
+        if self.shared_ledger is None:
+            return self.throttle.admit(username, peer)
+        return await self.shared_ledger.admit(username, peer)
+
+    async def _finish(
+        self, attempt: LoginAttempt, *, ok: bool | None, username: str, address: str
+    ) -> None:
+        if self.shared_ledger is None:
+            self.throttle.finish(attempt, ok=ok, username=username, address=address)
+        else:
+            await self.shared_ledger.finish(attempt, ok=ok, username=username, address=address)
+
+    async def remember_address(self, username: str, peer: str) -> None:
+        if self.shared_ledger is None:
+            self.throttle.remember_address(username, peer)
+        else:
+            await self.shared_ledger.remember_address(username, peer)
 
     async def login(
         self,
@@ -179,7 +211,7 @@ class Accounts:
                 ErrorCode.REGISTRATION_CLOSED, "the invite code is unknown, used or expired"
             ) from None
         log.info("account %r created from %s (%s)", username, peer, user.role)
-        self.throttle.remember_address(username, peer)
+        await self.remember_address(username, peer)
         return user
 
     async def start_session(self, user: UserRecord, client: str) -> str:

@@ -33,7 +33,9 @@ from broker.store import (
 from .accounts import Accounts, LoginResult, hash_token
 from .admin import AccountAdmin
 from .cluster import SharedPresence
+from .cluster_limits import SharedSendRate
 from .commits import CommitQueue, choose_committer
+from .prelogin import PreLoginBudget
 from .presence import LiveSession, OnlineUser, Presence
 from .runner import StoreRunner
 from .throttle import SendRateLimiter
@@ -70,8 +72,20 @@ class Broker:
         self.commits = CommitQueue(
             self.runner, self.committer, self._deliver, quota=config.mailbox_quota
         )
-        self.send_limits = SendRateLimiter(config.send_rate, config.send_burst)
+        self.send_limits: SendRateLimiter | SharedSendRate = SendRateLimiter(
+            config.send_rate, config.send_burst
+        )
+        # Nodes sharing PostgreSQL share each user's send rate too (cluster_limits.py).
+        self.shared_send_rate = (
+            SharedSendRate(self.runner, config.send_rate, config.send_burst)
+            if store.shares_commits
+            else None
+        )
+        if self.shared_send_rate is not None:
+            self.send_limits = self.shared_send_rate
         self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
+        # What connections that have not logged in may buffer, all transports together.
+        self.prelogin = PreLoginBudget(config.pre_login_buffer_bytes)
         self._pending_acks: dict[int, int] = {}
         # Highest seq any client of each user acknowledged here, written or not: a session that
         # starts before the store has it must not be handed those entries again.
@@ -97,6 +111,7 @@ class Broker:
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery  # for sends waiting on a shared rate lease
             nursery.start_soon(self.commits.run)
             nursery.start_soon(self._flush_acks_forever)
             nursery.start_soon(
@@ -308,6 +323,24 @@ class Broker:
         disk, quota, unknown recipient...). A refusal of one does not touch the others.
         `on_done` runs in the committer task: it must not block.
         """
+        shared = self.shared_send_rate
+        if shared is not None and not shared.holds(user.id, len(sends)):
+            self._nursery.start_soon(
+                shared.lease_then,
+                user.id,
+                len(sends),
+                partial(self._start_sends_now, user, sends, on_done),
+                lambda refusal: on_done([refusal] * len(sends)),
+            )
+            return
+        self._start_sends_now(user, sends, on_done)
+
+    def _start_sends_now(
+        self,
+        user: UserRecord,
+        sends: Sequence[requests.Send],
+        on_done: Callable[[list[SendOutcome | RequestRefused]], None],
+    ) -> None:
         results: list[SendOutcome | RequestRefused | None] = []
         intents: list[SendIntent] = []
         stored_at: list[int] = []  # where each intent's outcome goes in results

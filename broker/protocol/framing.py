@@ -9,7 +9,9 @@ frames after it can still be read.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import re
 import struct
 from typing import Any, Final, NoReturn
@@ -23,6 +25,13 @@ DEFAULT_MAX_FRAME_BYTES: Final = 1024 * 1024
 # The largest frame a broker sends, and so what every client must accept: a page of long
 # messages is larger than any request needs to be. Pages are cut to fit (messages.fit_page).
 MAX_SENT_FRAME_BYTES: Final = 16 * 1024 * 1024
+
+# The deepest nesting a frame may have (the top-level object is level 1) and the most digits a
+# number may have (Python's own limit for int(), applied to floats too). The depth limit stays
+# well below Python's recursion limit, so the standard decoder and every walk over a decoded
+# frame are safe at any depth a frame may have (orjson alone would take 1,024 levels).
+MAX_NESTING: Final = 512
+MAX_NUMBER_DIGITS: Final = 4300
 
 # A \uD800-\uDFFF escape may be half of a surrogate pair or a lone surrogate; only the latter
 # is invalid, and it must not get in: it cannot be encoded again, to the database or to a peer.
@@ -41,8 +50,44 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+class _NumberRefused(ValueError):
+    """A number the frame may not hold: too many digits, or too large for a double."""
+
+
+def _parse_float(text: str) -> float:
+    digits = sum(1 for char in text if char.isdigit())
+    if digits > MAX_NUMBER_DIGITS:
+        raise _NumberRefused(f"a number has more than {MAX_NUMBER_DIGITS:,} digits")
+    value = float(text)
+    if math.isinf(value):
+        raise _NumberRefused("a number is too large for a double")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _NumberRefused(f"a number has more than {MAX_NUMBER_DIGITS:,} digits")
+    return int(text)
+
+
+# String literals (with their escapes) and everything but brackets, removed before the depth of
+# a frame is measured: a bracket inside a string is not nesting.
+_STRING_LITERAL = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_DEPTH_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def nesting_depth(payload: bytes) -> int:
+    """How deeply a JSON text nests arrays and objects (0 for a scalar)."""
+    brackets = _STRING_LITERAL.sub(b"", payload).translate(_DEPTH_STEPS, _NOT_BRACKETS)
+    steps = (1 if step == 1 else -1 for step in brackets)
+    return int(max(itertools.accumulate(steps, initial=0)))
+
+
 # One decoder and one encoder for every frame: json.loads/dumps with options build one per call.
-_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+_DECODER: Final = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_float=_parse_float, parse_int=_parse_int
+)
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -113,9 +158,16 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
     orjson first (several times faster). What it accepts, the standard decoder accepts with
     the same result, but for integers past 64 bits, which orjson turns into floats: a frame
     with any float in it (no request has one) is read again the standard way. So is anything
-    orjson refuses (NaN, invalid UTF-8, a lone surrogate, deep nesting...): the standard path
-    decides and words the error exactly as it always did.
+    orjson refuses (NaN, invalid UTF-8, a lone surrogate...): the standard path decides and
+    words the error exactly as it always did. Nesting deeper than MAX_NESTING and numbers of
+    more than MAX_NUMBER_DIGITS digits (or past a double's range) are refused either way.
     """
+    # Counting brackets is a C loop; only a frame with many of them has its depth measured.
+    opening = payload.count(b"[") + payload.count(b"{")
+    if opening > MAX_NESTING and nesting_depth(payload) > MAX_NESTING:
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"frame is not valid JSON (nested over {MAX_NESTING} levels deep)"
+        )
     try:
         fast = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -127,6 +179,8 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
         obj = _DECODER.decode(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame is not valid UTF-8") from None
+    except _NumberRefused as exc:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"frame is not valid JSON ({exc})") from None
     except (ValueError, RecursionError):  # JSONDecodeError, NaN, a 5,000-digit number, nesting
         raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame is not valid JSON") from None
     if not isinstance(obj, dict):

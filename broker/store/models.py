@@ -8,6 +8,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -177,3 +178,47 @@ class NodePresence(Base):
     sessions: Mapped[int] = mapped_column(Integer)
     # Set by the writing node (database clock) to now + three of its refresh intervals.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class LoginKey(Base):
+    """A key the login throttle counts by (an account, an address, or both), shared by every
+    node on one PostgreSQL database: the row is locked while an attempt is decided, and holds
+    when the next attempt on the key may start (database clock, epoch seconds)."""
+
+    __tablename__ = "login_keys"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    next_slot: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class LoginAttemptRow(Base):
+    """A login attempt on one key: in flight (failed false), or a recorded failure. Rows older
+    than the throttle's window (an hour) count for nothing and are deleted."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float] = mapped_column(Double)
+    failed: Mapped[bool] = mapped_column(Boolean)
+
+
+class LoginKnownAddress(Base):
+    """A network an account's owner logged in from (the throttle's known addresses)."""
+
+    __tablename__ = "login_known_addresses"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen: Mapped[float] = mapped_column(Double)
+
+
+class RateBucket(Base):
+    """A token bucket shared by every node (the send rate per user): tokens left at `stamp`."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    stamp: Mapped[float] = mapped_column(Double)

@@ -18,6 +18,7 @@ import trio
 
 from broker.config import Config
 from broker.core import Broker, Message, SendOutcome, Session
+from broker.core.prelogin import PreLoginFrames
 from broker.core.session import INTERNAL_MESSAGE
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
@@ -37,6 +38,7 @@ from broker.protocol import (
     wire,
 )
 from broker.protocol.events import Event
+from broker.transport.proxied import accept_proxied
 
 log = logging.getLogger("mailnet.tcp")
 
@@ -60,7 +62,7 @@ class ClientConnection:
     config: Config
     stream: trio.abc.Stream
     peer: str
-    frames: FrameConnection = field(init=False)
+    frames: PreLoginFrames = field(init=False)
     session: Session = field(init=False)
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _outgoing: list[bytes] = field(default_factory=list)
@@ -70,8 +72,14 @@ class ClientConnection:
     accepted_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.frames = FrameConnection(
+        frames = FrameConnection(
             max_frame_bytes=self.config.max_frame_bytes, max_send_bytes=MAX_SENT_FRAME_BYTES
+        )
+        self.frames = PreLoginFrames(  # small frames and a shared budget until login
+            frames,
+            self.broker.prelogin,
+            lambda: self.session.user is not None,
+            max_pre_login_frame_bytes=self.config.max_pre_login_frame_bytes,
         )
         self._window = trio.Semaphore(self.config.max_in_flight_per_connection)
 
@@ -117,6 +125,7 @@ class ClientConnection:
             try:
                 await self._read_frames()
             finally:
+                self.frames.close()  # gives back its share of the pre-login budget
                 nursery.cancel_scope.cancel()
 
     # -- the session's Outlet -------------------------------------------------------------------
@@ -304,6 +313,11 @@ async def handle_connection(
     """serve_tcp's handler: never raises, so one bad client cannot stop the listener."""
     accepted_at = trio.current_time()
     peer = peer_address(stream)
+    deadline = accepted_at + config.login_timeout
+    relayed = await accept_proxied(stream, peer, config, deadline=deadline)
+    if relayed is None:  # a trusted balancer sent no valid PROXY header (closed already)
+        return
+    stream, peer = relayed
     refusal = limits.admit(peer)
     try:
         if ssl_context is not None:

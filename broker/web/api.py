@@ -20,6 +20,7 @@ from broker.protocol import ProtocolError, RequestRefused, parse_request, reques
 from broker.protocol.responses import Result
 
 from .auth import authenticate, client_address
+from .budget import read_login_body
 from .errors import NO_STORE, error_response, internal_error_response
 from .inputs import InputError, query_bool, query_int, query_str, read_json_object
 from .live import LiveSockets
@@ -100,7 +101,7 @@ class HttpApi:
     # -- sessions ---------------------------------------------------------------------------
 
     async def login(self, request: Request) -> dict[str, Any]:
-        body = await self._body(request)
+        body = await read_login_body(request, self.broker.prelogin, self.config)  # budget.py
         login = parse_request(
             {
                 "op": "login",

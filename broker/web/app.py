@@ -25,8 +25,10 @@ from starlette.websockets import WebSocket
 from broker import tls
 from broker.config import Config
 from broker.core import Broker
+from broker.protocol.proxy import trusted_proxies
 
 from .api import HttpApi
+from .budget import pre_login_cap
 from .errors import NO_STORE, error_response, internal_error_response
 from .invite import invite_routes
 from .live import LiveSockets, serve_live_socket
@@ -130,6 +132,7 @@ def create_app(broker: Broker, config: Config) -> ASGIApp:
         exception_handlers={HTTPException: http_error, Exception: unexpected_error},
     )
     app.state.sockets = sockets
+    app.state.trusted_proxies = trusted_proxies(config.trusted_proxy)  # see forwarded.py
     return SecurityHeaders(app)
 
 
@@ -148,7 +151,8 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hconfig.bind = [f"{host}:{config.web_port}"]
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("mailnet.web.hypercorn")
-    hconfig.websocket_max_message_size = config.max_frame_bytes
+    # The socket takes only auth, ack and ping: pre-login sized (see budget.py).
+    hconfig.websocket_max_message_size = pre_login_cap(config)
     hconfig.h11_max_incomplete_size = 16 * 1024
     hconfig.graceful_timeout = 2.0
     hconfig.alpn_protocols = ["http/1.1"]

@@ -17,6 +17,8 @@ from broker.core import Broker, UserRecord
 from broker.core.accounts import AUTH_FAILED_MESSAGE
 from broker.protocol import ErrorCode, ProtocolError, RequestRefused, parse_request, requests
 
+from .forwarded import forwarded_client
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -25,7 +27,8 @@ class Caller:
 
 
 def client_address(connection: HTTPConnection) -> str:
-    return connection.client.host if connection.client else "?"
+    peer = connection.client.host if connection.client else "?"
+    return forwarded_client(connection, peer)  # X-Forwarded-For from a trusted proxy only
 
 
 def _refused() -> RequestRefused:

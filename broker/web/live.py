@@ -21,12 +21,14 @@ from starlette.websockets import WebSocket
 
 from broker.config import Config
 from broker.core import Broker, Message, Session
+from broker.core.prelogin import BUSY_MESSAGE
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import ErrorCode, ProtocolError, RequestRefused, parse_request, requests
 from broker.protocol.events import Event
 from broker.protocol.responses import LoginResult
 
 from .auth import client_address
+from .budget import pre_login_cap, reserved
 
 log = logging.getLogger("mailnet.web.live")
 
@@ -203,7 +205,12 @@ class LiveSocket:
             self.sockets.limits.release(self.peer)
 
     async def _authenticate_then_read(self, session: Session) -> None:
-        frame = await self.receive(session.read_deadline())
+        with reserved(self.broker.prelogin, pre_login_cap(self.config)) as admitted:  # budget.py
+            if not admitted:
+                busy = _error(ErrorCode.TOO_MANY_CONNECTIONS, BUSY_MESSAGE)
+                await self.close(CLOSE_TRY_AGAIN_LATER, "", busy)
+                return
+            frame = await self.receive(session.read_deadline())
         if frame is Silence.GONE:
             return
         if frame is Silence.TIMED_OUT:
