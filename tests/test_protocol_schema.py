@@ -21,6 +21,7 @@ from broker.protocol import requests as rq
 from broker.protocol.framing import frame_payload
 from broker.protocol.schema import protocol_schema, request_types, schema_text
 from broker.protocol.wire import request_payload
+from broker.web.openapi import openapi_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "protocol.schema.json"
 SCHEMA = protocol_schema()
@@ -280,3 +281,10 @@ async def test_real_frames_exchanged_with_a_live_broker_validate(tmp_path: Path)
     assert {"unknown_recipient", "bad_request", "unknown_op", "bad_frame", "not_found"} <= codes
     assert {"forbidden", "already_authenticated", "rate_limited", "session_ended"} <= codes
     assert any("retry_after" in frame["error"] for _, frame in received if frame.get("ok") is False)
+
+
+def test_the_http_api_describes_the_answers_it_shares_with_the_wire_protocol_alike() -> None:
+    components = openapi_schema()["components"]["schemas"]
+    for name in ("SendResult", "InboxResult", "WhoResult", "HistoryResult", "Entry", "Failure"):
+        ours = json.dumps(components[name]).replace("#/components/schemas/", "#/$defs/")
+        assert json.loads(ours) == SCHEMA["$defs"][name], name

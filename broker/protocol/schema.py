@@ -19,7 +19,6 @@ from typing import Any, Final
 
 import msgspec
 
-from .errors import ErrorCode
 from .events import EVENT_TYPES
 from .requests import KINDS, MAX_REQUEST_ID, Request
 from .responses import RESULT_TYPES, Failure, Result
@@ -143,7 +142,6 @@ def protocol_schema() -> dict[str, Any]:
         },
         "required": ["re", "ok", "error"],
     }
-    defs["Failure"]["properties"]["code"]["examples"] = [code.value for code in ErrorCode]
     defs["Request"] = {
         "title": "Request",
         "oneOf": [{"$ref": REF.format(name=t.__name__)} for t in request_types()],
