@@ -189,3 +189,41 @@ def test_decoding_reads_answers_into_their_types_and_refuses_other_shapes() -> N
     )
     with pytest.raises(RemoteProtocolError):
         decode_event({"event": "weather", "sunny": True})
+
+
+@pytest.mark.parametrize(
+    ("kind", "direction"),
+    [("text", "in"), ("rickroll", "in"), ("rickroll", "out"), ("email", "out")],
+)
+def test_the_core_s_typed_views_encode_as_its_dict_views(kind: str, direction: str) -> None:
+    from datetime import UTC, datetime
+
+    from broker.core.presence import OnlineUser
+    from broker.core.views import (
+        mail_event,
+        online_user_view,
+        typed_entry,
+        typed_online_user,
+    )
+    from broker.store import EntryRecord
+
+    record = EntryRecord(
+        seq=None if direction == "out" else 5,
+        message_id=9,
+        kind=kind,
+        sender="alice",
+        recipients=("bob", "carol"),
+        subject=None if kind == "text" else "S",
+        body="héllo \u2028 \x1b[2J",
+        sent_at=datetime(2026, 11, 30, 8, 21, 34, 195178, tzinfo=UTC),
+        read=True,
+        direction=direction,
+    )
+    typed = frame_payload(event_payload(MailEvent(entry=typed_entry(record))))
+    assert typed == encode_frame(mail_event(record))
+    user = OnlineUser("bob", record.sent_at, 3.14159, 2)
+    assert json.loads(result_payload(1, WhoResult(users=[typed_online_user(user)]))) == {
+        "re": 1,
+        "ok": True,
+        "users": [online_user_view(user)],
+    }

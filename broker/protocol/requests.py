@@ -285,7 +285,8 @@ def check_password(password: str) -> str:
     return password
 
 
-def _parse_since(value: str) -> datetime:
+def parse_since(value: str) -> datetime:
+    """An ISO 8601 date or date-time as an aware datetime in UTC (no zone: UTC)."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -347,7 +348,7 @@ def _parse_history(f: _Fields) -> History:
         with_user=None if with_user is None else normalize_username(with_user, "with"),
         kind=kind,
         search=f.str("search", required=False, max_chars=MAX_SEARCH_CHARS),
-        since=None if since is None else _parse_since(since),
+        since=None if since is None else parse_since(since),
         limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 50,
         before_id=f.int("before_id", required=False, minimum=1),
     )
