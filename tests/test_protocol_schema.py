@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+import msgspec
 import pytest
 import trio
 from conftest import RunningBroker, make_config, running_broker
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_protocol import documented_exchanges
 
 from broker.protocol import NEED_DATA, FrameConnection, ProtocolError, parse_request
@@ -288,3 +291,74 @@ def test_the_http_api_describes_the_answers_it_shares_with_the_wire_protocol_ali
     for name in ("SendResult", "InboxResult", "WhoResult", "HistoryResult", "Entry", "Failure"):
         ours = json.dumps(components[name]).replace("#/components/schemas/", "#/$defs/")
         assert json.loads(ours) == SCHEMA["$defs"][name], name
+
+
+# -- the schema and the parser agree ----------------------------------------------------------
+
+_NAMES = ["bob", "Bob", "b" * 32, "b" * 33, "", "b b", "-bob", 5, ["bob"]]
+_FLAGS = [True, False, 1, "true"]
+_TEXTS = ["x", "", " ", "\n", "a\x00b", 5]
+FIELD_VALUES: dict[str, list[Any]] = {
+    "username": _NAMES,
+    "with": _NAMES,
+    "password": ["", "pw", "x" * 200, "x" * 201, "a\x00", 5],
+    "old_password": ["", "pw", "x" * 200, "x" * 201, "a\x00", 5],
+    "new_password": ["12345", "123456", "x" * 72, "x" * 73, " " * 8, "abc\x00def", 5],
+    "create": _FLAGS,
+    "live": _FLAGS,
+    "unread_only": _FLAGS,
+    "prank_opt_out": _FLAGS,
+    "disabled": _FLAGS,
+    "resume_after": [-1, 0, 1, 2**62, 2**62 + 1, True, "1", 1.5],
+    "seq": [-1, 0, 1, 2**62, 2**62 + 1, True, "1", 1.5],
+    "limit": [0, 1, 50, 1000, 1001, True, "5"],
+    "before_seq": [0, 1, 2**62, 2**62 + 1, True],
+    "before_id": [0, 1, 2**62, 2**62 + 1, True],
+    "client": [*_TEXTS, "web", "x" * 100, "x" * 101],
+    "invite": [*_TEXTS, "x" * 64, "x" * 65],
+    "token": [*_TEXTS, "x" * 128, "x" * 129],
+    "kind": ["email", "text", "announcement", "rickroll", "fax", "", 5],
+    "to": [
+        ["bob"],
+        ["bob", "carol"],
+        [],
+        "bob",
+        "",
+        [f"u{i}" for i in range(100)],
+        [f"u{i}" for i in range(101)],
+        [5],
+        ["b" * 33],
+    ],
+    "subject": ["S", "", " ", "x" * 200, "x" * 201, "a\nb", "a\tb", "a\x1bb", "a\u2028b", "a\x85"],
+    "body": [*_TEXTS, "x" * 64_000, "x" * 64_001],
+    "client_msg_id": [*_TEXTS, "x" * 64, "x" * 65],
+    "search": [*_TEXTS, "50%", "x" * 200, "x" * 201],
+    "seqs": [[1], [1, 1], [], [0], [2**62], [2**62 + 1], list(range(1, 1002)), ["1"], [True], 5],
+}
+_ABSENT = object()
+
+
+@st.composite
+def request_frames(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(request_types()))
+    frame: dict[str, Any] = {"op": kind.__struct_config__.tag}
+    for field in msgspec.structs.fields(kind):
+        if field.encode_name not in FIELD_VALUES:  # `since`: an ISO date, beyond a schema
+            continue
+        value = draw(st.sampled_from([_ABSENT, None, *FIELD_VALUES[field.encode_name]]))
+        if value is not _ABSENT:
+            frame[field.encode_name] = value
+    return frame
+
+
+@settings(max_examples=600, deadline=None)
+@given(frame=request_frames())
+def test_the_schema_accepts_exactly_the_requests_the_parser_accepts(frame: dict[str, Any]) -> None:
+    """Over canonical names (lower-case-able ASCII, no repeats: the parser also strips and
+    de-duplicates them) and values at and past every limit, of the wrong type, null or absent."""
+    try:
+        parse_request(frame)
+    except ProtocolError as exc:
+        assert not REQUEST.is_valid(frame), f"the schema accepts what the parser refuses: {exc}"
+    else:
+        assert not _errors(REQUEST, frame), "the schema refuses what the parser accepts"

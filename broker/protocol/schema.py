@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgspec
 
 from .events import EVENT_TYPES
-from .requests import KINDS, MAX_REQUEST_ID, Request
+from .requests import KINDS, MAX_REQUEST_ID, NOT_BLANK, Request
 from .responses import RESULT_TYPES, Failure, Result
 
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -84,7 +84,7 @@ def _refine_send(schema: dict[str, Any]) -> None:
                 "anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]
             }
         if "body" in rule["required"]:
-            then["properties"]["body"] = {"minLength": 1}
+            then["properties"]["body"] = {"type": "string", "minLength": 1, "pattern": NOT_BLANK}
         if "subject" in rule["required"]:
             then["properties"]["subject"] = {"type": "string"}
         else:
@@ -93,6 +93,20 @@ def _refine_send(schema: dict[str, Any]) -> None:
             then["properties"]["body"] = {"maxLength": 0}  # absent or ""
         rules.append({"if": {"properties": {"kind": {"const": kind}}}, "then": then})
     schema["allOf"] = rules
+
+
+def _null_is_absent(schema: dict[str, Any]) -> None:
+    """A field given as null counts as absent (docs/protocol.md §3): every optional field
+    of a request may be null."""
+    required = set(schema.get("required", ()))
+    for name, prop in schema["properties"].items():
+        if name in required or name == "id":
+            continue
+        if {"type": "null"} in prop.get("anyOf", ()):
+            continue
+        outer = {k: prop[k] for k in ("default", "description") if k in prop}
+        inner = {k: v for k, v in prop.items() if k not in outer}
+        schema["properties"][name] = {"anyOf": [inner, {"type": "null"}], **outer}
 
 
 def _refine_history(schema: dict[str, Any]) -> None:
@@ -128,6 +142,8 @@ def protocol_schema() -> dict[str, Any]:
         _with_request_id(defs[kind.__name__])
     _refine_send(defs["Send"])
     _refine_history(defs["History"])
+    for kind in request_types():
+        _null_is_absent(defs[kind.__name__])
     for result in results:
         name = result.__name__
         defs[response_name(result)] = _response_schema(defs[name])
