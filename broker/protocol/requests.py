@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 from msgspec import Meta
@@ -33,11 +33,11 @@ MAX_PAGE: Final = 1000
 MAX_SEARCH_CHARS: Final = 200
 MAX_INVITE_CHARS: Final = 64
 
-KINDS: Final = ("email", "text", "announcement", "rickroll")
+Kind = Literal["email", "text", "announcement", "rickroll"]
+KINDS: Final[tuple[str, ...]] = get_args(Kind)
 MAX_INT: Final = 2**62  # the largest integer any field takes: the database holds 64 bits
 MAX_REQUEST_ID: Final = 2**53 - 1  # exact in every JSON implementation
 
-Kind = Literal["email", "text", "announcement", "rickroll"]
 # The canonical form; the broker also strips surrounding spaces and lower-cases.
 Username = Annotated[
     str,
@@ -65,7 +65,7 @@ ONE_LINE: Final = Meta(
 
 class _Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="op"):
     """Every request is tagged by its operation, `op`. The request id (`id`) is not part of
-    the request: request_id() reads it, broker.protocol.wire.encode_request writes it. A client
+    the request: request_id() reads it, broker.protocol.wire.request_payload writes it. A client
     leaves out the fields at their defaults."""
 
 
