@@ -109,6 +109,19 @@ def test_every_documented_example_frame_validates() -> None:
             check_answer(request["op"], response)
 
 
+def test_every_documented_event_and_unanswering_error_validates() -> None:
+    """The events and the `re: null` errors docs/protocol.md shows, with nothing the types
+    do not name."""
+    shown = []
+    for line in SCHEMA_FILE.with_name("protocol.md").read_text(encoding="utf-8").splitlines():
+        text = line.removeprefix("← ")
+        if text.startswith(('{"event"', '{"re": null')):
+            shown.append(json.loads(text))
+    assert {frame.get("event") for frame in shown} == {"mail", "presence", None}
+    for frame in shown:
+        check_answer(None, frame)
+
+
 @pytest.mark.parametrize(
     "frame",
     [
