@@ -377,3 +377,67 @@ def test_the_schema_accepts_exactly_the_requests_the_parser_accepts(frame: dict[
         assert not REQUEST.is_valid(frame), f"the schema accepts what the parser refuses: {exc}"
     else:
         assert not _errors(REQUEST, frame), "the schema refuses what the parser accepts"
+
+
+# -- the HTTP API's WebSocket, described in the OpenAPI document's x-websocket --------------------
+
+
+async def test_real_websocket_messages_validate_against_the_openapi_document(
+    tmp_path: Path,
+) -> None:
+    from test_web_api import http, login, open_websocket
+
+    document = openapi_schema()
+    closed = copy.deepcopy(document["components"]["schemas"])
+    for definition in closed.values():
+        if "properties" in definition:
+            definition["additionalProperties"] = False
+
+    def validator(side: str, schemas: dict[str, Any]) -> Any:
+        text = json.dumps({**document["x-websocket"]["/api/ws"][side], "$defs": schemas})
+        return jsonschema_rs.Draft202012Validator(
+            json.loads(text.replace("#/components/schemas/", "#/$defs/"))
+        )
+
+    client_side = validator("client", document["components"]["schemas"])
+    server_side = validator("server", closed)
+    sent: list[dict[str, Any]] = []
+    received: list[dict[str, Any]] = []
+
+    async def say(ws: Any, message: dict[str, Any]) -> None:
+        sent.append(message)
+        await ws.send_message(json.dumps(message))
+
+    async def hear(ws: Any, until: str) -> None:
+        while True:
+            message = json.loads(await ws.get_message())
+            received.append(message)
+            if message["event"] == until:
+                return
+
+    with trio.fail_after(30):
+        async with running_broker(make_config(tmp_path, web_port=0)) as broker, http(broker) as api:
+            alice, bob = await login(api, "alice"), await login(api, "bob")
+            async with open_websocket(broker) as ws:
+                await say(ws, {"op": "auth", "token": bob, "after_seq": 0})
+                await hear(ws, "ready")
+                response = await api.post(
+                    "/api/texts",
+                    json={"to": "bob", "body": "hi"},
+                    headers={"Authorization": f"Bearer {alice}"},
+                )
+                assert response.status_code == 200
+                await hear(ws, "mail")
+                await say(ws, {"op": "ack", "seq": 1})
+                await say(ws, {"op": "ping"})
+                await hear(ws, "pong")
+                async with open_websocket(broker) as alice_ws:
+                    await say(alice_ws, {"op": "auth", "token": alice})
+                    await hear(ws, "presence")
+                await ws.send_message(json.dumps({"op": "teleport"}))
+                await hear(ws, "error")
+    for message in sent:
+        assert not [e.message for e in client_side.iter_errors(message)], message
+    for message in received:
+        assert not [e.message for e in server_side.iter_errors(message)], message
+    assert {m["event"] for m in received} == {"ready", "mail", "pong", "presence", "error"}

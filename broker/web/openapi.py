@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from broker.protocol import requests
+from broker.protocol.events import MailEvent, PresenceEvent
 from broker.protocol.responses import (
     HistoryResult,
     InboxResult,
@@ -24,12 +25,16 @@ from broker.protocol.responses import (
 
 from .schemas import (
     AnnouncementRequest,
+    Auth,
     EmailRequest,
     Error,
+    ErrorEvent,
     LoginRequest,
     Me,
+    PongEvent,
     PrefsRequest,
     ReadRequest,
+    ReadyEvent,
     RickrollRequest,
     TextRequest,
     WebLoginResult,
@@ -182,10 +187,15 @@ _COMPONENT_TYPES = (
     PrefsRequest,
     PrefsResult,
 )
+# The WebSocket's messages (OpenAPI has no words for a WebSocket: see x-websocket).
+_SOCKET_CLIENT = (Auth, requests.Ack, requests.Ping)
+_SOCKET_SERVER = (ReadyEvent, MailEvent, PresenceEvent, PongEvent, ErrorEvent)
 
 
 def openapi_schema() -> dict[str, Any]:
-    _, components = msgspec.json.schema_components(_COMPONENT_TYPES, ref_template=REF)
+    _, components = msgspec.json.schema_components(
+        (*_COMPONENT_TYPES, *_SOCKET_CLIENT, *_SOCKET_SERVER), ref_template=REF
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -199,6 +209,18 @@ def openapi_schema() -> dict[str, Any]:
         },
         "security": [{"bearer": []}, {"basic": []}],
         "paths": _paths(),
+        "x-websocket": {
+            "/api/ws": {
+                "description": "Live updates: text messages of one JSON object each "
+                "(docs/http-api.md). The client sends `client`, the broker `server`.",
+                "client": {
+                    "oneOf": [{"$ref": REF.format(name=t.__name__)} for t in _SOCKET_CLIENT]
+                },
+                "server": {
+                    "oneOf": [{"$ref": REF.format(name=t.__name__)} for t in _SOCKET_SERVER]
+                },
+            }
+        },
         "components": {
             "schemas": dict(sorted(components.items())),
             "securitySchemes": {

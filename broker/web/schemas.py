@@ -13,6 +13,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from broker.protocol.events import MailEvent, PresenceEvent
 from broker.protocol.requests import (
     MAX_BODY_CHARS,
     MAX_CLIENT_MSG_ID_CHARS,
@@ -20,7 +21,12 @@ from broker.protocol.requests import (
     MAX_PAGE,
     MAX_RECIPIENTS,
     MAX_SUBJECT_CHARS,
+    MAX_TOKEN_CHARS,
+    TEXT,
+    Ack,
+    Ping,
     PositiveInt,
+    Seq,
     Username,
 )
 from broker.protocol.responses import Failure, Role
@@ -117,15 +123,56 @@ class Error(msgspec.Struct, kw_only=True):
     error: Failure
 
 
+# -- the WebSocket at /api/ws (docs/http-api.md) ----------------------------------------------
+
+
+class Auth(msgspec.Struct, kw_only=True, tag_field="op", tag="auth"):
+    """The socket's first message."""
+
+    token: Annotated[str, TEXT, Meta(max_length=MAX_TOKEN_CHARS)]
+    after_seq: Seq | None = None  # the last seq the client has seen; 0 or absent: acknowledged
+
+
+class _SocketEvent(msgspec.Struct, kw_only=True, tag_field="event"):
+    pass
+
+
+class ReadyEvent(_SocketEvent, tag="ready"):
+    """The answer to `auth`: the backlog after `resume_after` follows, then live mail."""
+
+    username: str
+    last_seq: int
+    resume_after: int
+    heartbeat_interval: float
+
+
+class PongEvent(_SocketEvent, tag="pong"):
+    pass
+
+
+class ErrorEvent(_SocketEvent, tag="error"):
+    error: Failure
+
+
+SocketClientMessage = Auth | Ack | Ping
+SocketServerMessage = ReadyEvent | MailEvent | PresenceEvent | PongEvent | ErrorEvent
+
+
 __all__ = [
     "AnnouncementRequest",
+    "Auth",
     "EmailRequest",
     "Error",
+    "ErrorEvent",
     "LoginRequest",
     "Me",
+    "PongEvent",
     "PrefsRequest",
     "ReadRequest",
+    "ReadyEvent",
     "RickrollRequest",
+    "SocketClientMessage",
+    "SocketServerMessage",
     "TextRequest",
     "WebLoginResult",
     "WebLogoutResult",
