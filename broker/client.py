@@ -8,6 +8,13 @@
 Requests may be many in flight at once (each waits for the response with its id). Pushed mail
 arrives in seq order; a redelivered entry (seq already seen) is dropped, so an application sees
 each message once, and the library acknowledges what it has handed out.
+
+Requests are built from broker.protocol's types and encoded by broker.protocol.wire; every
+answer and event is read through its type, so a broker that answers out of shape is noticed
+(UnexpectedAnswer). The convenience methods return the answers as JSON objects (dicts), as the
+CLI prints them; `call(request, ResultType)` returns the typed result:
+
+    page = await client.call(requests.Inbox(limit=5), responses.InboxResult)
 """
 
 from __future__ import annotations
@@ -20,13 +27,25 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from broker import tls
-from broker.protocol import NEED_DATA, FrameConnection, RemoteProtocolError
+from broker.protocol import NEED_DATA, FrameConnection, RemoteProtocolError, requests
+from broker.protocol.events import MailEvent
+from broker.protocol.requests import Request
+from broker.protocol.responses import (
+    RESULT_TYPES,
+    LoginResult,
+    MarkReadResult,
+    Result,
+)
+from broker.protocol.wire import decode_event, decode_failure, decode_result, request_payload
+
+R = TypeVar("R", bound=Result)
 
 DEFAULT_PORT = 7878
 
@@ -41,6 +60,10 @@ class BrokerUnreachable(ClientError):
 
 class TrustError(ClientError):
     """The broker's certificate is not the one expected (or could not be verified)."""
+
+
+class UnexpectedAnswer(ClientError):
+    """The broker answered with a frame that does not have the shape the protocol promises."""
 
 
 class RequestFailed(ClientError):
@@ -140,17 +163,24 @@ class Client:
 
     def _route(self, frame: dict[str, Any]) -> None:
         if "event" in frame:
-            if frame["event"] == "mail":
-                entry = frame["entry"]
-                if entry["seq"] is not None and entry["seq"] <= self.last_seq:
+            try:
+                event = decode_event(frame)
+            except RemoteProtocolError:  # an event this library does not know: passed on as is
+                self._events_in.send_nowait(frame)
+                return
+            if isinstance(event, MailEvent):
+                seq = event.entry.seq
+                if seq is not None and seq <= self.last_seq:
                     self.duplicates_dropped += 1  # a redelivery after a reconnect: seen already
                     return
-                self.last_seq = entry["seq"]
-                self._mail_in.send_nowait(entry)
+                if seq is not None:
+                    self.last_seq = seq
+                self._mail_in.send_nowait(frame["entry"])
             else:
                 self._events_in.send_nowait(frame)
             return
-        waiter = self._waiters.get(frame.get("re")) if frame.get("re") is not None else None
+        re = frame.get("re")
+        waiter = self._waiters.get(re) if isinstance(re, int) else None
         if waiter is None:
             self.errors.append(frame)
             if not frame.get("ok", True):
@@ -162,9 +192,11 @@ class Client:
         waiter.done.set()
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
+        await self._send_bytes(self._frames.send(frame))
+
+    async def _send_bytes(self, data: bytes) -> None:
         if self._closed is not None:
             raise BrokerUnreachable(self._closed)
-        data = self._frames.send(frame)
         try:
             async with self._send_lock:
                 await self._stream.send_all(data)
@@ -172,11 +204,36 @@ class Client:
             raise BrokerUnreachable(f"connection lost: {exc}") from None
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send one request and wait for its response; RequestFailed on an error response."""
+        """Send any frame as a request (fields as given, unchecked) and wait for its response;
+        RequestFailed on an error response. The typed way is call()."""
         rid = next(self._ids)
+        return await self._exchange(rid, self._frames.send({"op": op, "id": rid, **fields}))
+
+    async def call(self, request: Request, result_type: type[R]) -> R:
+        """Send a typed request and return its typed result; RequestFailed on an error
+        response, UnexpectedAnswer if the answer is not a `result_type`."""
+        return self._read(await self._ask(request), result_type)
+
+    async def _ask(self, request: Request) -> dict[str, Any]:
+        """Send a typed request; its response, checked against the operation's result type."""
+        rid = next(self._ids)
+        response = await self._exchange(
+            rid, self._frames.send_payload(request_payload(request, rid))
+        )
+        self._read(response, RESULT_TYPES[str(type(request).__struct_config__.tag)])
+        return response
+
+    @staticmethod
+    def _read(response: dict[str, Any], result_type: type[R]) -> R:
+        try:
+            return decode_result(response, result_type)
+        except RemoteProtocolError as exc:
+            raise UnexpectedAnswer(exc.message) from None
+
+    async def _exchange(self, rid: int, data: bytes) -> dict[str, Any]:
         waiter = self._waiters[rid] = _Waiter()
         try:
-            await self._send_frame({"op": op, "id": rid, **fields})
+            await self._send_bytes(data)
             await waiter.done.wait()
         finally:
             del self._waiters[rid]
@@ -184,10 +241,7 @@ class Client:
         if response is None:
             raise BrokerUnreachable(self._closed or "connection lost")
         if not response.get("ok"):
-            error = dict(response.get("error") or {})
-            raise RequestFailed(
-                str(error.pop("code", "error")), str(error.pop("message", "")), error
-            )
+            raise _failed(response)
         return response
 
     async def _heartbeat(self, interval: float) -> None:
@@ -195,22 +249,23 @@ class Client:
             await trio.sleep(interval)
             try:
                 await self.flush_ack()
-                await self.request("ping")
+                await self.ping()
             except ClientError:
                 return
 
     # -- sessions -----------------------------------------------------------------------------
 
     def _after_login(self, response: dict[str, Any]) -> dict[str, Any]:
-        self.username = response["username"]
-        self.token = response["token"]
+        result = self._read(response, LoginResult)
+        self.username = result.username
+        self.token = result.token
         # The broker starts this session after resume_after, so that much needs no ack. Mail
         # routed before this runs (pushed right behind the response) is not acked yet: taking
         # last_seq as acknowledged here would leave it unacked and have it sent again next time.
-        resume_after = response["resume_after"]
+        resume_after = result.resume_after
         self.last_seq = max(self.last_seq, resume_after)
         self._acked_seq = max(self._acked_seq, resume_after)
-        self._nursery.start_soon(self._heartbeat, float(response["heartbeat_interval"]))
+        self._nursery.start_soon(self._heartbeat, result.heartbeat_interval)
         return response
 
     async def login(
@@ -225,15 +280,16 @@ class Client:
         live: bool = True,
     ) -> dict[str, Any]:
         """Log in. live=False: a one-shot session, not shown online and pushed no mail."""
-        fields: dict[str, Any] = {"username": username, "password": password, "create": create}
-        if not live:
-            fields["live"] = False
-        if resume_after is not None:
-            fields["resume_after"] = resume_after
-        if invite is not None:
-            fields["invite"] = invite
-        response = await self.request("login", client=client, **fields)
-        return self._after_login(response)
+        login = requests.Login(
+            username=username,
+            password=password,
+            create=create,
+            resume_after=resume_after,
+            client=client,
+            invite=invite,
+            live=live,
+        )
+        return self._after_login(await self._ask(login))
 
     async def resume(
         self,
@@ -243,19 +299,15 @@ class Client:
         client: str = "mailnet-python",
         live: bool = True,
     ) -> dict[str, Any]:
-        fields: dict[str, Any] = {"token": token, "client": client}
-        if not live:
-            fields["live"] = False
-        if resume_after is not None:
-            fields["resume_after"] = resume_after
-        return self._after_login(await self.request("resume", **fields))
+        resume = requests.Resume(token=token, resume_after=resume_after, client=client, live=live)
+        return self._after_login(await self._ask(resume))
 
     async def logout(self) -> None:
         await self.flush_ack()
-        await self.request("logout")
+        await self._ask(requests.Logout())
 
     async def ping(self) -> None:
-        await self.request("ping")
+        await self._ask(requests.Ping())
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -268,28 +320,25 @@ class Client:
         body: str | None = None,
         client_msg_id: str | None = None,
     ) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "kind": kind,
-            "client_msg_id": client_msg_id or uuid.uuid4().hex,
-        }
-        if to is not None:
-            fields["to"] = to
-        if subject is not None:
-            fields["subject"] = subject
-        if body is not None:
-            fields["body"] = body
-        return await self.request("send", **fields)
+        send = requests.Send(
+            kind=kind,  # type: ignore[arg-type]  # any text: the broker names what it refuses
+            to=tuple(to or ()),
+            subject=subject,
+            body=body or "",
+            client_msg_id=client_msg_id or uuid.uuid4().hex,
+        )
+        return await self._ask(send)
 
-    async def send_email(self, to: list[str], subject: str, body: str, **kw: Any) -> dict:
+    async def send_email(self, to: list[str], subject: str, body: str, **kw: Any) -> dict[str, Any]:
         return await self.send("email", to=to, subject=subject, body=body, **kw)
 
-    async def send_text(self, to: str, body: str, **kw: Any) -> dict:
+    async def send_text(self, to: str, body: str, **kw: Any) -> dict[str, Any]:
         return await self.send("text", to=[to], body=body, **kw)
 
-    async def announce(self, subject: str, body: str, **kw: Any) -> dict:
+    async def announce(self, subject: str, body: str, **kw: Any) -> dict[str, Any]:
         return await self.send("announcement", subject=subject, body=body, **kw)
 
-    async def rickroll(self, to: str, **kw: Any) -> dict:
+    async def rickroll(self, to: str, **kw: Any) -> dict[str, Any]:
         return await self.send("rickroll", to=[to], **kw)
 
     # -- receiving ------------------------------------------------------------------------------
@@ -320,72 +369,116 @@ class Client:
         """Tell the broker we have everything through last_seq (no response expected)."""
         if self.last_seq > self._acked_seq:
             seq = self.last_seq
-            await self._send_frame({"op": "ack", "seq": seq})
+            await self._send_bytes(
+                self._frames.send_payload(request_payload(requests.Ack(seq=seq)))
+            )
             self._acked_seq = seq
 
     async def inbox(
         self, *, unread_only: bool = False, limit: int = 50, before_seq: int | None = None
     ) -> dict[str, Any]:
-        fields: dict[str, Any] = {"unread_only": unread_only, "limit": limit}
-        if before_seq is not None:
-            fields["before_seq"] = before_seq
-        return await self.request("inbox", **fields)
+        inbox = requests.Inbox(unread_only=unread_only, limit=limit, before_seq=before_seq)
+        return await self._ask(inbox)
 
     async def mark_read(self, seqs: list[int]) -> int:
-        return (await self.request("mark_read", seqs=seqs))["marked"]
+        return (await self.call(requests.MarkRead(seqs=tuple(seqs)), MarkReadResult)).marked
 
     async def who(self) -> list[dict[str, Any]]:
-        return (await self.request("who"))["users"]
+        response = await self._ask(requests.Who())
+        users: list[dict[str, Any]] = response["users"]
+        return users
 
-    async def history(self, **filters: Any) -> list[dict[str, Any]]:
-        fields = {k: v for k, v in filters.items() if v is not None}
-        if "with_user" in fields:
-            fields["with"] = fields.pop("with_user")
-        return (await self.request("history", **fields))["items"]
+    async def history(
+        self,
+        *,
+        with_user: str | None = None,
+        kind: str | None = None,
+        search: str | None = None,
+        since: str | datetime | None = None,
+        limit: int | None = None,
+        before_id: int | None = None,
+        query: str | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Mail sent and received, newest first; `since` an ISO date or date-time (text);
+        `query` in the search language (then best match first), paged by `offset`."""
+        if isinstance(since, str):
+            try:
+                since = requests.parse_since(since)
+            except RemoteProtocolError as exc:  # as the broker would answer it
+                raise RequestFailed(exc.code.value, exc.message) from None
+        request = requests.History(
+            with_user=with_user,
+            kind=kind,  # type: ignore[arg-type]  # any text: the broker names what it refuses
+            search=search,
+            since=since,
+            limit=50 if limit is None else limit,
+            before_id=before_id,
+            query=query,
+            offset=offset,
+        )
+        items: list[dict[str, Any]] = (await self._ask(request))["items"]
+        return items
 
     async def set_prefs(self, *, prank_opt_out: bool) -> dict[str, Any]:
-        return await self.request("set_prefs", prank_opt_out=prank_opt_out)
+        return await self._ask(requests.SetPrefs(prank_opt_out=prank_opt_out))
 
     # -- account security and administration ---------------------------------------------------
 
     async def change_password(self, old_password: str, new_password: str) -> dict[str, Any]:
         """Every other login of this user ends; this connection stays, with a new token."""
-        response = await self.request(
-            "change_password", old_password=old_password, new_password=new_password
-        )
+        change = requests.ChangePassword(old_password=old_password, new_password=new_password)
+        response = await self._ask(change)
         self.token = response["token"]
         return response
 
     async def block(self, username: str) -> dict[str, Any]:
-        return await self.request("block", username=username)
+        return await self._ask(requests.Block(username=username))
 
     async def unblock(self, username: str) -> dict[str, Any]:
-        return await self.request("unblock", username=username)
+        return await self._ask(requests.Unblock(username=username))
 
     async def list_blocks(self) -> list[dict[str, Any]]:
-        return (await self.request("list_blocks"))["blocks"]
+        blocks: list[dict[str, Any]] = (await self._ask(requests.ListBlocks()))["blocks"]
+        return blocks
 
     async def admin_users(self) -> list[dict[str, Any]]:
-        return (await self.request("admin_users"))["users"]
+        users: list[dict[str, Any]] = (await self._ask(requests.AdminUsers()))["users"]
+        return users
 
     async def admin_set_disabled(self, username: str, disabled: bool) -> dict[str, Any]:
-        return await self.request("admin_set_disabled", username=username, disabled=disabled)
+        return await self._ask(requests.AdminSetDisabled(username=username, disabled=disabled))
 
     async def admin_kick(self, username: str) -> dict[str, Any]:
-        return await self.request("admin_kick", username=username)
+        return await self._ask(requests.AdminKick(username=username))
 
     async def admin_sessions(self) -> list[dict[str, Any]]:
-        return (await self.request("admin_sessions"))["sessions"]
+        response = await self._ask(requests.AdminSessions())
+        sessions: list[dict[str, Any]] = response["sessions"]
+        return sessions
 
     async def admin_audit(self, *, limit: int = 100) -> dict[str, Any]:
-        return await self.request("admin_audit", limit=limit)
+        return await self._ask(requests.AdminAudit(limit=limit))
 
     async def admin_invite(self) -> dict[str, Any]:
-        return await self.request("admin_invite")
+        return await self._ask(requests.AdminInvite())
 
     @property
     def closed(self) -> bool:
         return self._closed is not None
+
+
+def _failed(response: dict[str, Any]) -> RequestFailed:
+    """The error of a failed response, with its detail fields (retry_after...)."""
+    error = response.get("error")
+    details = dict(error) if isinstance(error, dict) else {}
+    try:
+        failure = decode_failure(response)
+    except RemoteProtocolError:  # out of shape: say what can be said
+        return RequestFailed(str(details.pop("code", "error")), str(details.pop("message", "")))
+    details.pop("code", None)
+    details.pop("message", None)
+    return RequestFailed(failure.code, failure.message, details)
 
 
 UNANSWERED_DATA_TIMEOUT_MS = 60_000

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from broker.protocol.events import Entry
+from broker.protocol.responses import OnlineUser as OnlineUserLine
 from broker.store import EntryRecord
 
 from .presence import OnlineUser
@@ -62,3 +64,30 @@ def online_user_view(user: OnlineUser) -> dict[str, Any]:
         "idle_seconds": round(user.idle_seconds, 1),
         "sessions": user.sessions,
     }
+
+
+def typed_entry(entry: EntryRecord) -> Entry:
+    """entry_view as broker.protocol's type (for wire.event_payload / result_payload)."""
+    hidden = entry.kind == "rickroll" and entry.direction == "in"
+    return Entry(
+        seq=entry.seq,
+        message_id=entry.message_id,
+        kind=entry.kind,  # type: ignore[arg-type]  # the store holds only the four kinds
+        sender=None if hidden else entry.sender,
+        recipients=[] if hidden else list(entry.recipients),
+        subject=entry.subject,
+        body=entry.body,
+        sent_at=iso(entry.sent_at),
+        read=entry.read,
+        direction=entry.direction,  # type: ignore[arg-type]  # "in" or "out"
+    )
+
+
+def typed_online_user(user: OnlineUser) -> OnlineUserLine:
+    """online_user_view as broker.protocol's type."""
+    return OnlineUserLine(
+        username=user.username,
+        since=iso(user.since),
+        idle_seconds=round(user.idle_seconds, 1),
+        sessions=user.sessions,
+    )

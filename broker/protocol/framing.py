@@ -215,7 +215,7 @@ class FrameConnection:
         """True once an oversized frame was announced: nothing more can be read."""
         return self._broken
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Buffer bytes from the peer; raises at once if they announce an oversized frame."""
         if self._broken:
             raise RemoteProtocolError(ErrorCode.FRAME_TOO_LARGE, "connection is already broken")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 from msgspec import Meta
@@ -35,11 +35,11 @@ MAX_SEARCH_CHARS: Final = 200
 MAX_SEARCH_OFFSET: Final = 10_000  # ranked results page by offset; deeper pages cost more
 MAX_INVITE_CHARS: Final = 64
 
-KINDS: Final = ("email", "text", "announcement", "rickroll")
+Kind = Literal["email", "text", "announcement", "rickroll"]
+KINDS: Final[tuple[str, ...]] = get_args(Kind)
 MAX_INT: Final = 2**62  # the largest integer any field takes: the database holds 64 bits
 MAX_REQUEST_ID: Final = 2**53 - 1  # exact in every JSON implementation
 
-Kind = Literal["email", "text", "announcement", "rickroll"]
 # The canonical form; the broker also strips surrounding spaces and lower-cases.
 Username = Annotated[
     str,
@@ -54,30 +54,40 @@ PositiveInt = Annotated[int, Meta(ge=1, le=MAX_INT)]
 PageSize = Annotated[int, Meta(ge=1, le=MAX_PAGE)]
 RequestId = Annotated[int, Meta(ge=0, le=MAX_REQUEST_ID)]
 
+# What the checks below refuse in text, said in JSON Schema for the published schema (the
+# checks decide; tests/test_protocol_schema.py checks that the two agree).
+NO_NUL: Final = Meta(pattern=r"^[^\u0000]*$")
+NOT_BLANK: Final = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
+TEXT: Final = Meta(min_length=1, pattern=NOT_BLANK)
+_NOT_ONE_LINE = r"\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029"
+ONE_LINE: Final = Meta(
+    min_length=1, pattern=f"^[^{_NOT_ONE_LINE}]*[^\\s{_NOT_ONE_LINE}][^{_NOT_ONE_LINE}]*$"
+)
+
 
 class _Request(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="op"):
     """Every request is tagged by its operation, `op`. The request id (`id`) is not part of
-    the request: request_id() reads it, broker.protocol.wire.encode_request writes it. A client
+    the request: request_id() reads it, broker.protocol.wire.request_payload writes it. A client
     leaves out the fields at their defaults."""
 
 
 class Login(_Request, tag="login", frozen=True):
     username: Username
-    password: Annotated[str, Meta(max_length=200)]
+    password: Annotated[str, NO_NUL, Meta(max_length=200)]
     create: bool = False
     resume_after: Seq | None = None
-    client: Annotated[str, Meta(max_length=100)] = ""
+    client: Annotated[str, TEXT, Meta(max_length=100)] = ""
     # needed to create an account when registration is 'invite'
-    invite: Annotated[str, Meta(max_length=MAX_INVITE_CHARS)] | None = None
+    invite: Annotated[str, TEXT, Meta(max_length=MAX_INVITE_CHARS)] | None = None
     live: bool = True  # False: a one-shot command, not online and pushed nothing
 
 
 class Resume(_Request, tag="resume", frozen=True):
     """Log in again with a session token saved by an earlier login."""
 
-    token: Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS)]
+    token: Annotated[str, TEXT, Meta(max_length=MAX_TOKEN_CHARS)]
     resume_after: Seq | None = None
-    client: Annotated[str, Meta(max_length=100)] = ""
+    client: Annotated[str, TEXT, Meta(max_length=100)] = ""
     live: bool = True
 
 
@@ -94,11 +104,9 @@ class Send(_Request, tag="send", frozen=True):
 
     kind: Kind
     to: Annotated[tuple[Username, ...], Meta(max_length=MAX_RECIPIENTS)] = ()
-    subject: Annotated[str, Meta(min_length=1, max_length=MAX_SUBJECT_CHARS)] | None = None
-    body: Annotated[str, Meta(max_length=MAX_BODY_CHARS)] = ""
-    client_msg_id: Annotated[str, Meta(min_length=1, max_length=MAX_CLIENT_MSG_ID_CHARS)] | None = (
-        None
-    )
+    subject: Annotated[str, ONE_LINE, Meta(max_length=MAX_SUBJECT_CHARS)] | None = None
+    body: Annotated[str, NO_NUL, Meta(max_length=MAX_BODY_CHARS)] = ""
+    client_msg_id: Annotated[str, TEXT, Meta(max_length=MAX_CLIENT_MSG_ID_CHARS)] | None = None
 
 
 class Ack(_Request, tag="ack", frozen=True):
@@ -122,7 +130,7 @@ class Who(_Request, tag="who", frozen=True):
 class History(_Request, tag="history", frozen=True):
     with_user: Username | None = msgspec.field(default=None, name="with")
     kind: Kind | None = None
-    search: Annotated[str, Meta(min_length=1, max_length=MAX_SEARCH_CHARS)] | None = None
+    search: Annotated[str, TEXT, Meta(max_length=MAX_SEARCH_CHARS)] | None = None
     # On the wire an ISO 8601 date or date-time (without a zone: UTC); parsed, always in UTC.
     since: datetime | None = None
     limit: PageSize = 50
@@ -141,8 +149,11 @@ class SetPrefs(_Request, tag="set_prefs", frozen=True):
 
 
 class ChangePassword(_Request, tag="change_password", frozen=True):
-    old_password: Annotated[str, Meta(max_length=200)]
-    new_password: Annotated[str, Meta(min_length=MIN_PASSWORD_CHARS, max_length=200)]
+    old_password: Annotated[str, NO_NUL, Meta(max_length=200)]
+    # At most 72 UTF-8 bytes (checked): as many characters when they are ASCII.
+    new_password: Annotated[
+        str, Meta(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_BYTES, pattern=NOT_BLANK)
+    ]
 
 
 class Block(_Request, tag="block", frozen=True):
@@ -291,7 +302,8 @@ def check_password(password: str) -> str:
     return password
 
 
-def _parse_since(value: str) -> datetime:
+def parse_since(value: str) -> datetime:
+    """An ISO 8601 date or date-time as an aware datetime in UTC (no zone: UTC)."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
@@ -356,7 +368,7 @@ def _parse_history(f: _Fields) -> History:
         with_user=None if with_user is None else normalize_username(with_user, "with"),
         kind=kind,
         search=f.str("search", required=False, max_chars=MAX_SEARCH_CHARS),
-        since=None if since is None else _parse_since(since),
+        since=None if since is None else parse_since(since),
         limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 50,
         before_id=f.int("before_id", required=False, minimum=1),
         query=query,

@@ -10,11 +10,12 @@ where its shape is the same (broker/web/openapi.py is generated from them).
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET, Meta, UnsetType
 
+from .errors import ErrorCode
 from .events import Entry, Timestamp
 
 Role = Literal["admin", "user"]
@@ -177,7 +178,7 @@ class Failure(msgspec.Struct, kw_only=True):
     `code` is one of broker.protocol.ErrorCode; a client treats an unknown code as `internal`.
     """
 
-    code: str
+    code: Annotated[str, Meta(examples=[code.value for code in ErrorCode])]
     message: str
     retry_after: float | UnsetType = UNSET  # seconds, with `rate_limited`
 

@@ -64,7 +64,10 @@ def _standard(value: object) -> bytes:
 
 
 def _payload(value: msgspec.Struct) -> bytes:
-    if _holds_float(type(value)):
+    holds_float = _HAS_FLOAT.get(type(value))
+    if holds_float is None:
+        holds_float = _holds_float(type(value))
+    if holds_float:
         return _standard(value)
     try:
         return _encode(value)
@@ -73,8 +76,9 @@ def _payload(value: msgspec.Struct) -> bytes:
 
 
 def _envelope(request_id: int | None, ok: bool) -> bytes:
-    rid = b"null" if request_id is None else str(request_id).encode()
-    return b'{"re":' + rid + (b',"ok":true' if ok else b',"ok":false')
+    if request_id is None:
+        return b'{"re":null,"ok":true' if ok else b'{"re":null,"ok":false'
+    return (b'{"re":%d,"ok":true' if ok else b'{"re":%d,"ok":false') % request_id
 
 
 # -- requests (clients) ----------------------------------------------------------------------
@@ -97,7 +101,7 @@ def result_payload(request_id: int | None, result: Result) -> bytes:
     """`{"re": request_id, "ok": true, result's fields...}`."""
     body = _payload(result)
     head = _envelope(request_id, True)
-    return head + b"}" if body == b"{}" else head + b"," + body[1:]
+    return head + b"}" if len(body) == 2 else head + b"," + body[1:]  # b"{}": no fields
 
 
 def error_payload(
