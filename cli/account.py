@@ -9,6 +9,7 @@ import click
 
 from broker.client import RequestFailed
 
+from . import output
 from .connect import (
     DEFAULT_SERVER,
     ClientOptions,
@@ -130,9 +131,9 @@ def login(
         )
         return
     created = " (new account created)" if response["created"] else ""
-    click.echo(f"Logged in as {response['username']} on {server}{created}.")
+    output.echo(f"Logged in as {response['username']} on {server}{created}.")
     if unread:
-        click.echo(f"You have {unread} unread message(s): run `mailnet inbox --unread`.")
+        output.echo(f"You have {unread} unread message(s): run `mailnet inbox --unread`.")
 
 
 def _saved_server() -> str | None:
@@ -171,7 +172,7 @@ def logout(options: ClientOptions) -> None:
         if exc.exit_code != EXIT_AUTH:  # unreachable: keep the token so logout can be retried
             raise
     delete_session()
-    click.echo(f"Logged out {saved.username} from {saved.server}.")
+    output.echo(f"Logged out {saved.username} from {saved.server}.")
 
 
 @click.command()
@@ -196,4 +197,4 @@ def prefs(allow_pranks: bool | None, as_json: bool, options: ClientOptions) -> N
     if as_json:
         emit_json(result)
         return
-    click.echo("Pranks are now refused." if result["prank_opt_out"] else "Pranks are now allowed.")
+    output.echo("Pranks are now refused." if result["prank_opt_out"] else "Pranks are now allowed.")

@@ -39,12 +39,12 @@ def inbox(
             emit_json(entry)
         return
     if not entries:
-        click.echo("No unread mail." if unread else "No mail.")
+        output.echo("No unread mail." if unread else "No mail.")
         return
-    click.echo(output.entry_table(entries))
-    click.echo(f"\n{result['unread']} unread. Read one with `mailnet read SEQ`.")
+    output.echo(output.entry_table(entries))
+    output.echo(f"\n{result['unread']} unread. Read one with `mailnet read SEQ`.")
     if len(entries) == limit:
-        click.echo(f"More: add --before {entries[-1]['seq']}")
+        output.echo(f"More: add --before {entries[-1]['seq']}")
 
 
 async def find_entries(client: Any, seqs: list[int]) -> list[dict[str, Any]]:
@@ -78,7 +78,7 @@ def read(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> None:
         for entry in entries:
             emit_json(entry)
         return
-    click.echo("\n\n".join(output.entry_full(entry) for entry in entries))
+    output.echo("\n\n".join(output.entry_full(entry) for entry in entries))
 
 
 @click.command()
@@ -105,7 +105,7 @@ def who(as_json: bool, options: ClientOptions) -> None:
         ]
         for user in users
     ]
-    click.echo(output.table(rows, ["USER", "ONLINE SINCE", "IDLE", "SESSIONS"]))
+    output.echo(output.table(rows, ["USER", "ONLINE SINCE", "IDLE", "SESSIONS"]))
 
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
@@ -166,11 +166,11 @@ def history(
             emit_json(item)
         return
     if not items:
-        click.echo("Nothing found.")
+        output.echo("Nothing found.")
         return
-    click.echo(output.history_table(items))
+    output.echo(output.history_table(items))
     if len(items) == limit:
-        click.echo(f"\nMore: add --before-id {items[-1]['message_id']}")
+        output.echo(f"\nMore: add --before-id {items[-1]['message_id']}")
 
 
 @click.command()
@@ -192,7 +192,7 @@ def listen(count: int | None, as_json: bool, options: ClientOptions) -> None:
                 if as_json:
                     emit_json(entry)
                 else:
-                    click.echo(
+                    output.echo(
                         f"[{output.relative_time(entry['sent_at'])}] #{entry['seq']} "
                         + output.notification_line(entry)
                     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from . import output
 from .connect import ClientOptions, client_options, run_async, session_client
 from .output import EXIT_USAGE, emit_json, fail, json_option, note
 
@@ -47,7 +48,7 @@ def _sent(result: dict[str, Any], kind: str, to: list[str], as_json: bool) -> No
         return
     where = "everyone" if kind == "announcement" else ", ".join(to)
     again = " (already sent earlier: stored once)" if result.get("duplicate") else ""
-    click.echo(f"Sent {kind} #{result['message_id']} to {where}.{again}")
+    output.echo(f"Sent {kind} #{result['message_id']} to {where}.{again}")
 
 
 @click.command()

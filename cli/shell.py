@@ -34,6 +34,7 @@ from .connect import (
 )
 from .output import EXIT_AUTH, fail
 from .session_file import SavedSession, load_session, save_session
+from .terminal import safe_for_terminal
 
 MENU = """
 What would you like to do?
@@ -63,7 +64,7 @@ class Console:
         self.pending_prompt: str | None = None
 
     def say(self, text: str = "") -> None:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(safe_for_terminal(text) + "\n")
         sys.stdout.flush()
 
     def announce(self, text: str) -> None:
@@ -71,7 +72,8 @@ class Console:
         if self.pending_prompt is None:
             self.say(text)
             return
-        sys.stdout.write(("\r\x1b[K" if self.interactive else "\n") + text + "\n")
+        clear_line = "\r\x1b[K" if self.interactive else "\n"  # ours: wipe the prompt line
+        sys.stdout.write(clear_line + safe_for_terminal(text) + "\n")
         sys.stdout.write(self.pending_prompt)
         sys.stdout.flush()
 
@@ -79,6 +81,7 @@ class Console:
         if secret and self.interactive:
             line = await trio.to_thread.run_sync(getpass.getpass, prompt, abandon_on_cancel=True)
             return line
+        prompt = safe_for_terminal(prompt)
         sys.stdout.write(prompt)
         sys.stdout.flush()
         self.pending_prompt = prompt
