@@ -33,6 +33,7 @@ from .connect import (
     stop_on_signals,
 )
 from .output import EXIT_AUTH, fail
+from .reconnect import stay_connected
 from .session_file import SavedSession, load_session, save_session
 from .terminal import safe_for_terminal
 
@@ -122,7 +123,7 @@ async def run_shell(options: ClientOptions) -> None:
     try:
         async with shell_session(options, console) as auth:
             async with stop_on_signals():  # Ctrl-C and SIGTERM disconnect, as 0 does
-                await Shell(auth, console).run()
+                await Shell(auth, console, options).run()
             console.say("Disconnected. Bye!")
     except BaseException as exc:
         if not isinstance(output.innermost(exc), InputClosed):  # input ended while logging in
@@ -160,7 +161,7 @@ async def shell_session(options: ClientOptions, console: Console) -> AsyncIterat
 def _saved(client: Client, server: str, response: dict[str, Any]) -> Authenticated:
     saved = SavedSession(server, response["username"], response["token"], response["resume_after"])
     save_session(saved)
-    return Authenticated(client, server, saved)
+    return Authenticated(client, server, saved, response["resume_after"])
 
 
 async def ask_new_account(console: Console, username: str) -> str:
@@ -177,33 +178,49 @@ async def ask_new_account(console: Console, username: str) -> str:
 
 
 class Shell:
-    def __init__(self, auth: Authenticated, console: Console) -> None:
+    def __init__(self, auth: Authenticated, console: Console, options: ClientOptions) -> None:
         self.auth = auth
         self.client = auth.client
         self.console = console
+        self.options = options
         self.arrived = 0  # mail announced since the last look at the notifications
+        self.last_seq: int | None = None  # the last seq announced
 
     async def run(self) -> None:
         self.console.say(f"Connected to {self.auth.server} as {self.client.username}.")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.announce_incoming)
+            nursery.start_soon(self.stay_connected)
             with contextlib.suppress(InputClosed):  # the end of input means "disconnect"
                 await self.menu()
             nursery.cancel_scope.cancel()
 
-    async def announce_incoming(self) -> None:
+    async def stay_connected(self) -> None:
+        """Announce mail; after a lost connection, reconnect and go on after the last seq shown."""
+        await stay_connected(
+            self.options,
+            self.announce_incoming,
+            resume_after=lambda: self.last_seq,
+            first=self.auth,
+        )
+
+    async def announce_incoming(self, auth: Authenticated) -> None:
+        if auth is not self.auth:
+            self.auth, self.client = auth, auth.client
+            self.console.announce(f"Reconnected to {auth.server}.")
+        client = auth.client
+        self.last_seq = max(self.last_seq or 0, auth.resume_after)
         while True:
-            try:
-                entry = await self.client.next_mail()
-            except BrokerUnreachable:
-                self.console.announce("Connection to the broker lost.")
-                raise
+            entry = await client.next_mail()
+            if entry["seq"] is not None:
+                if entry["seq"] <= self.last_seq:
+                    continue  # announced before the connection was lost
+                self.last_seq = entry["seq"]
             self.arrived += 1
             self.console.announce(output.notification_line(entry))
-            await self.client.flush_ack()
-            if self.auth.saved is not None:
-                self.auth.saved = self.auth.saved.with_last_seq(self.client.last_seq)
-                save_session(self.auth.saved)
+            await client.flush_ack()
+            if auth.saved is not None:
+                auth.saved = auth.saved.with_last_seq(self.last_seq)
+                save_session(auth.saved)
 
     async def menu(self) -> None:
         actions = {
@@ -233,6 +250,8 @@ class Shell:
                 await action()
             except RequestFailed as exc:
                 self.console.say(f"Refused: {exc.message or exc.code}")
+            except BrokerUnreachable:
+                self.console.say("Not connected to the broker (reconnecting): try again soon.")
 
     def _sent(self, kind: str, result: dict[str, Any], to: str) -> None:
         self.console.say(f"Sent {kind} #{result['message_id']} to {to}.")
