@@ -19,6 +19,7 @@ from .connect import (
     run_async,
     session_client,
 )
+from .inputs import check_config_dir, read_stdin_line
 from .output import (
     EXIT_AUTH,
     EXIT_USAGE,
@@ -28,7 +29,13 @@ from .output import (
     json_option,
     note,
 )
-from .session_file import SavedSession, delete_session, load_session, save_session
+from .session_file import (
+    SavedSession,
+    config_dir,
+    delete_session,
+    load_session,
+    save_session,
+)
 
 AUTH_FAILED_MESSAGE = "unknown user or wrong password"
 
@@ -38,8 +45,7 @@ def _interactive() -> bool:
 
 
 def _read_password_line() -> str:
-    line = sys.stdin.readline()
-    password = line.rstrip("\r\n")
+    password = read_stdin_line("the password on standard input")
     if not password:
         fail("no password on standard input", EXIT_USAGE)
     return password
@@ -86,6 +92,7 @@ def login(
     if create is None:
         create = password_stdin
     server = options.server or _saved_server() or DEFAULT_SERVER
+    check_config_dir(config_dir())  # before an account is made whose token could not be kept
 
     offer_to_create = interactive and not create
 

@@ -14,6 +14,7 @@ from broker.client import Client
 
 from . import output
 from .connect import ClientOptions, client_options, run_async, session_client
+from .inputs import read_stdin_line
 from .output import EXIT_USAGE, emit_json, fail, json_option, note, relative_time, table
 from .session_file import save_session
 
@@ -44,7 +45,7 @@ def _emit_rows(rows: list[dict[str, Any]]) -> None:
 def passwd(password_stdin: bool, options: ClientOptions) -> None:
     """Change your password. Every other session of yours is logged out."""
     if password_stdin:
-        lines = [sys.stdin.readline().rstrip("\r\n") for _ in range(2)]
+        lines = [read_stdin_line("a password on standard input") for _ in range(2)]
         if not all(lines):
             fail("give the current and the new password on two stdin lines", EXIT_USAGE)
         old, new = lines

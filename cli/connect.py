@@ -28,9 +28,9 @@ from broker.client import (
     Trust,
     TrustError,
     connect,
-    parse_server,
 )
 
+from .inputs import parse_server_address
 from .output import (
     EXIT_AUTH,
     EXIT_REFUSED,
@@ -69,11 +69,8 @@ class ClientOptions:
 
 
 def normalize_server(server: str) -> str:
-    try:
-        host, port = parse_server(server)
-    except ClientError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    return tls.format_server_address(host, port)
+    """The canonical HOST:PORT of a server address; exit 2 if it is not one (cli.inputs)."""
+    return tls.format_server_address(*parse_server_address(server))
 
 
 def client_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -100,6 +100,9 @@ def run_cli(invoke: Callable[[], Any]) -> int:
             return 130
         if isinstance(exc, BrokenPipeError):
             return _quiet_broken_pipe()
+        if isinstance(exc, UnicodeDecodeError):  # input read without cli.inputs' checks
+            error_line(f"the input is not UTF-8 text: {exc}")
+            return EXIT_USAGE
         if isinstance(exc, SystemExit):
             return exc.code if isinstance(exc.code, int) else EXIT_UNEXPECTED
         error_line(f"unexpected {type(exc).__name__}: {exc}")

@@ -32,7 +32,8 @@ from .connect import (
     session_client,
     stop_on_signals,
 )
-from .output import EXIT_AUTH, fail
+from .inputs import check_body, check_subject, check_utf8
+from .output import EXIT_AUTH, CliError, fail
 from .reconnect import stay_connected
 from .session_file import SavedSession, load_session, save_session
 from .terminal import safe_for_terminal
@@ -79,6 +80,15 @@ class Console:
         sys.stdout.flush()
 
     async def ask(self, prompt: str, *, secret: bool = False) -> str:
+        """One line of input; a line that is not UTF-8 text is asked for again."""
+        while True:
+            line = await self._ask_once(prompt, secret=secret)
+            try:
+                return check_utf8(line, "that line")
+            except CliError as exc:
+                self.say(f"{exc.message}: type it again.")
+
+    async def _ask_once(self, prompt: str, *, secret: bool) -> str:
         if secret and self.interactive:
             line = await trio.to_thread.run_sync(getpass.getpass, prompt, abandon_on_cancel=True)
             return line
@@ -248,6 +258,8 @@ class Shell:
                 continue
             try:
                 await action()
+            except CliError as exc:  # an input check of cli.inputs
+                self.console.say(f"Not sent: {exc.message}")
             except RequestFailed as exc:
                 self.console.say(f"Refused: {exc.message or exc.code}")
             except BrokerUnreachable:
@@ -262,18 +274,18 @@ class Shell:
         if not to:
             self.console.say("No recipients: nothing sent.")
             return
-        subject = await self.console.ask("Subject: ")
-        body = await self.console.ask_lines("Body")
+        subject = check_subject(await self.console.ask("Subject: "))
+        body = check_body(await self.console.ask_lines("Body"))
         self._sent("email", await self.client.send_email(to, subject, body), ", ".join(to))
 
     async def send_text(self) -> None:
         to = (await self.console.ask("To: ")).strip()
-        body = await self.console.ask("Message: ")
+        body = check_body(await self.console.ask("Message: "))
         self._sent("text", await self.client.send_text(to, body), to)
 
     async def send_announcement(self) -> None:
-        subject = await self.console.ask("Subject: ")
-        body = await self.console.ask_lines("Body")
+        subject = check_subject(await self.console.ask("Subject: "))
+        body = check_body(await self.console.ask_lines("Body"))
         self._sent("announcement", await self.client.announce(subject, body), "everyone")
 
     async def send_rickroll(self) -> None:
