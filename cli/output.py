@@ -81,6 +81,11 @@ def run_cli(invoke: Callable[[], Any]) -> int:
         note("")
         error_line("interrupted")
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A group run without a command (bare `mailnet`, `mailnet db`): its whole help, as
+        # click prints it, on stderr with exit 2 (a command is missing), not squashed.
+        exc.show()
+        return exc.exit_code
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "mailnet"
         error_line(f"{exc.format_message()} (see `{where} --help`)")
