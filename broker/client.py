@@ -114,6 +114,14 @@ def parse_server(server: str) -> tuple[str, int]:
         raise ClientError(f"invalid server address {server!r}: use HOST:PORT") from None
 
 
+def _why_broken(exc: BaseException) -> str:
+    """What broke a connection, never empty: trio's errors often carry only their cause."""
+    for reason in (exc, exc.__cause__, exc.__context__):
+        if reason is not None and str(reason):
+            return str(reason)
+    return "the connection was reset"
+
+
 @dataclass
 class _Waiter:
     done: trio.Event = field(default_factory=trio.Event)
@@ -152,7 +160,7 @@ class Client:
                     assert isinstance(frame, dict)
                     self._route(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError, RemoteProtocolError) as exc:
-            self._closed = self._closed or f"connection lost: {exc}"
+            self._closed = self._closed or f"connection lost: {_why_broken(exc)}"
         finally:
             if self._closed is None:
                 self._closed = "the broker closed the connection"
@@ -201,7 +209,7 @@ class Client:
             async with self._send_lock:
                 await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise BrokerUnreachable(f"connection lost: {exc}") from None
+            raise BrokerUnreachable(f"connection lost: {_why_broken(exc)}") from None
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:
         """Send any frame as a request (fields as given, unchecked) and wait for its response;

@@ -94,8 +94,8 @@ class FingerprintMismatch(TLSError):
             f"WARNING: the broker at {self.server} presented certificate {self.actual}, "
             f"but {self.expected} was pinned for it. This could be an attack (a man in the "
             f"middle) or the broker may simply have a new certificate. "
-            f"If you trust the new certificate, remove the line for "
-            f'"{self.server}" from {where} and connect again to pin it.'
+            f"If you trust the new certificate, run `mailnet trust forget {self.server}` "
+            f"(it edits {where}) and connect again to pin it."
         )
 
 

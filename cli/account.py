@@ -9,6 +9,7 @@ import click
 
 from broker.client import RequestFailed
 
+from . import output
 from .connect import (
     DEFAULT_SERVER,
     ClientOptions,
@@ -19,6 +20,7 @@ from .connect import (
     session_client,
 )
 from .discover import server_from_lan
+from .inputs import check_config_dir, read_stdin_line
 from .output import (
     EXIT_AUTH,
     EXIT_USAGE,
@@ -28,7 +30,13 @@ from .output import (
     json_option,
     note,
 )
-from .session_file import SavedSession, delete_session, load_session, save_session
+from .session_file import (
+    SavedSession,
+    config_dir,
+    delete_session,
+    load_session,
+    save_session,
+)
 
 AUTH_FAILED_MESSAGE = "unknown user or wrong password"
 
@@ -38,8 +46,7 @@ def _interactive() -> bool:
 
 
 def _read_password_line() -> str:
-    line = sys.stdin.readline()
-    password = line.rstrip("\r\n")
+    password = read_stdin_line("the password on standard input")
     if not password:
         fail("no password on standard input", EXIT_USAGE)
     return password
@@ -76,6 +83,7 @@ def login(
     interactive = _interactive() and not password_stdin
     if not password_stdin and not _interactive():
         fail("no terminal to ask for the password: use --password-stdin", EXIT_USAGE)
+    check_config_dir(config_dir())  # before an account is made whose token could not be kept
     # No --server and no saved session: look for a broker on the LAN (cli/discover.py).
     server = (
         options.server
@@ -137,9 +145,9 @@ def login(
         )
         return
     created = " (new account created)" if response["created"] else ""
-    click.echo(f"Logged in as {response['username']} on {server}{created}.")
+    output.echo(f"Logged in as {response['username']} on {server}{created}.")
     if unread:
-        click.echo(f"You have {unread} unread message(s): run `mailnet inbox --unread`.")
+        output.echo(f"You have {unread} unread message(s): run `mailnet inbox --unread`.")
 
 
 def _saved_server() -> str | None:
@@ -178,7 +186,7 @@ def logout(options: ClientOptions) -> None:
         if exc.exit_code != EXIT_AUTH:  # unreachable: keep the token so logout can be retried
             raise
     delete_session()
-    click.echo(f"Logged out {saved.username} from {saved.server}.")
+    output.echo(f"Logged out {saved.username} from {saved.server}.")
 
 
 @click.command()
@@ -203,4 +211,4 @@ def prefs(allow_pranks: bool | None, as_json: bool, options: ClientOptions) -> N
     if as_json:
         emit_json(result)
         return
-    click.echo("Pranks are now refused." if result["prank_opt_out"] else "Pranks are now allowed.")
+    output.echo("Pranks are now refused." if result["prank_opt_out"] else "Pranks are now allowed.")

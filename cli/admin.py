@@ -12,11 +12,11 @@ import click
 
 from broker.client import Client
 
+from . import output
 from .connect import ClientOptions, client_options, run_async, session_client
-from .output import EXIT_USAGE, emit_json, fail, note, relative_time, table
+from .inputs import read_stdin_line
+from .output import EXIT_USAGE, emit_json, fail, json_option, note, relative_time, table
 from .session_file import save_session
-
-json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 
 
 def _call(options: ClientOptions, action: Callable[[Client], Awaitable[Any]]) -> Any:
@@ -45,7 +45,7 @@ def _emit_rows(rows: list[dict[str, Any]]) -> None:
 def passwd(password_stdin: bool, options: ClientOptions) -> None:
     """Change your password. Every other session of yours is logged out."""
     if password_stdin:
-        lines = [sys.stdin.readline().rstrip("\r\n") for _ in range(2)]
+        lines = [read_stdin_line("a password on standard input") for _ in range(2)]
         if not all(lines):
             fail("give the current and the new password on two stdin lines", EXIT_USAGE)
         old, new = lines
@@ -66,7 +66,7 @@ def passwd(password_stdin: bool, options: ClientOptions) -> None:
 
     result = run_async(run)
     ended = result["sessions_ended"]
-    click.echo(f"Password changed; {ended} other live session(s) logged out.")
+    output.echo(f"Password changed; {ended} other live session(s) logged out.")
 
 
 @click.command()
@@ -76,7 +76,7 @@ def block(user: str, options: ClientOptions) -> None:
     """Block USER: their emails, texts and pranks no longer reach you (they are not told)."""
     result = _call(options, lambda c: c.block(user))
     already = "" if result["changed"] else " (already blocked)"
-    click.echo(f"Blocked {result['blocked']}{already}.")
+    output.echo(f"Blocked {result['blocked']}{already}.")
 
 
 @click.command()
@@ -86,7 +86,7 @@ def unblock(user: str, options: ClientOptions) -> None:
     """Unblock USER."""
     result = _call(options, lambda c: c.unblock(user))
     was = "" if result["changed"] else " (was not blocked)"
-    click.echo(f"Unblocked {result['unblocked']}{was}.")
+    output.echo(f"Unblocked {result['unblocked']}{was}.")
 
 
 @click.command()
@@ -98,9 +98,9 @@ def blocks(as_json: bool, options: ClientOptions) -> None:
     if as_json:
         _emit_rows(rows)
     elif not rows:
-        click.echo("You block nobody.")
+        output.echo("You block nobody.")
     else:
-        click.echo(
+        output.echo(
             table([(r["username"], relative_time(r["since"])) for r in rows], ["USER", "SINCE"])
         )
 
@@ -122,7 +122,7 @@ def admin_users(as_json: bool, options: ClientOptions) -> None:
     if as_json:
         _emit_rows(rows)
         return
-    click.echo(
+    output.echo(
         table(
             [
                 (
@@ -144,9 +144,9 @@ def _set_disabled(user: str, disabled: bool, as_json: bool, options: ClientOptio
     if as_json:
         emit_json(result)
     elif disabled:
-        click.echo(f"Disabled {result['username']}; {result['sessions_ended']} session(s) closed.")
+        output.echo(f"Disabled {result['username']}; {result['sessions_ended']} session(s) closed.")
     else:
-        click.echo(f"Enabled {result['username']}.")
+        output.echo(f"Enabled {result['username']}.")
 
 
 @admin.command("disable")
@@ -177,7 +177,7 @@ def admin_kick(user: str, as_json: bool, options: ClientOptions) -> None:
     if as_json:
         emit_json(result)
         return
-    click.echo(
+    output.echo(
         f"Kicked {result['username']}: {result['sessions_ended']} live session(s) closed, "
         f"{result['tokens_revoked']} login(s) revoked."
     )
@@ -192,7 +192,7 @@ def admin_sessions(as_json: bool, options: ClientOptions) -> None:
     if as_json:
         _emit_rows(rows)
         return
-    click.echo(
+    output.echo(
         table(
             [
                 (
@@ -222,18 +222,18 @@ def admin_audit(limit: int, as_json: bool, options: ClientOptions) -> None:
         for action in result["actions"]:
             emit_json({"type": "admin_action", **action})
         return
-    click.echo("Rick-rolls:")
+    output.echo("Rick-rolls:")
     pranks = [
         (relative_time(p["sent_at"]), p["sender"], p["recipient"], str(p["message_id"]))
         for p in result["rickrolls"]
     ]
-    click.echo(table(pranks, ["WHEN", "SENDER", "RECIPIENT", "MESSAGE"]) if pranks else "  none")
-    click.echo("\nAdmin actions:")
+    output.echo(table(pranks, ["WHEN", "SENDER", "RECIPIENT", "MESSAGE"]) if pranks else "  none")
+    output.echo("\nAdmin actions:")
     actions = [
         (relative_time(a["at"]), a["admin"] or "?", a["action"], a["target"], a["detail"])
         for a in result["actions"]
     ]
-    click.echo(
+    output.echo(
         table(actions, ["WHEN", "ADMIN", "ACTION", "TARGET", "DETAIL"]) if actions else "  none"
     )
 
@@ -247,5 +247,5 @@ def admin_invite(as_json: bool, options: ClientOptions) -> None:
     if as_json:
         emit_json(result)
         return
-    click.echo(result["invite"])
+    output.echo(result["invite"])
     note(f"mailnet: one use, valid until {result['expires']}")

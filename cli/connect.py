@@ -28,9 +28,9 @@ from broker.client import (
     Trust,
     TrustError,
     connect,
-    parse_server,
 )
 
+from .inputs import parse_server_address
 from .output import (
     EXIT_AUTH,
     EXIT_REFUSED,
@@ -69,11 +69,8 @@ class ClientOptions:
 
 
 def normalize_server(server: str) -> str:
-    try:
-        host, port = parse_server(server)
-    except ClientError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    return tls.format_server_address(host, port)
+    """The canonical HOST:PORT of a server address; exit 2 if it is not one (cli.inputs)."""
+    return tls.format_server_address(*parse_server_address(server))
 
 
 def client_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,16 +207,18 @@ class Authenticated:
     client: Client
     server: str
     saved: SavedSession | None  # the saved session used, if any (None: env credentials)
+    resume_after: int = 0  # the broker feeds this live session the mail after this seq
 
 
 @asynccontextmanager
 async def session_client(
-    options: ClientOptions, *, live: bool = False
+    options: ClientOptions, *, live: bool = False, resume_after: int | None = None
 ) -> AsyncIterator[Authenticated]:
     """Connect and log in from MAILNET_USER/MAILNET_PASSWORD or the saved session token.
 
     A `live` client (listen, shell) gets the mail queued after what this computer has shown
-    (the saved last_seq; with env credentials, after what the user acknowledged last).
+    (the saved last_seq; with env credentials, after what the user acknowledged last), or
+    after `resume_after` when given (a reconnection: after what this process has shown).
     """
     # A one-shot command logs in quietly: it is not shown online, the broker pushes it nothing
     # and it acknowledges nothing, so mail stays queued for `listen` and `shell`.
@@ -227,8 +226,10 @@ async def session_client(
     if credentials is not None:
         server = options.server or DEFAULT_SERVER
         async with open_client(options, server) as client:
-            await client.login(*credentials, create=False, live=live)
-            yield Authenticated(client, server, None)
+            response = await client.login(
+                *credentials, create=False, live=live, resume_after=resume_after
+            )
+            yield Authenticated(client, server, None, response["resume_after"])
             if not client.closed:  # these credentials make a new token each time: revoke it
                 with trio.move_on_after(5):
                     await client.logout()
@@ -237,9 +238,9 @@ async def session_client(
     server = normalize_server(saved.server)
     async with open_client(options, server) as client:
         try:
-            await client.resume(
-                saved.token, resume_after=saved.last_seq if live else None, live=live
-            )
+            if live and resume_after is None:
+                resume_after = saved.last_seq
+            response = await client.resume(saved.token, resume_after=resume_after, live=live)
         except RequestFailed as exc:
             if exc.code == "auth_failed":
                 fail(
@@ -248,7 +249,7 @@ async def session_client(
                     EXIT_AUTH,
                 )
             raise
-        yield Authenticated(client, server, saved)
+        yield Authenticated(client, server, saved, response["resume_after"])
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from . import output
+from .inputs import check_utf8
 from .output import EXIT_CODES_HELP
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -30,12 +31,15 @@ class MailnetGroup(click.Group):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
-        parent_main = super().main
-        sys.exit(
-            output.run_cli(
-                lambda: parent_main(args, prog_name or "mailnet", complete_var, False, **extra)
-            )
-        )
+        parent = super()
+
+        def invoke() -> Any:
+            arguments = sys.argv[1:] if args is None else list(args)
+            for number, argument in enumerate(arguments, 1):
+                check_utf8(argument, f"argument {number}")
+            return parent.main(arguments, prog_name or "mailnet", complete_var, False, **extra)
+
+        sys.exit(output.run_cli(invoke))
 
 
 @click.group(cls=MailnetGroup, context_settings=CONTEXT_SETTINGS, epilog=EXIT_CODES_HELP)
@@ -84,3 +88,7 @@ main.add_command(bench)
 from .discover import servers  # noqa: E402
 
 main.add_command(servers)
+
+from .trust import trust  # noqa: E402
+
+main.add_command(trust)

@@ -15,6 +15,8 @@ from typing import Any, NoReturn
 
 import click
 
+from .terminal import json_safe_for_terminal, safe_for_terminal
+
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
@@ -42,20 +44,26 @@ def fail(message: str, exit_code: int = EXIT_UNEXPECTED) -> NoReturn:
 
 
 def error_line(message: str) -> None:
-    first_line = " ".join(message.split()) or "failed"
+    first_line = " ".join(safe_for_terminal(message).split()) or "failed"
     click.echo(f"mailnet: error: {first_line}", err=True)
 
 
 def note(message: str) -> None:
     """A diagnostic for the person at the terminal: stderr, so stdout stays parseable."""
-    click.echo(message, err=True)
+    click.echo(safe_for_terminal(message), err=True)
+
+
+def echo(text: str = "") -> None:
+    """Human-readable output on stdout; other people's text in it is made terminal-safe."""
+    click.echo(safe_for_terminal(text))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 
 
 def emit_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=True))
+    # The exact text, with controls and bidi characters as JSON escapes (see cli.terminal).
+    click.echo(json_safe_for_terminal(json.dumps(obj, ensure_ascii=False, sort_keys=True)))
 
 
 def innermost(exc: BaseException) -> BaseException:
@@ -73,6 +81,11 @@ def run_cli(invoke: Callable[[], Any]) -> int:
         note("")
         error_line("interrupted")
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A group run without a command (bare `mailnet`, `mailnet db`): its whole help, as
+        # click prints it, on stderr with exit 2 (a command is missing), not squashed.
+        exc.show()
+        return exc.exit_code
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "mailnet"
         error_line(f"{exc.format_message()} (see `{where} --help`)")
@@ -92,6 +105,9 @@ def run_cli(invoke: Callable[[], Any]) -> int:
             return 130
         if isinstance(inner, BrokenPipeError):
             return _quiet_broken_pipe()
+        if isinstance(inner, UnicodeDecodeError):  # input read without cli.inputs' checks
+            error_line(f"the input is not UTF-8 text: {inner}")
+            return EXIT_USAGE
         if isinstance(inner, SystemExit):
             return inner.code if isinstance(inner.code, int) else EXIT_UNEXPECTED
         error_line(f"unexpected {type(inner).__name__}: {inner}")
@@ -138,7 +154,7 @@ def duration(seconds: float) -> str:
 
 def table(rows: Iterable[Sequence[str]], headers: Sequence[str]) -> str:
     """Left-aligned columns; the last column is never padded (it may be long)."""
-    grid = [list(headers), *[list(row) for row in rows]]
+    grid = [list(headers), *[[safe_for_terminal(cell) for cell in row] for row in rows]]
     widths = [max(len(row[i]) for row in grid) for i in range(len(headers) - 1)]
     lines = []
     for row in grid:

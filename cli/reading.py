@@ -14,8 +14,16 @@ from broker.protocol.requests import KINDS
 from broker.protocol.search import parse_search
 
 from . import output
-from .connect import ClientOptions, client_options, run_async, session_client, stop_on_signals
+from .connect import (
+    Authenticated,
+    ClientOptions,
+    client_options,
+    run_async,
+    session_client,
+    stop_on_signals,
+)
 from .output import EXIT_REFUSED, EXIT_USAGE, emit_json, fail, json_option, note
+from .reconnect import stay_connected
 from .session_file import save_session
 
 
@@ -41,12 +49,12 @@ def inbox(
             emit_json(entry)
         return
     if not entries:
-        click.echo("No unread mail." if unread else "No mail.")
+        output.echo("No unread mail." if unread else "No mail.")
         return
-    click.echo(output.entry_table(entries))
-    click.echo(f"\n{result['unread']} unread. Read one with `mailnet read SEQ`.")
+    output.echo(output.entry_table(entries))
+    output.echo(f"\n{result['unread']} unread. Read one with `mailnet read SEQ`.")
     if len(entries) == limit:
-        click.echo(f"More: add --before {entries[-1]['seq']}")
+        output.echo(f"More: add --before {entries[-1]['seq']}")
 
 
 async def find_entries(client: Any, seqs: list[int]) -> list[dict[str, Any]]:
@@ -80,7 +88,7 @@ def read(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> None:
         for entry in entries:
             emit_json(entry)
         return
-    click.echo("\n\n".join(output.entry_full(entry) for entry in entries))
+    output.echo("\n\n".join(output.entry_full(entry) for entry in entries))
 
 
 @click.command()
@@ -107,7 +115,7 @@ def who(as_json: bool, options: ClientOptions) -> None:
         ]
         for user in users
     ]
-    click.echo(output.table(rows, ["USER", "ONLINE SINCE", "IDLE", "SESSIONS"]))
+    output.echo(output.table(rows, ["USER", "ONLINE SINCE", "IDLE", "SESSIONS"]))
 
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
@@ -168,41 +176,62 @@ def history(
             emit_json(item)
         return
     if not items:
-        click.echo("Nothing found.")
+        output.echo("Nothing found.")
         return
-    click.echo(output.history_table(items))
+    output.echo(output.history_table(items))
     if len(items) == limit:
-        click.echo(f"\nMore: add --before-id {items[-1]['message_id']}")
+        output.echo(f"\nMore: add --before-id {items[-1]['message_id']}")
 
 
 @click.command()
 @click.option("--count", type=click.IntRange(min=1), help="Exit after this many messages.")
+@click.option(
+    "--no-reconnect",
+    is_flag=True,
+    help="Exit (code 4) when the connection is lost instead of reconnecting.",
+)
 @json_option
 @client_options
-def listen(count: int | None, as_json: bool, options: ClientOptions) -> None:
+def listen(count: int | None, no_reconnect: bool, as_json: bool, options: ClientOptions) -> None:
     """Stay connected and print mail as it arrives (queued mail first), acknowledging it.
 
-    Ctrl-C or SIGTERM stops it (exit 0).
+    When the broker restarts or the network drops, it reconnects (one line on stderr) and goes
+    on right after the last message it printed. Ctrl-C or SIGTERM stops it (exit 0).
     """
+    shown = 0
+    last_seq: int | None = None  # the last seq printed (None: start from the saved session)
+
+    async def follow(auth: Authenticated) -> None:
+        nonlocal shown, last_seq
+        client = auth.client
+        if last_seq is None:
+            note(f"mailnet: listening as {client.username} on {auth.server} (Ctrl-C stops)")
+        last_seq = max(last_seq or 0, auth.resume_after)
+        while count is None or shown < count:
+            entry = await client.next_mail()
+            if entry["seq"] is not None and entry["seq"] <= last_seq:
+                continue  # shown before the connection was lost
+            if as_json:
+                emit_json(entry)
+            else:
+                output.echo(
+                    f"[{output.relative_time(entry['sent_at'])}] #{entry['seq']} "
+                    + output.notification_line(entry)
+                )
+            sys.stdout.flush()
+            shown += 1
+            if entry["seq"] is not None:
+                last_seq = entry["seq"]
+            await client.flush_ack()
+            if auth.saved is not None:
+                auth.saved = auth.saved.with_last_seq(last_seq)
+                save_session(auth.saved)
 
     async def run() -> None:
-        async with session_client(options, live=True) as auth, stop_on_signals():
-            client, shown = auth.client, 0
-            note(f"mailnet: listening as {client.username} on {auth.server} (Ctrl-C stops)")
-            while count is None or shown < count:
-                entry = await client.next_mail()
-                if as_json:
-                    emit_json(entry)
-                else:
-                    click.echo(
-                        f"[{output.relative_time(entry['sent_at'])}] #{entry['seq']} "
-                        + output.notification_line(entry)
-                    )
-                sys.stdout.flush()
-                shown += 1
-                await client.flush_ack()
-                if auth.saved is not None:
-                    save_session(auth.saved.with_last_seq(client.last_seq))
+        async with stop_on_signals():
+            await stay_connected(
+                options, follow, resume_after=lambda: last_seq, reconnect=not no_reconnect
+            )
 
     run_async(run)
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from . import output
 from .connect import ClientOptions, client_options, run_async, session_client
+from .inputs import check_body, check_subject, read_stdin_text
 from .output import EXIT_USAGE, emit_json, fail, json_option, note
 
 client_id_option = click.option(
@@ -21,10 +23,8 @@ def _read_body(body: str | None) -> str:
     if body is None:
         if sys.stdin.isatty():
             note("Type the message; end it with Ctrl-D on a line of its own.")
-        body = sys.stdin.read()
-    if not body.strip():
-        fail("the message body is empty", EXIT_USAGE)
-    return body
+        body = read_stdin_text("the message on standard input")
+    return check_body(body)
 
 
 def _split_users(values: tuple[str, ...]) -> list[str]:
@@ -47,7 +47,7 @@ def _sent(result: dict[str, Any], kind: str, to: list[str], as_json: bool) -> No
         return
     where = "everyone" if kind == "announcement" else ", ".join(to)
     again = " (already sent earlier: stored once)" if result.get("duplicate") else ""
-    click.echo(f"Sent {kind} #{result['message_id']} to {where}.{again}")
+    output.echo(f"Sent {kind} #{result['message_id']} to {where}.{again}")
 
 
 @click.command()
@@ -67,6 +67,7 @@ def send(
 ) -> None:
     """Send an email to one or more users."""
     users = _split_users(to)
+    check_subject(subject)
     text = _read_body(body)
 
     async def run() -> dict[str, Any]:
@@ -105,6 +106,7 @@ def announce(
     subject: str, body: str | None, client_id: str | None, as_json: bool, options: ClientOptions
 ) -> None:
     """Send an announcement to every user, online or not."""
+    check_subject(subject)
     message = _read_body(body)
 
     async def run() -> dict[str, Any]:

@@ -32,8 +32,11 @@ from .connect import (
     session_client,
     stop_on_signals,
 )
-from .output import EXIT_AUTH, fail
+from .inputs import check_body, check_subject, check_utf8
+from .output import EXIT_AUTH, CliError, fail
+from .reconnect import stay_connected
 from .session_file import SavedSession, load_session, save_session
+from .terminal import safe_for_terminal
 
 MENU = """
 What would you like to do?
@@ -63,7 +66,7 @@ class Console:
         self.pending_prompt: str | None = None
 
     def say(self, text: str = "") -> None:
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(safe_for_terminal(text) + "\n")
         sys.stdout.flush()
 
     def announce(self, text: str) -> None:
@@ -71,14 +74,25 @@ class Console:
         if self.pending_prompt is None:
             self.say(text)
             return
-        sys.stdout.write(("\r\x1b[K" if self.interactive else "\n") + text + "\n")
+        clear_line = "\r\x1b[K" if self.interactive else "\n"  # ours: wipe the prompt line
+        sys.stdout.write(clear_line + safe_for_terminal(text) + "\n")
         sys.stdout.write(self.pending_prompt)
         sys.stdout.flush()
 
     async def ask(self, prompt: str, *, secret: bool = False) -> str:
+        """One line of input; a line that is not UTF-8 text is asked for again."""
+        while True:
+            line = await self._ask_once(prompt, secret=secret)
+            try:
+                return check_utf8(line, "that line")
+            except CliError as exc:
+                self.say(f"{exc.message}: type it again.")
+
+    async def _ask_once(self, prompt: str, *, secret: bool) -> str:
         if secret and self.interactive:
             line = await trio.to_thread.run_sync(getpass.getpass, prompt, abandon_on_cancel=True)
             return line
+        prompt = safe_for_terminal(prompt)
         sys.stdout.write(prompt)
         sys.stdout.flush()
         self.pending_prompt = prompt
@@ -119,7 +133,7 @@ async def run_shell(options: ClientOptions) -> None:
     try:
         async with shell_session(options, console) as auth:
             async with stop_on_signals():  # Ctrl-C and SIGTERM disconnect, as 0 does
-                await Shell(auth, console).run()
+                await Shell(auth, console, options).run()
             console.say("Disconnected. Bye!")
     except BaseException as exc:
         if not isinstance(output.innermost(exc), InputClosed):  # input ended while logging in
@@ -157,7 +171,7 @@ async def shell_session(options: ClientOptions, console: Console) -> AsyncIterat
 def _saved(client: Client, server: str, response: dict[str, Any]) -> Authenticated:
     saved = SavedSession(server, response["username"], response["token"], response["resume_after"])
     save_session(saved)
-    return Authenticated(client, server, saved)
+    return Authenticated(client, server, saved, response["resume_after"])
 
 
 async def ask_new_account(console: Console, username: str) -> str:
@@ -174,33 +188,49 @@ async def ask_new_account(console: Console, username: str) -> str:
 
 
 class Shell:
-    def __init__(self, auth: Authenticated, console: Console) -> None:
+    def __init__(self, auth: Authenticated, console: Console, options: ClientOptions) -> None:
         self.auth = auth
         self.client = auth.client
         self.console = console
+        self.options = options
         self.arrived = 0  # mail announced since the last look at the notifications
+        self.last_seq: int | None = None  # the last seq announced
 
     async def run(self) -> None:
         self.console.say(f"Connected to {self.auth.server} as {self.client.username}.")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.announce_incoming)
+            nursery.start_soon(self.stay_connected)
             with contextlib.suppress(InputClosed):  # the end of input means "disconnect"
                 await self.menu()
             nursery.cancel_scope.cancel()
 
-    async def announce_incoming(self) -> None:
+    async def stay_connected(self) -> None:
+        """Announce mail; after a lost connection, reconnect and go on after the last seq shown."""
+        await stay_connected(
+            self.options,
+            self.announce_incoming,
+            resume_after=lambda: self.last_seq,
+            first=self.auth,
+        )
+
+    async def announce_incoming(self, auth: Authenticated) -> None:
+        if auth is not self.auth:
+            self.auth, self.client = auth, auth.client
+            self.console.announce(f"Reconnected to {auth.server}.")
+        client = auth.client
+        self.last_seq = max(self.last_seq or 0, auth.resume_after)
         while True:
-            try:
-                entry = await self.client.next_mail()
-            except BrokerUnreachable:
-                self.console.announce("Connection to the broker lost.")
-                raise
+            entry = await client.next_mail()
+            if entry["seq"] is not None:
+                if entry["seq"] <= self.last_seq:
+                    continue  # announced before the connection was lost
+                self.last_seq = entry["seq"]
             self.arrived += 1
             self.console.announce(output.notification_line(entry))
-            await self.client.flush_ack()
-            if self.auth.saved is not None:
-                self.auth.saved = self.auth.saved.with_last_seq(self.client.last_seq)
-                save_session(self.auth.saved)
+            await client.flush_ack()
+            if auth.saved is not None:
+                auth.saved = auth.saved.with_last_seq(self.last_seq)
+                save_session(auth.saved)
 
     async def menu(self) -> None:
         actions = {
@@ -228,8 +258,12 @@ class Shell:
                 continue
             try:
                 await action()
+            except CliError as exc:  # an input check of cli.inputs
+                self.console.say(f"Not sent: {exc.message}")
             except RequestFailed as exc:
                 self.console.say(f"Refused: {exc.message or exc.code}")
+            except BrokerUnreachable:
+                self.console.say("Not connected to the broker (reconnecting): try again soon.")
 
     def _sent(self, kind: str, result: dict[str, Any], to: str) -> None:
         self.console.say(f"Sent {kind} #{result['message_id']} to {to}.")
@@ -240,18 +274,18 @@ class Shell:
         if not to:
             self.console.say("No recipients: nothing sent.")
             return
-        subject = await self.console.ask("Subject: ")
-        body = await self.console.ask_lines("Body")
+        subject = check_subject(await self.console.ask("Subject: "))
+        body = check_body(await self.console.ask_lines("Body"))
         self._sent("email", await self.client.send_email(to, subject, body), ", ".join(to))
 
     async def send_text(self) -> None:
         to = (await self.console.ask("To: ")).strip()
-        body = await self.console.ask("Message: ")
+        body = check_body(await self.console.ask("Message: "))
         self._sent("text", await self.client.send_text(to, body), to)
 
     async def send_announcement(self) -> None:
-        subject = await self.console.ask("Subject: ")
-        body = await self.console.ask_lines("Body")
+        subject = check_subject(await self.console.ask("Subject: "))
+        body = check_body(await self.console.ask_lines("Body"))
         self._sent("announcement", await self.client.announce(subject, body), "everyone")
 
     async def send_rickroll(self) -> None:
