@@ -31,13 +31,13 @@ class MailnetGroup(click.Group):
     ) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
-        parent = super()
+        parent_main = super().main
 
         def invoke() -> Any:
             arguments = sys.argv[1:] if args is None else list(args)
             for number, argument in enumerate(arguments, 1):
                 check_utf8(argument, f"argument {number}")
-            return parent.main(arguments, prog_name or "mailnet", complete_var, False, **extra)
+            return parent_main(arguments, prog_name or "mailnet", complete_var, False, **extra)
 
         sys.exit(output.run_cli(invoke))
 

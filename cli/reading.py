@@ -157,18 +157,18 @@ def history(
     options: ClientOptions,
 ) -> None:
     """Mail you sent and received, newest first, with filters."""
-    filters = {
-        "with_user": with_user,
-        "kind": kind,
-        "search": search,
-        "since": parse_since(since) if since else None,
-        "limit": limit,
-        "before_id": before_id,
-    }
+    since_iso = parse_since(since) if since else None
 
     async def run() -> list[dict[str, Any]]:
         async with session_client(options) as auth:
-            return await auth.client.history(**filters)
+            return await auth.client.history(
+                with_user=with_user,
+                kind=kind,
+                search=search,
+                since=since_iso,
+                limit=limit,
+                before_id=before_id,
+            )
 
     items = run_async(run)
     if as_json:

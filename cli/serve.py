@@ -36,7 +36,7 @@ def redact_url(url: str) -> str:
 
 def _is_config_problem(exc: BaseException) -> bool:
     from broker import tls
-    from broker.server import ConfigError
+    from broker.config import ConfigError
     from broker.store.entry import StoreUnavailable
 
     # ValueError covers a malformed --db URL; StoreUnavailable a database that cannot be reached.

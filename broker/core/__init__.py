@@ -2,9 +2,10 @@
 
 from broker.store import SendOutcome, UserRecord
 
+from .feed import Message
 from .presence import LiveSession, OnlineUser
 from .service import Broker
-from .session import Message, Outlet, Session
+from .session import Outlet, Session
 from .views import entry_view, iso, mail_event, online_user_view
 
 __all__ = [
