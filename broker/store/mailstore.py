@@ -34,6 +34,11 @@ messages = Message.__table__
 mailbox = MailboxEntry.__table__
 
 
+_FIRST_USER_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtext('mailnet first user ' || current_schema()))"
+)
+
+
 class UsernameTaken(Exception):
     pass
 
@@ -186,6 +191,11 @@ class MailStore(AdminStoreMixin):
             with self.engines.write.begin() as conn:
                 # The first account on a new broker is its admin.
                 has_users = conn.execute(select(users.c.id).limit(1)).first() is not None
+                if not has_users and conn.dialect.name == "postgresql":
+                    # Other nodes may be creating the first account too: one at a time, each
+                    # looking again once the one before it has committed.
+                    conn.execute(text(_FIRST_USER_LOCK))
+                    has_users = conn.execute(select(users.c.id).limit(1)).first() is not None
                 row = conn.execute(
                     insert(users)
                     .values(
@@ -326,7 +336,8 @@ class MailStore(AdminStoreMixin):
     def ack_through(self, acks: dict[int, int]) -> None:
         """Record, per user id, the highest sequence number a client has acknowledged."""
         with self.engines.write.begin() as conn:
-            for user_id, seq in acks.items():
+            # In id order, as group commits lock users rows: nodes never deadlock on them.
+            for user_id, seq in sorted(acks.items()):
                 conn.execute(
                     update(users)
                     .where(users.c.id == user_id, users.c.acked_seq < seq, users.c.last_seq >= seq)

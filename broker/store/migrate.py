@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 import migrations
 
@@ -33,8 +33,24 @@ def _connect(engine: Engine) -> Connection:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    _connect(engine).close()
-    command.upgrade(alembic_config(engine), revision)
+    """Upgrade the schema; on PostgreSQL one node at a time (nodes often start together)."""
+    with _connect(engine) as conn:
+        if conn.dialect.name != "postgresql":
+            conn.close()
+            command.upgrade(alembic_config(engine), revision)
+            return
+        # A session-level advisory lock, per schema, held on this connection while alembic
+        # migrates on its own: the nodes that wait then find the schema at head and do nothing.
+        conn.execute(text(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})"))
+        conn.commit()
+        try:
+            command.upgrade(alembic_config(engine), revision)
+        finally:
+            conn.execute(text(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})"))
+            conn.commit()
+
+
+_MIGRATION_LOCK = "hashtext('mailnet migrations ' || current_schema())"
 
 
 def current_revision(engine: Engine) -> str | None:
