@@ -44,6 +44,8 @@ log = logging.getLogger("mailnet.broker")
 ACK_FLUSH_INTERVAL = 1.0
 LISTEN_WAIT = 10.0  # seconds to wait for LISTEN before reporting started anyway
 DISK_CHECK_INTERVAL = 1.0
+FETCH_RETRY_FIRST = 0.05  # seconds before a feed reads the store again after an outage...
+FETCH_RETRY_MAX = 2.0  # ... doubling up to this
 
 
 class Broker:
@@ -78,6 +80,8 @@ class Broker:
         # starts before the store has it must not be handed those entries again.
         self._acked_through: dict[int, int] = {}
         self._ack_lock = trio.Lock()
+        # Whether this node hears other nodes' commits now (PostgreSQL; /readyz reports it).
+        self.listening = not store.shares_commits
         self._disk_checked_at = -1e9
         self._disk_full = False
         self._db_dir: Path | None = (
@@ -136,7 +140,8 @@ class Broker:
                         self.runner.store.listen_for_commits,
                         lambda pairs: in_trio(self._notice_commits, pairs),
                         stop.is_set,
-                        lambda: in_trio(listening.set),
+                        lambda: in_trio(self._listening_for_commits, listening),
+                        lambda: in_trio(self._not_listening_for_commits),
                         abandon_on_cancel=True,
                     )
                 )
@@ -147,6 +152,18 @@ class Broker:
                 task_status.started()
         finally:
             stop.set()
+
+    def _listening_for_commits(self, listening: trio.Event) -> None:
+        """LISTEN is in force (again): every live session here reads the store once, for the
+        commits whose notices were missed while it was down."""
+        listening.set()
+        self.listening = True
+        for user_id in self.presence.online_users():
+            for session in self.presence.sessions_of(user_id):
+                session.catch_up()
+
+    def _not_listening_for_commits(self) -> None:
+        self.listening = False
 
     def _notice_commits(self, pairs: list[tuple[int, int]]) -> None:
         for user_id, seq in pairs:
@@ -219,7 +236,20 @@ class Broker:
             log.info("session %d of %r offline", session.id, user.username)
 
     async def fetch_after(self, user_id: int, after_seq: int, limit: int):  # type: ignore[no-untyped-def]
-        return await self.runner.read(self.runner.store.entries_after, user_id, after_seq, limit)
+        """A live feed's read. A database blip must not end the session: retried until the
+        store answers (the session stays, and its mail follows once the database is back)."""
+        delay = FETCH_RETRY_FIRST
+        while True:
+            try:
+                return await self.runner.read(
+                    self.runner.store.entries_after, user_id, after_seq, limit
+                )
+            except RequestRefused as exc:
+                if exc.code != ErrorCode.UNAVAILABLE:
+                    raise
+                log.warning("feed of user %d waits for the store: %s", user_id, exc.__cause__)
+            await trio.sleep(delay)
+            delay = min(delay * 2, FETCH_RETRY_MAX)
 
     def ack(self, session: LiveSession, seq: int) -> None:
         """A session's client has everything through seq. Written to the store in the background.

@@ -415,9 +415,15 @@ class MailStore(AdminStoreMixin):
         """True when other broker nodes may write this database (PostgreSQL)."""
         return self.engines.write.dialect.name == "postgresql"
 
-    def listen_for_commits(self, on_notice, should_stop, on_listening) -> None:  # type: ignore[no-untyped-def]
+    def listen_for_commits(self, on_notice, should_stop, on_listening, on_lost=None) -> None:  # type: ignore[no-untyped-def]
         """Blocking (run it in a thread): report every node's commits as (user_id, seq)."""
-        listen_for_commits(self.engines.write, on_notice, should_stop, on_listening=on_listening)
+        listen_for_commits(
+            self.engines.write,
+            on_notice,
+            should_stop,
+            on_listening=on_listening,
+            on_lost=on_lost or (lambda: None),
+        )
 
     # Presence across nodes (PostgreSQL only): see presence_rows.
     def write_presence_rows(self, node_id, rows, gone, changes, *, whole_node, lifetime):  # type: ignore[no-untyped-def]

@@ -47,11 +47,13 @@ def listen_for_commits(
     should_stop: Callable[[], bool],
     *,
     on_listening: Callable[[], None] = lambda: None,
+    on_lost: Callable[[], None] = lambda: None,
     poll_seconds: float = 1.0,
 ) -> None:
     """Blocking: call on_notice for every commit notice until should_stop(); reconnects.
 
-    on_listening is called each time LISTEN is in force (first start and every reconnect).
+    on_listening is called each time LISTEN is in force (first start and every reconnect),
+    on_lost each time the listening connection fails.
     """
     import psycopg
 
@@ -66,4 +68,5 @@ def listen_for_commits(
                         on_notice(list(parse_notice(notice.payload)))
         except psycopg.Error as exc:
             log.warning("commit notices interrupted (%s); reconnecting", str(exc).strip())
+            on_lost()
             time.sleep(poll_seconds)
