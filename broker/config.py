@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -58,12 +59,19 @@ class Config:
     # commits do not compete with the event loop for one interpreter lock) or "thread".
     # PostgreSQL always commits from a thread.
     send_writer: str = "process"
+    # This node's name in every log line, in `admin sessions`/`users`, /metrics and the
+    # database's pg_stat_activity (application_name); empty means the host name.
+    node_name: str = ""
 
     @property
     def db_url(self) -> str:
         if self.db:
             return self.db
         return f"sqlite:///{self.data_dir / 'mailnet.db'}"
+
+    @property
+    def node(self) -> str:
+        return self.node_name or socket.gethostname()
 
     @property
     def heartbeat_interval(self) -> float:

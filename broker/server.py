@@ -14,7 +14,7 @@ from broker import tls
 from broker.config import Config
 from broker.core import Broker
 from broker.core.throttle import ConnectionLimits
-from broker.store import MailStore, migrate
+from broker.store import MailStore, migrate, named_connections
 from broker.transport.tcp import handle_connection
 
 log = logging.getLogger("mailnet.server")
@@ -67,7 +67,7 @@ def certificate_paths(config: Config) -> tuple[Path, Path]:
 
 
 def open_store(config: Config) -> MailStore:
-    store = MailStore.open(config.db_url)
+    store = MailStore.open(named_connections(config.db_url, f"mailnet {config.node}"))
     migrate.upgrade(store.engines.write)
     return store
 
@@ -81,6 +81,7 @@ async def serve(
     try:
         broker = Broker(store, config)
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
+        broker.metrics.watch_connections(lambda: limits.open)
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.run)
             listeners = await nursery.start(

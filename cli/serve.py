@@ -23,7 +23,7 @@ from broker.config import REGISTRATION_POLICIES, SEND_WRITERS, Config
 
 from .output import EXIT_USAGE, CliError, emit_json, fail
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(node)s] %(name)s: %(message)s"
 WILDCARD_HOSTS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6, "": socket.AF_UNSPEC}
 
 
@@ -150,6 +150,11 @@ def limit_options(command: Any) -> Any:
     type=click.Choice(SEND_WRITERS),
     help="Where SQLite group commits run [default process; env MAILNET_SEND_WRITER].",
 )
+@click.option(
+    "--node-name",
+    metavar="NAME",
+    help="This node's name in logs, admin listings and metrics [default: the host name].",
+)
 @limit_options
 @click.option(
     "--log-level",
@@ -166,6 +171,7 @@ def serve(log_level: str, as_json: bool, **flags: Any) -> None:
         raise CliError(str(exc), EXIT_USAGE) from None
     config = dataclasses.replace(config, **{k: v for k, v in flags.items() if v is not None})
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    _name_node_in_logs(config.node)
     if log_level != "debug":  # alembic narrates every plugin and migration at INFO
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
@@ -179,6 +185,17 @@ def serve(log_level: str, as_json: bool, **flags: Any) -> None:
         if _is_config_problem(exc):
             raise CliError(f"cannot start the broker: {exc}", EXIT_USAGE) from None
         raise exc from None
+
+
+def _name_node_in_logs(node: str) -> None:
+    """Every log line names this node (several nodes' logs often end up in one place)."""
+
+    def add_node(record: logging.LogRecord) -> bool:
+        record.node = node
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(add_node)
 
 
 async def _serve_until_signal(config: Config, as_json: bool) -> None:
@@ -207,6 +224,7 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
                 "fingerprint": info.fingerprint,
                 "web": client_urls(list(info.web)),
                 "db": database,
+                "node": config.node,
             }
         )
     else:
@@ -222,6 +240,7 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
             )
         lines += [f"Web UI: {url}" for url in client_urls(list(info.web))]
         lines.append(f"Database: {database}")
+        lines.append(f"Node name: {config.node}")
         lines.append("Stop with Ctrl-C.")
         click.echo("\n".join(lines))
     sys.stdout.flush()

@@ -26,14 +26,17 @@ from broker.store import (
     NotFound,
     SendIntent,
     SendOutcome,
+    StoreUnavailable,
     UserRecord,
     WriterProcess,
+    call_guarded,
 )
 
 from .accounts import Accounts, LoginResult, hash_token
 from .admin import AccountAdmin
 from .cluster import SharedPresence
 from .commits import CommitQueue
+from .metrics import BrokerMetrics
 from .presence import LiveSession, OnlineUser, Presence
 from .runner import StoreRunner
 from .throttle import SendRateLimiter
@@ -44,6 +47,7 @@ log = logging.getLogger("mailnet.broker")
 ACK_FLUSH_INTERVAL = 1.0
 LISTEN_WAIT = 10.0  # seconds to wait for LISTEN before reporting started anyway
 DISK_CHECK_INTERVAL = 1.0
+READY_CHECK_TIMEOUT = 2.0  # seconds /readyz waits for the database
 FETCH_RETRY_FIRST = 0.05  # seconds before a feed reads the store again after an outage...
 FETCH_RETRY_MAX = 2.0  # ... doubling up to this
 
@@ -56,7 +60,12 @@ class Broker:
         self.presence = Presence()
         # Several nodes on one database: `who` and presence events span all of them.
         self.shared_presence = (
-            SharedPresence(self.runner, self.presence, refresh=config.presence_refresh)
+            SharedPresence(
+                self.runner,
+                self.presence,
+                refresh=config.presence_refresh,
+                node_name=config.node,
+            )
             if store.shares_commits
             else None
         )
@@ -74,7 +83,13 @@ class Broker:
             self.runner, self._deliver, quota=config.mailbox_quota, writer=self.writer
         )
         self.send_limits = SendRateLimiter(config.send_rate, config.send_burst)
+        self.node_name = config.node
+        self.metrics = BrokerMetrics(self.node_name)
+        self.commits.on_commit_time = self.metrics.commit_seconds.observe
         self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
+        self.admin.node_name = config.node
+        if self.shared_presence is not None:
+            self.admin.other_nodes = self.shared_presence.fresh_rows
         self._pending_acks: dict[int, int] = {}
         # Highest seq any client of each user acknowledged here, written or not: a session that
         # starts before the store has it must not be handed those entries again.
@@ -82,6 +97,14 @@ class Broker:
         self._ack_lock = trio.Lock()
         # Whether this node hears other nodes' commits now (PostgreSQL; /readyz reports it).
         self.listening = not store.shares_commits
+        self.metrics.watch(
+            live_sessions=lambda: sum(
+                len(self.presence.sessions_of(u)) for u in self.presence.online_users()
+            ),
+            commit_queue=lambda: self.commits.waiting,
+            pending_acks=lambda: len(self._pending_acks),
+            listening=lambda: 1 if self.listening else 0,
+        )
         self._disk_checked_at = -1e9
         self._disk_full = False
         self._db_dir: Path | None = (
@@ -142,6 +165,7 @@ class Broker:
                         stop.is_set,
                         lambda: in_trio(self._listening_for_commits, listening),
                         lambda: in_trio(self._not_listening_for_commits),
+                        self.metrics.notify_lag.observe,  # thread-safe
                         abandon_on_cancel=True,
                     )
                 )
@@ -164,6 +188,20 @@ class Broker:
 
     def _not_listening_for_commits(self) -> None:
         self.listening = False
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz checks: the database answers, its schema is at head, and (with several
+        nodes) this node hears the others' commits."""
+        checks = {"database": False, "schema_at_head": False, "listening": self.listening}
+        at_head = self.runner.store.schema_at_head
+        with trio.move_on_after(READY_CHECK_TIMEOUT):
+            try:  # abandoned if the database hangs: a health check must answer
+                head = await trio.to_thread.run_sync(call_guarded, at_head, abandon_on_cancel=True)
+            except StoreUnavailable:
+                pass
+            else:
+                checks["database"], checks["schema_at_head"] = True, head
+        return checks
 
     def _notice_commits(self, pairs: list[tuple[int, int]]) -> None:
         for user_id, seq in pairs:
@@ -359,7 +397,9 @@ class Broker:
                         ErrorCode(outcome.error_code), outcome.error_message or ""
                     )
                 results[index] = outcome
-            on_done([r for r in results if r is not None])
+            answers = [r for r in results if r is not None]
+            self.metrics.count_sends([send.kind for send in sends], answers)
+            on_done(answers)
 
         self.commits.enqueue(intents, committed)
 

@@ -1,7 +1,7 @@
 """Persistence: the only package that imports SQLAlchemy. Returns plain records."""
 
 from .admin import AccountRecord, AuditRecord, BlockRecord, InviteInvalid, PrankRecord
-from .database import Engines, make_engines, sqlite_url_for
+from .database import Engines, make_engines, named_connections, sqlite_url_for
 from .mailstore import MailStore, NotFound, StoreUnavailable, UsernameTaken, call_guarded
 from .presence_rows import PresenceChange, PresenceRow
 from .records import Delivery, EntryRecord, HistoryQuery, SendIntent, SendOutcome, UserRecord
@@ -29,5 +29,6 @@ __all__ = [
     "WriterProcess",
     "call_guarded",
     "make_engines",
+    "named_connections",
     "sqlite_url_for",
 ]

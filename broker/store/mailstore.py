@@ -7,7 +7,7 @@ one transaction, and only its outcome is what senders are acknowledged with.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, text, update
@@ -415,7 +415,14 @@ class MailStore(AdminStoreMixin):
         """True when other broker nodes may write this database (PostgreSQL)."""
         return self.engines.write.dialect.name == "postgresql"
 
-    def listen_for_commits(self, on_notice, should_stop, on_listening, on_lost=None) -> None:  # type: ignore[no-untyped-def]
+    def listen_for_commits(
+        self,
+        on_notice: Callable[[list[tuple[int, int]]], None],
+        should_stop: Callable[[], bool],
+        on_listening: Callable[[], None],
+        on_lost: Callable[[], None] | None = None,
+        on_age: Callable[[float], None] | None = None,
+    ) -> None:
         """Blocking (run it in a thread): report every node's commits as (user_id, seq)."""
         listen_for_commits(
             self.engines.write,
@@ -423,6 +430,7 @@ class MailStore(AdminStoreMixin):
             should_stop,
             on_listening=on_listening,
             on_lost=on_lost or (lambda: None),
+            on_age=on_age or (lambda seconds: None),
         )
 
     # Presence across nodes (PostgreSQL only): see presence_rows.
@@ -438,6 +446,12 @@ class MailStore(AdminStoreMixin):
 
     def listen_for_presence(self, on_changes, should_stop) -> None:  # type: ignore[no-untyped-def]
         presence_rows.listen_for_changes(self.engines.write, on_changes, should_stop)
+
+    def schema_at_head(self) -> bool:
+        """Whether the database's schema is the newest this code knows."""
+        from .migrate import is_at_head  # migrate imports this module
+
+        return is_at_head(self.engines.write)
 
     def integrity_check(self) -> str:
         with self.engines.read.connect() as conn:

@@ -20,6 +20,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -360,7 +361,7 @@ class SendBatch:
         return [row.id for row in result]
 
     def _insert_messages_pg(
-        self, intents: list[SendIntent], rows: list[dict[str, object]]
+        self, intents: list[SendIntent], rows: list[dict[str, Any]]
     ) -> list[int | None]:
         """The messages' ids, None for a keyed one another transaction committed first.
 

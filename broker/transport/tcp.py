@@ -279,6 +279,8 @@ class ClientConnection:
             if result is None:
                 return
             response = ok_response(rid, **result)
+        if not response.get("ok"):  # metrics hook: errors by code (sends count in the core)
+            self.broker.metrics.count_error(str(response.get("error", {}).get("code")))
         try:
             await self.write(response)
         except LocalProtocolError as exc:  # too large to send; nothing was written

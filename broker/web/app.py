@@ -30,6 +30,7 @@ from .api import HttpApi
 from .errors import NO_STORE, error_response, internal_error_response
 from .live import LiveSockets, serve_live_socket
 from .openapi import openapi_schema
+from .ops import ops_routes
 
 log = logging.getLogger("mailnet.web")
 
@@ -120,6 +121,7 @@ def create_app(broker: Broker, config: Config) -> ASGIApp:
         routes=[
             Route("/", index, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            *ops_routes(broker),
             *api.routes(),
             WebSocketRoute("/api/ws", live),
             Route("/api/ws", upgrade_required, methods=["GET"]),
