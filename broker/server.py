@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from broker import tls
 from broker.config import Config
 from broker.core import Broker
 from broker.core.throttle import ConnectionLimits
-from broker.store import MailStore, migrate, named_connections
+from broker.store import MailStore, call_guarded, migrate, named_connections
 from broker.transport.tcp import handle_connection
 
 log = logging.getLogger("mailnet.server")
@@ -66,6 +67,15 @@ def certificate_paths(config: Config) -> tuple[Path, Path]:
     return paths.cert_path, paths.key_path
 
 
+def use_cluster_certificate(config: Config, store: MailStore) -> Config:
+    """The config with the certificate every node on this database presents (stored in the
+    database by the first node; see docs/security.md)."""
+    paths = tls.ensure_cluster_certificate(
+        config.data_dir, [config.host], partial(call_guarded, store.shared_certificate)
+    )
+    return dataclasses.replace(config, tls_cert=paths.cert_path, tls_key=paths.key_path)
+
+
 def open_store(config: Config) -> MailStore:
     store = MailStore.open(named_connections(config.db_url, f"mailnet {config.node}"))
     migrate.upgrade(store.engines.write)
@@ -76,9 +86,13 @@ async def serve(
     config: Config, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the broker until cancelled. Acknowledged sends are committed before any answer."""
-    ssl_context, fingerprint = _tls_context(config)
+    _tls_context(config)  # a bad certificate or address is refused before the database
     store = await trio.to_thread.run_sync(open_store, config)
     try:
+        own_pair = config.tls_cert and config.tls_key
+        if store.shares_commits and not config.insecure_plaintext and not own_pair:
+            config = await trio.to_thread.run_sync(use_cluster_certificate, config, store)
+        ssl_context, fingerprint = _tls_context(config)
         broker = Broker(store, config)
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
         broker.metrics.watch_connections(lambda: limits.open)

@@ -11,12 +11,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from . import presence_rows
 from .admin import AdminStoreMixin, redeem_invite
 from .database import Engines, make_engines
-from .models import AuthSession, MailboxEntry, Message, User, utcnow
+from .models import AuthSession, ClusterCertificate, MailboxEntry, Message, User, utcnow
 from .notify import listen_for_commits
 from .presence_rows import PresenceRow
 from .records import (
@@ -32,6 +33,7 @@ users = User.__table__
 sessions = AuthSession.__table__
 messages = Message.__table__
 mailbox = MailboxEntry.__table__
+certificates = ClusterCertificate.__table__
 
 
 _FIRST_USER_LOCK = (
@@ -446,6 +448,25 @@ class MailStore(AdminStoreMixin):
 
     def listen_for_presence(self, on_changes, should_stop) -> None:  # type: ignore[no-untyped-def]
         presence_rows.listen_for_changes(self.engines.write, on_changes, should_stop)
+
+    def shared_certificate(self, offered: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+        """The cluster's TLS (certificate, key) PEMs: `offered` if no node stored a pair yet,
+        else the stored one (nodes starting together agree: the first insert wins)."""
+        cert_pem, key_pem = offered
+        with self.engines.write.begin() as conn:
+            conn.execute(
+                pg_insert(certificates)
+                .values(
+                    id=1, cert_pem=cert_pem.decode(), key_pem=key_pem.decode(), created_at=utcnow()
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            row = conn.execute(
+                select(certificates.c.cert_pem, certificates.c.key_pem).where(
+                    certificates.c.id == 1
+                )
+            ).one()
+        return row.cert_pem.encode(), row.key_pem.encode()
 
     def schema_at_head(self) -> bool:
         """Whether the database's schema is the newest this code knows."""

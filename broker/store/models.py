@@ -177,3 +177,16 @@ class NodePresence(Base):
     sessions: Mapped[int] = mapped_column(Integer)
     # Set by the writing node (database clock) to now + three of its refresh intervals.
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class ClusterCertificate(Base):
+    """The TLS certificate and key every node sharing this database presents (one row), so a
+    fingerprint pinned through a load balancer holds whichever node answers. Made by the first
+    node that starts without --tls-cert/--tls-key; the key is as secret as the database."""
+
+    __tablename__ = "cluster_certificate"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    cert_pem: Mapped[str] = mapped_column(Text)
+    key_pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
