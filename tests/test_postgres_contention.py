@@ -15,13 +15,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import trio
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from broker.store import MailStore, SendIntent, SendOutcome, migrate
+from tests.conftest import make_config, running_broker
 
 PG_URL = os.environ.get("MAILNET_TEST_PG_URL")
 pytestmark = pytest.mark.skipif(
@@ -207,3 +210,74 @@ def test_nodes_starting_together_on_an_empty_database_migrate_once(schema: Schem
         assert migrate.current_revision(store.engines.write) == head
     finally:
         store.close()
+
+
+async def test_two_nodes_under_load_lose_nothing_and_never_deadlock(
+    schema: Schema, tmp_path: Path
+) -> None:
+    """Senders on two nodes mail the same three users in varying orders, each send also retried
+    through the other node: every send is stored once, every mailbox's seqs are 1..N."""
+    senders, tasks, sends_each = 4, 3, 15
+    recipients = ["r1", "r2", "r3"]
+    before = deadlocks(schema.admin)
+    answers: list[tuple[str, dict[str, object]]] = []
+    with trio.fail_after(120):
+        node_a = make_config(tmp_path / "a", db=schema.url(), send_rate=1e6, send_burst=10**6)
+        node_b = make_config(tmp_path / "b", db=schema.url(), send_rate=1e6, send_burst=10**6)
+        async with running_broker(node_a) as a, running_broker(node_b) as b:
+            for name in recipients:
+                async with a.user(name):
+                    pass
+
+            async def send_through_both(name: str, first, second, task: int) -> None:  # type: ignore[no-untyped-def]
+                for n in range(sends_each):
+                    key = f"{name}-{task}-{n}"
+                    shift = (task + n) % 3
+                    to = recipients[shift:] + recipients[:shift]
+                    async with trio.open_nursery() as both:
+                        for client in (first, second):
+                            both.start_soon(partial(answer, client, to, key))
+
+            async def answer(client, to: list[str], key: str) -> None:  # type: ignore[no-untyped-def]
+                answers.append((key, await client.send_email(to, key, "x", client_msg_id=key)))
+
+            async with trio.open_nursery() as load:
+                for s in range(senders):
+                    name = f"s{s}"
+                    first, second = (a, b) if s % 2 else (b, a)
+                    async with first.user(name):
+                        pass
+                    c1 = await load.start(hold_user, first, name)
+                    c2 = await load.start(hold_user, second, name)
+                    for task in range(tasks):
+                        load.start_soon(send_through_both, name, c1, c2, task)
+                await wait_for(lambda: len(answers) == 2 * senders * tasks * sends_each)
+                load.cancel_scope.cancel()
+    by_key: dict[str, set[object]] = {}
+    for key, result in answers:
+        by_key.setdefault(key, set()).add(result["message_id"])
+    assert all(len(ids) == 1 for ids in by_key.values())  # each retry got the first id
+    assert sorted(bool(r["duplicate"]) for _, r in answers).count(True) == len(by_key)
+    store = MailStore.open(schema.url())
+    try:
+        for name in recipients:
+            user = store.user_by_name(name)
+            assert user is not None
+            seqs = [e.seq for e in store.entries_after(user.id, 0, 10_000)]
+            assert seqs == list(range(1, len(by_key) + 1))
+    finally:
+        store.close()
+    assert deadlocks(schema.admin) == before
+
+
+async def hold_user(broker, name: str, task_status) -> None:  # type: ignore[no-untyped-def]
+    """A client logged in as `name` for as long as the caller's nursery runs."""
+    async with broker.client() as client:
+        await client.login(name, "password1")
+        task_status.started(client)
+        await trio.sleep_forever()
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await trio.sleep(0.05)
