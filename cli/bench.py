@@ -25,6 +25,12 @@ from . import output
     type=click.Choice(list(WORKLOADS)),
     help="Run only this workload (repeatable).",
 )
+@click.option(
+    "--db",
+    metavar="URL",
+    help="A PostgreSQL URL: benchmark a cluster of --nodes brokers there (in a fresh schema).",
+)
+@click.option("--nodes", type=click.IntRange(1, 16), default=2, show_default=True)
 def bench(
     as_json: bool,
     quick: bool,
@@ -33,6 +39,8 @@ def bench(
     no_mosquitto: bool,
     rate: float | None,
     only: tuple[str, ...],
+    db: str | None,
+    nodes: int,
 ) -> None:
     """Benchmark a fresh local broker (127.0.0.1, temporary database) and print the figures.
 
@@ -48,7 +56,9 @@ def bench(
         plan = dataclasses.replace(plan, only=only)
     if rate is not None:
         plan = dataclasses.replace(plan, steady_rate=rate)
-    if not no_mosquitto:
+    if db:
+        plan = dataclasses.replace(plan, db=db, nodes=nodes)
+    if not no_mosquitto and not db:
         plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
     results = run_benchmark(plan)
     if as_json:
