@@ -62,7 +62,9 @@ class ClusterBench:
         )
         return [row[0] for row in rows]
 
-    def peer_texts(self, *, pairs: int, window: int, duration: float, warmup: float) -> dict:  # type: ignore[type-arg]
+    def peer_texts(
+        self, *, pairs: int, window: int, duration: float, warmup: float
+    ) -> dict[str, Any]:
         from .run import rate, run_load, shards_of
 
         self._sql(f"CREATE SCHEMA {self.schema}")

@@ -191,13 +191,12 @@ class SharedPresence:
         """The other nodes' unexpired rows: their users online (RequestRefused if unreadable)."""
         return await self.runner.read(self.runner.store.fresh_presence_rows, self.node_id)
 
-    _fresh_rows = fresh_rows
 
     async def _reconcile(self) -> None:
         """Match the view of other nodes to their fresh rows: notices missed, nodes that died."""
         seen = self._notices
         try:
-            rows = await self._fresh_rows()
+            rows = await self.fresh_rows()
         except RequestRefused:
             return
         if seen != self._notices and self._skipped_reconciles < MAX_SKIPPED_RECONCILES:
@@ -210,7 +209,7 @@ class SharedPresence:
         """The local users merged with every other node's (sessions summed, earliest since,
         least idle); only the local ones if the store cannot be read."""
         try:
-            rows = await self._fresh_rows()
+            rows = await self.fresh_rows()
         except RequestRefused:
             return local
         wall = datetime.now(UTC)
