@@ -136,3 +136,29 @@ async def test_admin_sessions_and_users_list_every_nodes_sessions(
             assert by_user["root", "node-a"]["sessions"] == 1
             users = {u["username"]: u["online"] for u in await root.admin_users()}
             assert users == {"root": True, "bob": True}
+
+
+async def test_serve_names_its_node_in_the_banner_and_every_log_line(tmp_path: Path) -> None:
+    from tests.cli_helpers import Expect, cli_env, read_to_end, start_cli, stop
+
+    process = await start_cli(
+        "serve",
+        "--port",
+        "0",
+        "--web-port",
+        "-1",
+        "--insecure-plaintext",
+        "--node-name",
+        "node-x",
+        "--data-dir",
+        str(tmp_path / "data"),
+        env=cli_env(None, None),
+    )
+    try:
+        banner = await Expect(process.stdout).expect("Stop with Ctrl-C.", timeout=60)
+        assert "Node name: node-x" in banner
+    finally:
+        assert await stop(process) == 0
+    lines = (await read_to_end(process.stderr)).splitlines()
+    assert any("mailnet listening on" in line for line in lines)
+    assert lines and all(" [node-x] " in line for line in lines), lines
