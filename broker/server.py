@@ -95,7 +95,7 @@ async def serve(
         ssl_context, fingerprint = _tls_context(config)
         broker = Broker(store, config)
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
-        broker.metrics.watch_connections(lambda: limits.open)
+        broker.metrics.watch_connections("tcp", lambda: limits.open)
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.run)
             listeners = await nursery.start(

@@ -65,7 +65,9 @@ async def test_healthz_readyz_and_metrics_on_the_web_port(tmp_path: Path) -> Non
             assert sample(metrics, sends % "duplicate") == 1
             assert sample(metrics, sends % "refused") == 1
             assert sample(metrics, 'mailnet_errors_total{code="unknown_recipient"}') == 1
-            assert sample(metrics, "mailnet_connections") == 2
+            assert sample(metrics, 'mailnet_connections{transport="tcp"}') == 2
+            assert sample(metrics, 'mailnet_connections{transport="websocket"}') == 0
+            assert 'mailnet_connections{transport="websocket"}' in metrics
             assert sample(metrics, "mailnet_live_sessions") == 2
             assert sample(metrics, "mailnet_commit_seconds_count") >= 2
             assert sample(metrics, 'mailnet_node_info{node="node-a"}') == 1

@@ -25,7 +25,10 @@ class BrokerMetrics:
         self.info = Gauge("mailnet_node_info", "This node (value 1)", ["node"], registry=r)
         self.info.labels(node=node_name).set(1)
         self.connections = Gauge(
-            "mailnet_connections", "Open client connections on the TCP listener", registry=r
+            "mailnet_connections",
+            "Open client connections, by transport (tcp, websocket)",
+            ["transport"],
+            registry=r,
         )
         self.live_sessions = Gauge(
             "mailnet_live_sessions", "Live sessions on this node (pushed mail)", registry=r
@@ -72,8 +75,8 @@ class BrokerMetrics:
         self.pending_acks.set_function(pending_acks)
         self.listening.set_function(listening)
 
-    def watch_connections(self, connections: Callable[[], float]) -> None:
-        self.connections.set_function(connections)
+    def watch_connections(self, transport: str, connections: Callable[[], float]) -> None:
+        self.connections.labels(transport=transport).set_function(connections)
 
     def count_sends(
         self, kinds: Sequence[str], results: Sequence[SendOutcome | RequestRefused]

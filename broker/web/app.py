@@ -82,6 +82,7 @@ class SecurityHeaders:
 
 def create_app(broker: Broker, config: Config) -> ASGIApp:
     sockets = LiveSockets(config)
+    broker.metrics.watch_connections("websocket", lambda: sockets.limits.open)
     api = HttpApi(broker, config, sockets)
     schema = openapi_schema()
 
