@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=WORKLOADS,
         help="run only this workload (repeatable)",
     )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="a PostgreSQL URL: benchmark a cluster of --nodes brokers there (in a fresh schema)",
+    )
+    parser.add_argument("--nodes", type=int, default=2, help="broker nodes with --db (default 2)")
     args = parser.parse_args(argv)
     plan = Plan.quick() if args.quick else Plan()
     if args.duration is not None:
@@ -50,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, tls=True)
     if args.mqtt_client is not None:
         plan = dataclasses.replace(plan, mqtt_client=args.mqtt_client)
-    if not args.no_mosquitto:
+    if args.db:
+        plan = dataclasses.replace(plan, db=args.db, nodes=args.nodes)
+    if not args.no_mosquitto and not args.db:
         plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
     results = run_benchmark(plan)
     if args.json:

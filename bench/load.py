@@ -291,6 +291,8 @@ async def peer_texts(address: str, p: dict[str, Any]) -> dict[str, Any]:
     """
     pairs, window, duration, warmup = p["pairs"], p["window"], p["duration"], p["warmup"]
     shard = p["shard"]
+    # On a cluster the recipients may be connected to another node.
+    recipients_at = p.get("recipient_address", address)
     tally = Tally()
 
     def on_mail(entry: dict) -> None:
@@ -302,7 +304,7 @@ async def peer_texts(address: str, p: dict[str, Any]) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         senders = []
         for i in range(pairs):
-            await open_client(nursery, address, f"r{shard}_{i}", on_mail)
+            await open_client(nursery, recipients_at, f"r{shard}_{i}", on_mail)
             client = await open_client(nursery, address, f"s{shard}_{i}", noop)
             senders.append(TextSender(client, f"r{shard}_{i}", tally))
         await ready_and_wait_for_go()

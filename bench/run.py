@@ -70,6 +70,8 @@ class Plan:
     mqtt_client: str = "lean"  # the Mosquitto workload's client: "lean" or "paho" (paho-mqtt)
     tls: bool = False  # mailnet over TLS (its default outside loopback), not plaintext
     only: tuple[str, ...] = ()  # run just these workloads (names as in the JSON)
+    db: str | None = None  # a PostgreSQL URL: run the cluster workload there instead
+    nodes: int = 2  # broker nodes on that database
 
     @classmethod
     def quick(cls) -> Plan:
@@ -150,22 +152,26 @@ def process_named(name: str) -> int | None:
 
 def run_load(
     module: str,
-    address: str,
+    address: str | list[str],
     shards: list[dict[str, Any]],
     *,
     scenario: str | None = None,
     watch: int | None = None,
+    on_go: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Start one load process per shard, let them connect, start them together, collect.
 
-    With `watch` (a broker's pid), the first result also carries `broker_cpu_cores`: the CPU
-    the broker (and its children) used from the go signal to the results, per second."""
+    `address` is the broker's, or one per shard (a cluster's nodes). With `watch` (a broker's
+    pid), the first result also carries `broker_cpu_cores`: the CPU the broker (and its
+    children) used from the go signal to the results, per second. `on_go` runs just before the
+    go signal (to sample CPU counters)."""
     procs = []
-    for params in shards:
+    addresses = [address] * len(shards) if isinstance(address, str) else address
+    for params, shard_address in zip(shards, addresses, strict=True):
         cmd = [sys.executable, "-m", module]
         if scenario is not None:
             cmd.append(scenario)
-        cmd += [address, json.dumps(params)]
+        cmd += [shard_address, json.dumps(params)]
         procs.append(
             subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
@@ -176,6 +182,8 @@ def run_load(
             line = proc.stdout.readline() if proc.stdout else ""
             if not line or not json.loads(line).get("ready"):
                 raise RuntimeError(f"a load process ({module} {scenario}) failed to start")
+        if on_go is not None:
+            on_go()
         started, cpu_before = time.monotonic(), cpu_seconds(watch) if watch else 0.0
         for proc in procs:
             assert proc.stdin is not None
@@ -198,6 +206,9 @@ def run_load(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
 
 
 def shards_of(total: int, procs: int) -> list[int]:
@@ -281,6 +292,9 @@ class Bench:
         progress(f"{name}: {json.dumps(result)}")
 
     def run(self) -> Results:
+        if self.plan.db:  # the cluster on PostgreSQL; the other workloads are SQLite's
+            self.scenario("cluster_peer_texts", self.cluster_peer_texts)
+            return self.results
         self.scenario("peer_texts", self.peer_texts)
         if self.plan.mosquitto and (not self.plan.only or "peer_texts" in self.plan.only):
             self.scenario("mosquitto_peer", self.mosquitto_peer, workload="peer_texts")
@@ -303,6 +317,16 @@ class Bench:
             {"duration": p.duration, "warmup": p.warmup, "shard": i, **params}
             for i in range(p.load_procs)
         ]
+
+    def cluster_peer_texts(self) -> dict[str, Any]:
+        from .cluster import ClusterBench
+
+        p = self.plan
+        assert p.db is not None
+        bench = ClusterBench(p.db, p.nodes, self.workdir / "cluster", dict(BENCH_SETTINGS))
+        return bench.peer_texts(
+            pairs=p.pairs, window=p.window, duration=p.duration, warmup=p.warmup
+        )
 
     def peer_texts(self) -> dict[str, Any]:
         p = self.plan
@@ -536,6 +560,25 @@ def format_table(results: Results) -> str:
             return ""
         return f"; {r['errors']:,} ERROR RESPONSES (first: {r.get('first_error')})"
 
+    if "cluster_peer_texts" in s:
+        r = s["cluster_peer_texts"]
+        if err("cluster_peer_texts"):
+            add("cluster texts across nodes", "error: " + r["error"], "")
+        else:
+            add(
+                f"cluster texts across {r['nodes']} nodes",
+                f"{r['delivered_per_s']:,.0f} msgs/s delivered; PostgreSQL backends "
+                f"{r['postgres_cpu_us_per_msg']} µs/msg ({r['postgres_cpu_cores']} cores)"
+                + refused(r),
+                "",
+            )
+            for node in r["per_node"]:
+                add(
+                    f"  {node['node']} (senders)",
+                    f"{node['delivered_per_s']:,.0f} msgs/s; CPU {node['cpu_us_per_msg']} µs/msg "
+                    f"({node['cpu_cores']} cores)",
+                    "",
+                )
     if "peer_texts" in s:
         r = s["peer_texts"]
         if err("peer_texts"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,19 @@ class Config:
     # Balancers whose PROXY protocol headers (TCP port) and X-Forwarded-For headers (web port)
     # are believed: addresses or CIDR networks, comma-separated (--trusted-proxy, repeatable).
     trusted_proxy: str = ""
+    # This node's name in every log line, in `admin sessions`/`users`, /metrics and the
+    # database's pg_stat_activity (application_name); empty means the host name.
+    node_name: str = ""
 
     @property
     def db_url(self) -> str:
         if self.db:
             return self.db
         return f"sqlite:///{self.data_dir / 'mailnet.db'}"
+
+    @property
+    def node(self) -> str:
+        return self.node_name or socket.gethostname()
 
     @property
     def heartbeat_interval(self) -> float:

@@ -17,7 +17,7 @@ from broker.core.commits import choose_committer
 from broker.core.throttle import ConnectionLimits
 from broker.discovery import Advertisement
 from broker.protocol.proxy import trusted_proxies
-from broker.store import MailStore
+from broker.store import MailStore, call_guarded, named_connections
 from broker.store.entry import open_store as open_migrated_store
 from broker.tls import certificate_paths  # shared with the web server (broker/web/app.py)
 from broker.transport.tcp import handle_connection
@@ -57,8 +57,18 @@ def _tls_context(config: Config) -> tuple[ssl.SSLContext | None, str | None]:
     return context, tls.certificate_fingerprint(cert.read_bytes())
 
 
+def use_cluster_certificate(config: Config, store: MailStore) -> Config:
+    """The config with the certificate every node on this database presents (stored in the
+    database by the first node; see docs/security.md)."""
+    paths = tls.ensure_cluster_certificate(
+        config.data_dir, [config.host], partial(call_guarded, store.shared_certificate)
+    )
+    return dataclasses.replace(config, tls_cert=paths.cert_path, tls_key=paths.key_path)
+
+
 def open_store(config: Config) -> MailStore:
-    return open_migrated_store(config.db_url)
+    # Named in pg_stat_activity (application_name) after this node.
+    return open_migrated_store(named_connections(config.db_url, f"mailnet {config.node}"))
 
 
 async def serve(
@@ -69,15 +79,20 @@ async def serve(
         from broker.lan import check_lan_config
 
         check_lan_config(config)
-    ssl_context, fingerprint = _tls_context(config)
+    _tls_context(config)  # a bad certificate or address is refused before the database
     try:
         trusted_proxies(config.trusted_proxy)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     store = await trio.to_thread.run_sync(open_store, config)
     try:
+        own_pair = config.tls_cert and config.tls_key
+        if store.shares_commits and not config.insecure_plaintext and not own_pair:
+            config = await trio.to_thread.run_sync(use_cluster_certificate, config, store)
+        ssl_context, fingerprint = _tls_context(config)
         broker = Broker(store, config, committer=choose_committer(store, config))
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
+        broker.metrics.watch_connections("tcp", lambda: limits.open)
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.run)
             listeners = await nursery.start(

@@ -23,6 +23,7 @@ import os
 import shutil
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ __all__ = [
     "check_pinned_fingerprint",
     "client_ssl_context_for_ca",
     "client_ssl_context_for_pinning",
+    "ensure_cluster_certificate",
     "ensure_self_signed_certificate",
     "fingerprint_of_der",
     "format_server_address",
@@ -59,6 +61,7 @@ CERTIFICATE_VALIDITY = datetime.timedelta(days=3650)
 # Backdating the start tolerates a client whose clock is a little behind the broker's.
 _CLOCK_SKEW_ALLOWANCE = datetime.timedelta(hours=1)
 _TLS_DIR_NAME = "tls"
+_CLUSTER_TLS_DIR_NAME = "tls-cluster"  # the pair nodes sharing a database all present
 _CERT_FILE_NAME = "cert.pem"
 _KEY_FILE_NAME = "key.pem"
 _KNOWN_SERVERS_FILE_NAME = "known_servers.json"
@@ -170,6 +173,27 @@ def certificate_paths(config: Config) -> tuple[Path, Path]:
         return config.tls_cert, config.tls_key
     paths = ensure_self_signed_certificate(config.data_dir, [config.host])
     return paths.cert_path, paths.key_path
+
+
+def ensure_cluster_certificate(
+    data_dir: Path,
+    hostnames: list[str],
+    share: Callable[[tuple[bytes, bytes]], tuple[bytes, bytes]],
+) -> CertificatePaths:
+    """The certificate and key every node of a cluster presents, under `data_dir/tls-cluster`.
+
+    `share` offers a pair (this node's own self-signed one, so the fingerprint its clients
+    pinned lives on if it is the first node of the cluster) and returns the cluster's: the
+    offered one or one another node stored first.
+    """
+    own = ensure_self_signed_certificate(data_dir, hostnames)
+    cert_pem, key_pem = share((own.cert_path.read_bytes(), own.key_path.read_bytes()))
+    tls_dir = data_dir / _CLUSTER_TLS_DIR_NAME
+    tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = CertificatePaths(tls_dir / _CERT_FILE_NAME, tls_dir / _KEY_FILE_NAME)
+    _write_private_file(paths.key_path, key_pem)
+    _write_private_file(paths.cert_path, cert_pem)
+    return paths
 
 
 def _make_self_signed_certificate(hostnames: list[str]) -> tuple[bytes, bytes]:

@@ -187,7 +187,9 @@ def admin_kick(user: str, as_json: bool, options: ClientOptions) -> None:
 @json_option
 @client_options
 def admin_sessions(as_json: bool, options: ClientOptions) -> None:
-    """Live sessions: user, client, since, idle, address."""
+    """Live sessions on every node: user, client, since, idle, address, node.
+
+    Other nodes report one line per user (client and address unknown here) with its count."""
     rows = _call(options, lambda c: c.admin_sessions())
     if as_json:
         _emit_rows(rows)
@@ -200,11 +202,13 @@ def admin_sessions(as_json: bool, options: ClientOptions) -> None:
                     r["client"] or "-",
                     relative_time(r["since"]),
                     f"{r['idle_seconds']:.0f}s",
-                    r["address"],
+                    r["address"] or "-",
+                    r.get("node") or "-",
+                    str(r.get("sessions", 1)),
                 )
                 for r in rows
             ],
-            ["USER", "CLIENT", "SINCE", "IDLE", "ADDRESS"],
+            ["USER", "CLIENT", "SINCE", "IDLE", "ADDRESS", "NODE", "SESSIONS"],
         )
     )
 

@@ -25,7 +25,7 @@ from broker.config import REGISTRATION_POLICIES, SEND_WRITERS, Config
 from .lan import lan_summary_json, lan_summary_lines
 from .output import EXIT_USAGE, CliError, emit_json, fail
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(node)s] %(name)s: %(message)s"
 WILDCARD_HOSTS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6, "": socket.AF_UNSPEC}
 
 
@@ -169,6 +169,11 @@ def limit_options(command: Any) -> Any:
     help="A balancer whose PROXY protocol (TCP) and X-Forwarded-For (web) headers are believed;"
     " repeatable [env MAILNET_TRUSTED_PROXY, comma-separated].",
 )
+@click.option(
+    "--node-name",
+    metavar="NAME",
+    help="This node's name in logs, admin listings and metrics [default: the host name].",
+)
 @limit_options
 @click.option(
     "--log-level",
@@ -187,6 +192,7 @@ def serve(log_level: str, as_json: bool, **flags: Any) -> None:
     if config.lan and flags["host"] is None and not os.environ.get("MAILNET_HOST"):
         config = dataclasses.replace(config, host="0.0.0.0")  # --lan: every interface
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    _name_node_in_logs(config.node)
     if log_level != "debug":  # alembic narrates every plugin and migration at INFO
         logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
@@ -200,6 +206,17 @@ def serve(log_level: str, as_json: bool, **flags: Any) -> None:
         if _is_config_problem(inner):
             raise CliError(f"cannot start the broker: {inner}", EXIT_USAGE) from None
         raise inner from None
+
+
+def _name_node_in_logs(node: str) -> None:
+    """Every log line names this node (several nodes' logs often end up in one place)."""
+
+    def add_node(record: logging.LogRecord) -> bool:
+        record.node = node
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(add_node)
 
 
 async def _serve_until_signal(config: Config, as_json: bool) -> None:
@@ -229,6 +246,7 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
                 "web": client_urls(list(info.web)),
                 "db": database,
                 **lan_summary_json(info.lan),
+                "node": config.node,
             }
         )
     else:
@@ -245,6 +263,7 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
         lines += [f"Web UI: {url}" for url in client_urls(list(info.web))]
         lines.append(f"Database: {database}")
         lines += lan_summary_lines(info.lan)
+        lines.append(f"Node name: {config.node}")
         lines.append("Stop with Ctrl-C.")
         click.echo("\n".join(lines))
     sys.stdout.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 import trio
 
 from broker.protocol import ErrorCode, RequestRefused
-from broker.store import UserRecord
+from broker.store import PresenceRow, UserRecord
 
 from .accounts import Accounts, hash_token
+from .cluster import node_name_of
 from .presence import LiveSession, Presence
 from .runner import StoreRunner
 from .views import iso
@@ -39,6 +41,18 @@ class AccountAdmin:
         self.runner = runner
         self.accounts = accounts
         self.presence = presence
+        self.node_name = ""
+        # With several nodes on one database: the other nodes' presence rows (their users online,
+        # one row per user and node), so the listings cover the whole cluster.
+        self.other_nodes: Callable[[], Awaitable[list[PresenceRow]]] | None = None
+
+    async def _other_nodes(self) -> list[PresenceRow]:
+        if self.other_nodes is None:
+            return []
+        try:
+            return await self.other_nodes()
+        except RequestRefused:  # the store is down: this node's own view still answers
+            return []
 
     # -- any user ---------------------------------------------------------------------------
 
@@ -129,13 +143,14 @@ class AccountAdmin:
     async def users(self, user: UserRecord) -> list[dict[str, Any]]:
         await self.require_admin(user)
         accounts = await self.runner.read(self.runner.store.list_accounts)
+        elsewhere = {row.user_id for row in await self._other_nodes()}
         return [
             {
                 "username": a.username,
                 "role": a.role,
                 "disabled": a.disabled,
                 "created": iso(a.created_at),
-                "online": self.presence.is_online(a.id),
+                "online": self.presence.is_online(a.id) or a.id in elsewhere,
             }
             for a in accounts
         ]
@@ -165,16 +180,33 @@ class AccountAdmin:
         await self.require_admin(user)
         now = trio.current_time()
         live = sorted(self.presence.all_sessions(), key=lambda s: (s.username, s.id))
-        return [
+        listed = [
             {
                 "username": s.username,
                 "client": s.client,
                 "since": iso(s.since),
                 "idle_seconds": round(max(0.0, now - s.last_active), 1),
                 "address": s.address,
+                "node": self.node_name,
+                "sessions": 1,
             }
             for s in live
         ]
+        # Other nodes write one row per user (not per session): one line each, with its count.
+        wall = datetime.now(UTC)
+        for row in await self._other_nodes():
+            listed.append(
+                {
+                    "username": row.username,
+                    "client": "",
+                    "since": iso(row.since),
+                    "idle_seconds": round(max(0.0, (wall - row.last_active).total_seconds()), 1),
+                    "address": "",
+                    "node": node_name_of(row.node_id),
+                    "sessions": row.sessions,
+                }
+            )
+        return sorted(listed, key=lambda r: (r["username"], r["node"]))
 
     async def audit(self, user: UserRecord, limit: int = AUDIT_PAGE) -> dict[str, Any]:
         await self.require_admin(user)

@@ -29,11 +29,24 @@ STALE_REFRESHES = 3  # a node's rows count for this many refresh intervals
 MAX_SKIPPED_RECONCILES = 3
 
 
+def node_id_for(node_name: str) -> str:
+    """A node's id in the presence rows: its name (cut to fit) and a part unique to this run."""
+    return f"{node_name[:23]}-{uuid.uuid4().hex[:8]}"
+
+
+def node_name_of(node_id: str) -> str:
+    """The node name inside a node id (an older node's id is all hex: itself)."""
+    name, dash, _ = node_id.rpartition("-")
+    return name if dash else node_id
+
+
 class SharedPresence:
-    def __init__(self, runner: StoreRunner, presence: Presence, *, refresh: float) -> None:
+    def __init__(
+        self, runner: StoreRunner, presence: Presence, *, refresh: float, node_name: str = ""
+    ) -> None:
         self.runner = runner
         self.presence = presence
-        self.node_id = uuid.uuid4().hex
+        self.node_id = node_id_for(node_name) if node_name else uuid.uuid4().hex
         self.refresh = refresh
         self.lifetime = STALE_REFRESHES * refresh  # how long other nodes trust a row written
         self._dirty: dict[int, str] = {}  # users whose row must be rewritten
@@ -174,14 +187,15 @@ class SharedPresence:
             else:
                 self.presence.offline_elsewhere(change.node_id, change.user_id, change.username)
 
-    async def _fresh_rows(self) -> list[PresenceRow]:
+    async def fresh_rows(self) -> list[PresenceRow]:
+        """The other nodes' unexpired rows: their users online (RequestRefused if unreadable)."""
         return await self.runner.read(self.runner.store.fresh_presence_rows, self.node_id)
 
     async def _reconcile(self) -> None:
         """Match the view of other nodes to their fresh rows: notices missed, nodes that died."""
         seen = self._notices
         try:
-            rows = await self._fresh_rows()
+            rows = await self.fresh_rows()
         except RequestRefused:
             return
         if seen != self._notices and self._skipped_reconciles < MAX_SKIPPED_RECONCILES:
@@ -194,7 +208,7 @@ class SharedPresence:
         """The local users merged with every other node's (sessions summed, earliest since,
         least idle); only the local ones if the store cannot be read."""
         try:
-            rows = await self._fresh_rows()
+            rows = await self.fresh_rows()
         except RequestRefused:
             return local
         wall = datetime.now(UTC)

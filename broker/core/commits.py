@@ -75,6 +75,7 @@ class _Batch(Generic[CommittedT]):
     groups: list[_Group]
     intents: list[SendIntent]
     pending: PendingWrite[CommittedT]
+    started_at: float = 0.0
 
 
 class CommitQueue(Generic[CommittedT]):
@@ -94,6 +95,8 @@ class CommitQueue(Generic[CommittedT]):
         self._has_work = trio.Event()
         self.batches = 0
         self.committed = 0
+        # Told each batch's commit time in seconds (the broker's metrics).
+        self.on_commit_time: Callable[[float], None] = lambda seconds: None
 
     def enqueue(self, intents: Sequence[SendIntent], on_done: GroupDone) -> None:
         """Queue sends for the next batch, as one group; `on_done` hears of them once their
@@ -151,7 +154,7 @@ class CommitQueue(Generic[CommittedT]):
             return None
         intents = [intent for group in groups for intent in group.intents]
         pending = self.runner.start_write(self.committer.commit, intents, self.quota)
-        return _Batch(groups, intents, pending)
+        return _Batch(groups, intents, pending, trio.current_time())
 
     def _finish(self, batch: _Batch[CommittedT], result: CommittedT) -> None:
         try:
@@ -163,12 +166,18 @@ class CommitQueue(Generic[CommittedT]):
             return
         self.batches += 1
         self.committed += len(batch.intents)
+        self.on_commit_time(trio.current_time() - batch.started_at)
         start = 0
         for group in batch.groups:
             end = start + len(group.intents)
             _tell(group.on_done, outcomes[start:end])
             start = end
         self.on_committed(outcomes)
+
+    @property
+    def waiting(self) -> int:
+        """Sends waiting for the next batch."""
+        return sum(len(group.intents) for group in self._waiting)
 
     def _fail(self, batch: _Batch[CommittedT], exc: Exception) -> None:
         if not isinstance(exc, RequestRefused):

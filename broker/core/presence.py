@@ -70,6 +70,11 @@ class LiveSession:
             self._must_fetch = True
             self._wakeup.set()
 
+    def catch_up(self) -> None:
+        """Read the store again: commit notices may have been missed (LISTEN was down)."""
+        self._must_fetch = True
+        self._wakeup.set()
+
     def offer_event(self, event: Event) -> None:
         if len(self._events) < MAX_QUEUED:
             self._events.append(event)

@@ -27,7 +27,9 @@ from broker.store import (
     SendCommitter,
     SendIntent,
     SendOutcome,
+    StoreUnavailable,
     UserRecord,
+    call_guarded,
 )
 
 from .accounts import Accounts, LoginResult, hash_token
@@ -35,6 +37,7 @@ from .admin import AccountAdmin
 from .cluster import SharedPresence
 from .cluster_limits import SharedSendRate
 from .commits import CommitQueue, choose_committer
+from .metrics import BrokerMetrics
 from .prelogin import PreLoginBudget
 from .presence import LiveSession, OnlineUser, Presence
 from .runner import StoreRunner
@@ -46,6 +49,7 @@ log = logging.getLogger("mailnet.broker")
 ACK_FLUSH_INTERVAL = 1.0
 LISTEN_WAIT = 10.0  # seconds to wait for LISTEN before reporting started anyway
 DISK_CHECK_INTERVAL = 1.0
+READY_CHECK_TIMEOUT = 2.0  # seconds /readyz waits for the database
 
 
 class Broker:
@@ -64,7 +68,12 @@ class Broker:
         self.presence = Presence()
         # Several nodes on one database: `who` and presence events span all of them.
         self.shared_presence = (
-            SharedPresence(self.runner, self.presence, refresh=config.presence_refresh)
+            SharedPresence(
+                self.runner,
+                self.presence,
+                refresh=config.presence_refresh,
+                node_name=config.node,
+            )
             if store.shares_commits
             else None
         )
@@ -83,7 +92,13 @@ class Broker:
         )
         if self.shared_send_rate is not None:
             self.send_limits = self.shared_send_rate
+        self.node_name = config.node
+        self.metrics = BrokerMetrics(self.node_name)
+        self.commits.on_commit_time = self.metrics.commit_seconds.observe
         self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
+        self.admin.node_name = config.node
+        if self.shared_presence is not None:
+            self.admin.other_nodes = self.shared_presence.fresh_rows
         # What connections that have not logged in may buffer, all transports together.
         self.prelogin = PreLoginBudget(config.pre_login_buffer_bytes)
         self._pending_acks: dict[int, int] = {}
@@ -91,6 +106,16 @@ class Broker:
         # starts before the store has it must not be handed those entries again.
         self._acked_through: dict[int, int] = {}
         self._ack_lock = trio.Lock()
+        # Whether this node hears other nodes' commits now (PostgreSQL; /readyz reports it).
+        self.listening = not store.shares_commits
+        self.metrics.watch(
+            live_sessions=lambda: sum(
+                len(self.presence.sessions_of(u)) for u in self.presence.online_users()
+            ),
+            commit_queue=lambda: self.commits.waiting,
+            pending_acks=lambda: len(self._pending_acks),
+            listening=lambda: 1 if self.listening else 0,
+        )
         self._disk_checked_at = -1e9
         self._disk_full = False
         self._db_dir: Path | None = (
@@ -148,7 +173,9 @@ class Broker:
                         self.runner.store.listen_for_commits,
                         lambda pairs: in_trio(self._notice_commits, pairs),
                         stop.is_set,
-                        lambda: in_trio(listening.set),
+                        lambda: in_trio(self._listening_for_commits, listening),
+                        lambda: in_trio(self._not_listening_for_commits),
+                        self.metrics.notify_lag.observe,  # thread-safe
                         abandon_on_cancel=True,
                     )
                 )
@@ -159,6 +186,32 @@ class Broker:
                 task_status.started()
         finally:
             stop.set()
+
+    def _listening_for_commits(self, listening: trio.Event) -> None:
+        """LISTEN is in force (again): every live session here reads the store once, for the
+        commits whose notices were missed while it was down."""
+        listening.set()
+        self.listening = True
+        for user_id in self.presence.online_users():
+            for session in self.presence.sessions_of(user_id):
+                session.catch_up()
+
+    def _not_listening_for_commits(self) -> None:
+        self.listening = False
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz checks: the database answers, its schema is at head, and (with several
+        nodes) this node hears the others' commits."""
+        checks = {"database": False, "schema_at_head": False, "listening": self.listening}
+        at_head = self.runner.store.schema_at_head
+        with trio.move_on_after(READY_CHECK_TIMEOUT):
+            try:  # abandoned if the database hangs: a health check must answer
+                head = await trio.to_thread.run_sync(call_guarded, at_head, abandon_on_cancel=True)
+            except StoreUnavailable:
+                pass
+            else:
+                checks["database"], checks["schema_at_head"] = True, head
+        return checks
 
     def _notice_commits(self, pairs: list[tuple[int, int]]) -> None:
         for user_id, seq in pairs:
@@ -236,6 +289,7 @@ class Broker:
         self.presence.touch_user(user_id)
 
     async def fetch_after(self, user_id: int, after_seq: int, limit: int):  # type: ignore[no-untyped-def]
+        """A live feed's read (a store outage is the feed's to wait out: core/feed.py)."""
         return await self.runner.read(self.runner.store.entries_after, user_id, after_seq, limit)
 
     def ack(self, session: LiveSession, seq: int) -> None:
@@ -366,7 +420,9 @@ class Broker:
                         ErrorCode(outcome.error_code), outcome.error_message or ""
                     )
                 results[index] = outcome
-            on_done([r for r in results if r is not None])
+            answers = [r for r in results if r is not None]
+            self.metrics.count_sends([send.kind for send in sends], answers)
+            on_done(answers)
 
         self.commits.enqueue(intents, committed)
 

@@ -3,7 +3,7 @@
 from .admin import AccountRecord, AuditRecord, BlockRecord, InviteInvalid, PrankRecord
 from .backup import BackupError, BackupReport, backup_sqlite
 from .committer import SendCommitter, ThreadCommitter
-from .database import Engines, make_engines, sqlite_url_for
+from .database import Engines, make_engines, named_connections, sqlite_url_for
 from .mailstore import MailStore, NotFound, StoreUnavailable, UsernameTaken, call_guarded
 from .presence_rows import PresenceChange, PresenceRow
 from .records import Delivery, EntryRecord, HistoryQuery, SendIntent, SendOutcome, UserRecord
@@ -36,5 +36,6 @@ __all__ = [
     "backup_sqlite",
     "call_guarded",
     "make_engines",
+    "named_connections",
     "sqlite_url_for",
 ]

@@ -70,3 +70,16 @@ def _make_engines(url: str) -> Engines:
         return Engines(write=write, read=read, is_sqlite=True)
     engine = create_engine(url, pool_size=10, max_overflow=5, pool_pre_ping=True)
     return Engines(write=engine, read=engine, is_sqlite=False)
+
+
+def named_connections(url: str, name: str) -> str:
+    """The URL with its PostgreSQL connections named (application_name, shown in
+    pg_stat_activity), unless it names them itself; other URLs unchanged."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # make_engines says what is wrong with it
+    if parsed.get_backend_name() != "postgresql" or "application_name" in parsed.query:
+        return url
+    named = parsed.update_query_dict({"application_name": name[:63]})
+    return named.render_as_string(hide_password=False)

@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Row, Table, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from . import presence_rows
 from .admin import AdminStoreMixin, redeem_invite
 from .database import Engines, make_engines
-from .models import AuthSession, MailboxEntry, Message, User, utcnow
+from .models import AuthSession, ClusterCertificate, MailboxEntry, Message, User, utcnow
 from .notify import listen_for_commits
 from .presence_rows import PresenceRow
 from .records import (
@@ -34,8 +35,13 @@ users = cast(Table, User.__table__)
 sessions = cast(Table, AuthSession.__table__)
 messages = cast(Table, Message.__table__)
 mailbox = cast(Table, MailboxEntry.__table__)
+certificates = cast(Table, ClusterCertificate.__table__)
 
 T = TypeVar("T")
+
+_FIRST_USER_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtext('mailnet first user ' || current_schema()))"
+)
 
 
 class UsernameTaken(Exception):
@@ -190,6 +196,11 @@ class MailStore(AdminStoreMixin):
             with self.engines.write.begin() as conn:
                 # The first account on a new broker is its admin.
                 has_users = conn.execute(select(users.c.id).limit(1)).first() is not None
+                if not has_users and conn.dialect.name == "postgresql":
+                    # Other nodes may be creating the first account too: one at a time, each
+                    # looking again once the one before it has committed.
+                    conn.execute(text(_FIRST_USER_LOCK))
+                    has_users = conn.execute(select(users.c.id).limit(1)).first() is not None
                 row = conn.execute(
                     insert(users)
                     .values(
@@ -330,7 +341,8 @@ class MailStore(AdminStoreMixin):
     def ack_through(self, acks: dict[int, int]) -> None:
         """Record, per user id, the highest sequence number a client has acknowledged."""
         with self.engines.write.begin() as conn:
-            for user_id, seq in acks.items():
+            # In id order, as group commits lock users rows: nodes never deadlock on them.
+            for user_id, seq in sorted(acks.items()):
                 conn.execute(
                     update(users)
                     .where(users.c.id == user_id, users.c.acked_seq < seq, users.c.last_seq >= seq)
@@ -420,9 +432,23 @@ class MailStore(AdminStoreMixin):
         """True when other broker nodes may write this database (PostgreSQL)."""
         return self.engines.write.dialect.name == "postgresql"
 
-    def listen_for_commits(self, on_notice, should_stop, on_listening) -> None:  # type: ignore[no-untyped-def]
+    def listen_for_commits(
+        self,
+        on_notice: Callable[[list[tuple[int, int]]], None],
+        should_stop: Callable[[], bool],
+        on_listening: Callable[[], None],
+        on_lost: Callable[[], None] | None = None,
+        on_age: Callable[[float], None] | None = None,
+    ) -> None:
         """Blocking (run it in a thread): report every node's commits as (user_id, seq)."""
-        listen_for_commits(self.engines.write, on_notice, should_stop, on_listening=on_listening)
+        listen_for_commits(
+            self.engines.write,
+            on_notice,
+            should_stop,
+            on_listening=on_listening,
+            on_lost=on_lost or (lambda: None),
+            on_age=on_age or (lambda seconds: None),
+        )
 
     # Presence across nodes (PostgreSQL only): see presence_rows.
     def write_presence_rows(self, node_id, rows, gone, changes, *, whole_node, lifetime):  # type: ignore[no-untyped-def]
@@ -437,6 +463,31 @@ class MailStore(AdminStoreMixin):
 
     def listen_for_presence(self, on_changes, should_stop) -> None:  # type: ignore[no-untyped-def]
         presence_rows.listen_for_changes(self.engines.write, on_changes, should_stop)
+
+    def shared_certificate(self, offered: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+        """The cluster's TLS (certificate, key) PEMs: `offered` if no node stored a pair yet,
+        else the stored one (nodes starting together agree: the first insert wins)."""
+        cert_pem, key_pem = offered
+        with self.engines.write.begin() as conn:
+            conn.execute(
+                pg_insert(certificates)
+                .values(
+                    id=1, cert_pem=cert_pem.decode(), key_pem=key_pem.decode(), created_at=utcnow()
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            row = conn.execute(
+                select(certificates.c.cert_pem, certificates.c.key_pem).where(
+                    certificates.c.id == 1
+                )
+            ).one()
+        return row.cert_pem.encode(), row.key_pem.encode()
+
+    def schema_at_head(self) -> bool:
+        """Whether the database's schema is the newest this code knows."""
+        from .migrate import is_at_head  # migrate imports this module
+
+        return is_at_head(self.engines.write)
 
     def integrity_check(self) -> str:
         with self.engines.read.connect() as conn:

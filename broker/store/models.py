@@ -222,3 +222,16 @@ class RateBucket(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     tokens: Mapped[float] = mapped_column(Double)
     stamp: Mapped[float] = mapped_column(Double)
+
+
+class ClusterCertificate(Base):
+    """The TLS certificate and key every node sharing this database presents (one row), so a
+    fingerprint pinned through a load balancer holds whichever node answers. Made by the first
+    node that starts without --tls-cert/--tls-key; the key is as secret as the database."""
+
+    __tablename__ = "cluster_certificate"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    cert_pem: Mapped[str] = mapped_column(Text)
+    key_pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -20,18 +20,32 @@ MAX_PAYLOAD = 7000
 
 
 def announce_commits(conn: Connection, last_seqs: dict[int, int]) -> None:
-    """Queue NOTIFYs (sent at commit) naming each user's highest new seq, as 'uid:seq,...'."""
+    """Queue NOTIFYs (sent at commit) naming each user's highest new seq, as 'uid:seq,...',
+    and ending with 't:<unix ms>' (when the batch was stored, for the receiver's lag metric;
+    older nodes skip it as not a pair of numbers)."""
+    stamp = f"t:{round(time.time() * 1000)}"
     payload: list[str] = []
-    size = 0
+    size = len(stamp) + 1
     for user_id, seq in last_seqs.items():
         item = f"{user_id}:{seq}"
         if size + len(item) + 1 > MAX_PAYLOAD:
+            payload.append(stamp)
             conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": ",".join(payload)})
-            payload, size = [], 0
+            payload, size = [], len(stamp) + 1
         payload.append(item)
         size += len(item) + 1
     if payload:
+        payload.append(stamp)
         conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": ",".join(payload)})
+
+
+def notice_age(payload: str, now: float) -> float | None:
+    """Seconds since the notice's batch was stored, if it says when ('t:<unix ms>' last)."""
+    _, _, last = payload.rpartition(",")
+    name, _, millis = last.partition(":")
+    if name != "t" or not millis.isdigit():
+        return None
+    return max(0.0, now - int(millis) / 1000)
 
 
 def parse_notice(payload: str) -> Iterable[tuple[int, int]]:
@@ -47,11 +61,14 @@ def listen_for_commits(
     should_stop: Callable[[], bool],
     *,
     on_listening: Callable[[], None] = lambda: None,
+    on_lost: Callable[[], None] = lambda: None,
+    on_age: Callable[[float], None] = lambda seconds: None,
     poll_seconds: float = 1.0,
 ) -> None:
     """Blocking: call on_notice for every commit notice until should_stop(); reconnects.
 
-    on_listening is called each time LISTEN is in force (first start and every reconnect).
+    on_listening is called each time LISTEN is in force (first start and every reconnect),
+    on_lost each time the listening connection fails.
     """
     import psycopg
 
@@ -63,7 +80,11 @@ def listen_for_commits(
                 on_listening()
                 while not should_stop():
                     for notice in conn.notifies(timeout=poll_seconds):
+                        age = notice_age(notice.payload, time.time())
+                        if age is not None:
+                            on_age(age)
                         on_notice(list(parse_notice(notice.payload)))
         except psycopg.Error as exc:
             log.warning("commit notices interrupted (%s); reconnecting", str(exc).strip())
+            on_lost()
             time.sleep(poll_seconds)

@@ -6,6 +6,12 @@ is current until it commits, so ids and seqs are assigned here, rows go in with 
 INSERTs and the batch's reads are plain SQL on the same connection. Other databases take the
 portable SQLAlchemy/RETURNING path. MailStore.store_sends runs it (in the broker's writer
 process on SQLite, see writer.py).
+
+On PostgreSQL several nodes commit at once. Two rules keep their batches from deadlocking or
+failing each other: every recipient row is locked first, in id order (FOR NO KEY UPDATE, which
+does not block the foreign-key checks of other batches' inserts), and keyed messages go in
+sorted by key with ON CONFLICT DO NOTHING, so a retry committed meanwhile by another node is
+answered `duplicate` with the first id instead of failing the whole batch.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .admin import blocked_pairs
 from .models import MailboxEntry, Message, User, utcnow
@@ -82,8 +89,14 @@ class SendBatch:
         outcomes: list[SendOutcome | None] = [None] * len(self.intents)
         existing = self._existing_ids()
         names = {name for i in self.intents for name in i.recipients}
-        recipients = self._users_by_name(names)
         everyone: list[_Target] | None = None
+        if self.sqlite:
+            recipients = self._users_by_name(names)
+        elif any(i.kind == "announcement" for i in self.intents):
+            everyone = self._all_users(lock=True)
+            recipients = {u.username: u for u in everyone if u.username in names}
+        else:
+            recipients = self._lock_users_by_name(names)
         to_store: list[tuple[int, SendIntent, list[_Target]]] = []
         first_of_key: dict[tuple[int, str], int] = {}
         added: dict[int, int] = defaultdict(int)  # entries this batch gives each mailbox
@@ -134,7 +147,8 @@ class SendBatch:
                 added[target.id] += 1
             to_store.append((index, intent, targets))
         if to_store:
-            message_ids = self._insert_messages([intent for _, intent, _ in to_store])
+            inserted = self._insert_messages([intent for _, intent, _ in to_store])
+            to_store, message_ids = self._drop_committed_elsewhere(to_store, inserted, outcomes)
             seqs = self._allocate_seqs([targets for _, _, targets in to_store])
             rows = []
             for (index, intent, targets), message_id, batch_seqs in zip(
@@ -257,11 +271,56 @@ class SendBatch:
                 found[row.username] = _Target(*row)
         return found
 
-    def _all_users(self) -> list[_Target]:
+    def _all_users(self, *, lock: bool = False) -> list[_Target]:
         query = select(*_TARGET_COLUMNS).order_by(users.c.id)
+        if lock:
+            query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE, in id order
         return [_Target(*row) for row in self.conn.execute(query)]
 
-    def _insert_messages(self, intents: list[SendIntent]) -> list[int]:
+    def _lock_users_by_name(self, names: set[str]) -> dict[str, _Target]:
+        """PostgreSQL: the named users' rows, locked in id order (every node's batches lock in
+        the same order, so they queue instead of deadlocking); their seqs read under the lock."""
+        ids: list[int] = []
+        for chunk in _chunks(sorted(names)):
+            ids += self.conn.execute(
+                select(users.c.id).where(users.c.username.in_(chunk))
+            ).scalars()
+        found: dict[str, _Target] = {}
+        for id_chunk in _chunks(sorted(set(ids))):
+            query = (
+                select(*_TARGET_COLUMNS)
+                .where(users.c.id.in_(id_chunk))
+                .order_by(users.c.id)
+                .with_for_update(key_share=True)
+            )
+            for row in self.conn.execute(query):
+                found[row.username] = _Target(*row)
+        return found
+
+    def _drop_committed_elsewhere(
+        self,
+        to_store: list[tuple[int, SendIntent, list[_Target]]],
+        inserted: list[int | None],
+        outcomes: list[SendOutcome | None],
+    ) -> tuple[list[tuple[int, SendIntent, list[_Target]]], list[int]]:
+        """Answer the keyed sends another node committed first (their insert did nothing) as
+        duplicates of that message; the rest go on to get their seqs."""
+        kept: list[tuple[int, SendIntent, list[_Target]]] = []
+        ids: list[int] = []
+        winners: dict[tuple[int, str], int] | None = None
+        for item, message_id in zip(to_store, inserted, strict=True):
+            if message_id is not None:
+                kept.append(item)
+                ids.append(message_id)
+                continue
+            if winners is None:  # read after the insert waited for the winner's commit
+                winners = self._existing_ids()
+            index, intent, _ = item
+            key = (intent.sender_id, intent.client_msg_id or "")
+            outcomes[index] = SendOutcome(message_id=winners[key], duplicate=True)
+        return kept, ids
+
+    def _insert_messages(self, intents: list[SendIntent]) -> list[int | None]:
         rows = [
             {
                 "kind": i.kind,
@@ -297,11 +356,45 @@ class SendBatch:
                     for r, message_id in zip(rows, ids, strict=True)
                 ],
             )
-            return ids
+            return [*ids]
+        if self.conn.dialect.name == "postgresql":
+            return self._insert_messages_pg(intents, rows)
         result = self.conn.execute(
             insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
         )
         return [row.id for row in result]
+
+    def _insert_messages_pg(
+        self, intents: list[SendIntent], rows: list[dict[str, Any]]
+    ) -> list[int | None]:
+        """The messages' ids, None for a keyed one another transaction committed first.
+
+        Keyed rows go in sorted by key: two batches that share keys then wait on each other in
+        one order only, never in a cycle."""
+        ids: list[int | None] = [None] * len(rows)
+        plain = [n for n, intent in enumerate(intents) if not intent.client_msg_id]
+        keyed = sorted(
+            (n for n, intent in enumerate(intents) if intent.client_msg_id),
+            key=lambda n: (intents[n].sender_id, intents[n].client_msg_id or ""),
+        )
+        if plain:
+            result = self.conn.execute(
+                insert(messages).returning(messages.c.id, sort_by_parameter_order=True),
+                [rows[n] for n in plain],
+            )
+            for n, row in zip(plain, result, strict=True):
+                ids[n] = row.id
+        if keyed:
+            position = {(intents[n].sender_id, intents[n].client_msg_id): n for n in keyed}
+            result = self.conn.execute(
+                pg_insert(messages)
+                .on_conflict_do_nothing(index_elements=["sender_id", "client_msg_id"])
+                .returning(messages.c.id, messages.c.sender_id, messages.c.client_msg_id),
+                [rows[n] for n in keyed],
+            )
+            for row in result:
+                ids[position[(row.sender_id, row.client_msg_id)]] = row.id
+        return ids
 
     def _allocate_seqs(self, targets_per_message: list[list[_Target]]) -> list[list[int]]:
         """Reserve per-user sequence numbers for every entry of the batch, in batch order."""

@@ -33,6 +33,7 @@ from .errors import NO_STORE, error_response, internal_error_response
 from .invite import invite_routes
 from .live import LiveSockets, serve_live_socket
 from .openapi import openapi_schema
+from .ops import ops_routes
 
 log = logging.getLogger("mailnet.web")
 
@@ -84,6 +85,7 @@ class SecurityHeaders:
 
 def create_app(broker: Broker, config: Config) -> ASGIApp:
     sockets = LiveSockets(config)
+    broker.metrics.watch_connections("websocket", lambda: sockets.limits.open)
     api = HttpApi(broker, config, sockets)
     schema = openapi_schema()
 
@@ -123,6 +125,7 @@ def create_app(broker: Broker, config: Config) -> ASGIApp:
         routes=[
             Route("/", index, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            *ops_routes(broker),
             *api.routes(),
             *invite_routes(broker, config),
             WebSocketRoute("/api/ws", live),
