@@ -102,7 +102,7 @@ class ClusterBench:
                 return now
 
             results = run_load(
-                "broker.bench.load",
+                "bench.load",
                 [b.address for b in brokers],
                 shards,
                 scenario="peer_texts",

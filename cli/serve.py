@@ -263,7 +263,9 @@ def _print_started(config: Config, info: Any, as_json: bool) -> None:
         lines += [f"Web UI: {url}" for url in client_urls(list(info.web))]
         lines.append(f"Database: {database}")
         lines += lan_summary_lines(info.lan)
-        lines.append(f"Node name: {config.node}")
+        # Named when asked to, or as one of several nodes on one database (not SQLite).
+        if config.node_name or not config.db_url.startswith("sqlite"):
+            lines.append(f"Node name: {config.node}")
         lines.append("Stop with Ctrl-C.")
         click.echo("\n".join(lines))
     sys.stdout.flush()

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from broker.bench.run import Plan, format_table, run_benchmark
+from bench.run import Plan, format_table, run_benchmark
 
 PG_URL = os.environ.get("MAILNET_TEST_PG_URL")
 pytestmark = pytest.mark.skipif(

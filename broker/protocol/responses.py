@@ -141,6 +141,10 @@ class LiveSessionInfo(Result):
     since: Timestamp
     idle_seconds: float
     address: str
+    # The broker node it is on (--node-name); another node's users show one line each, with
+    # how many sessions they have there (and no client or address).
+    node: str = ""
+    sessions: int = 1
 
 
 class AdminSessionsResult(Result):

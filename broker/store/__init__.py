@@ -4,7 +4,8 @@ from .admin import AccountRecord, AuditRecord, BlockRecord, InviteInvalid, Prank
 from .backup import BackupError, BackupReport, backup_sqlite
 from .committer import SendCommitter, ThreadCommitter
 from .database import Engines, make_engines, named_connections, sqlite_url_for
-from .mailstore import MailStore, NotFound, StoreUnavailable, UsernameTaken, call_guarded
+from .guard import StoreUnavailable, call_guarded
+from .mailstore import MailStore, NotFound, UsernameTaken
 from .presence_rows import PresenceChange, PresenceRow
 from .records import Delivery, EntryRecord, HistoryQuery, SendIntent, SendOutcome, UserRecord
 from .writer import WriterProcess

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from .database import make_engines, sqlite_url_for
-from .mailstore import call_guarded
+from .guard import call_guarded
 
 
 class BackupError(Exception):

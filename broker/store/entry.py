@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from . import migrate
 from .backup import BackupError, BackupReport, backup_sqlite
 from .database import Engines, make_engines
-from .mailstore import MailStore, StoreUnavailable
+from .guard import StoreUnavailable
+from .mailstore import MailStore
 
 __all__ = [
     "BackupError",

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Row, Table, and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from . import presence_rows
 from .admin import AdminStoreMixin, redeem_invite
@@ -50,18 +50,6 @@ class UsernameTaken(Exception):
 
 class NotFound(Exception):
     pass
-
-
-class StoreUnavailable(Exception):
-    """The database cannot be reached or written (down, locked too long, disk error)."""
-
-
-def call_guarded(fn: Callable[..., T], /, *args: object) -> T:
-    """Call a store method, turning database outages into StoreUnavailable."""
-    try:
-        return fn(*args)
-    except (OperationalError, InterfaceError) as exc:
-        raise StoreUnavailable(str(exc.orig or exc).splitlines()[0]) from exc
 
 
 def _user(row: Row[*tuple[Any, ...]]) -> UserRecord:
@@ -485,7 +473,7 @@ class MailStore(AdminStoreMixin):
 
     def schema_at_head(self) -> bool:
         """Whether the database's schema is the newest this code knows."""
-        from .migrate import is_at_head  # migrate imports this module
+        from .migrate import is_at_head  # the migrations need the models, not the store
 
         return is_at_head(self.engines.write)
 

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, text
 
 import migrations
 
-from .mailstore import call_guarded
+from .guard import call_guarded
 
 SCRIPT_LOCATION = Path(migrations.__file__).parent
 

@@ -33,7 +33,8 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from .mailstore import MailStore, StoreUnavailable, call_guarded
+from .guard import StoreUnavailable, call_guarded
+from .mailstore import MailStore
 from .records import SendIntent, SendOutcome, deliveries_of
 
 log = logging.getLogger("mailnet.store.writer")
