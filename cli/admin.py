@@ -194,23 +194,21 @@ def admin_sessions(as_json: bool, options: ClientOptions) -> None:
     if as_json:
         _emit_rows(rows)
         return
-    output.echo(
-        table(
-            [
-                (
-                    r["username"],
-                    r["client"] or "-",
-                    relative_time(r["since"]),
-                    f"{r['idle_seconds']:.0f}s",
-                    r["address"] or "-",
-                    r.get("node") or "-",
-                    str(r.get("sessions", 1)),
-                )
-                for r in rows
-            ],
-            ["USER", "CLIENT", "SINCE", "IDLE", "ADDRESS", "NODE", "SESSIONS"],
-        )
-    )
+    headers = ["USER", "CLIENT", "SINCE", "IDLE", "ADDRESS"]
+    # One node: its name is noise. Several (nodes sharing PostgreSQL): which, and how many.
+    cluster = len({r.get("node") for r in rows}) > 1
+    table_rows = [
+        [
+            r["username"],
+            r["client"] or "-",
+            relative_time(r["since"]),
+            f"{r['idle_seconds']:.0f}s",
+            r["address"] or "-",
+            *([r.get("node") or "-", str(r.get("sessions", 1))] if cluster else []),
+        ]
+        for r in rows
+    ]
+    output.echo(table(table_rows, headers + (["NODE", "SESSIONS"] if cluster else [])))
 
 
 @admin.command("audit")
