@@ -1,0 +1,129 @@
+"""A real deployment: HAProxy (TCP mode, PROXY protocol v2, health checks) in front of three
+`mailnet serve` nodes on one PostgreSQL schema, and a chaos run through it: random nodes
+SIGKILLed and restarted, the nodes' database connections cut, while clients keep sending and
+receiving through HAProxy only. Set MAILNET_CLUSTER_CHAOS_KILLS / _BLIPS to lengthen it
+(scripts/cluster_chaos.py runs a long one)."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from sqlalchemy import create_engine, text
+
+from bench.cluster import CHAOS_FLAGS, Backend, Cluster, cluster_url, haproxy_binary, haproxy_config
+from bench.cluster_chaos import ClusterChaosRun
+from broker.client import Client
+
+PG_URL = os.environ.get("MAILNET_TEST_PG_URL")
+DEPLOY_DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
+needs_pg = pytest.mark.skipif(
+    not PG_URL, reason="MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)"
+)
+needs_haproxy = pytest.mark.skipif(
+    haproxy_binary() is None, reason="haproxy is not installed (.ci/run installs it)"
+)
+
+
+def doc_block(language: str) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", DEPLOY_DOC.read_text(), re.S)
+    assert len(blocks) == 1, f"docs/deploy.md should hold one ```{language} block"
+    return str(blocks[0])
+
+
+def test_deploy_doc_shows_the_haproxy_configuration_the_test_runs():
+    # The doc's example: three nodes on 10.0.0.11-13, TCP port 7878, web port 8080.
+    rendered = haproxy_config(
+        bind="0.0.0.0:7878",
+        backends=[Backend(f"node{i}", f"10.0.0.1{i}", 7878, 8080) for i in (1, 2, 3)],
+    )
+    assert doc_block("haproxy") == rendered
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema for the cluster, dropped afterwards."""
+    assert PG_URL is not None
+    name = "mailnet_haproxy_" + uuid.uuid4().hex[:8]
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {name}"))
+    try:
+        yield name
+    finally:
+        with admin.begin() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = :app AND pid <> pg_backend_pid()"
+                ),
+                {"app": f"mailnet-{name}"},
+            )
+            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        admin.dispose()
+
+
+async def sessions_seen_from(address: str, source: str, name: str) -> list[dict]:  # type: ignore[type-arg]
+    """Log in as admin `name` through HAProxy from a socket bound to `source`, and return
+    `admin sessions` as that node reports it (the node lists its own sessions)."""
+    host, port = address.rsplit(":", 1)
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    async with trio.open_nursery() as nursery:
+        client = Client(stream, nursery)
+        nursery.start_soon(client._reader)
+        try:
+            await client.login(name, "chaos-password")
+            return await client.admin_sessions()
+        finally:
+            await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+@needs_pg
+@needs_haproxy
+async def test_chaos_through_haproxy_loses_and_duplicates_nothing(schema: str, tmp_path: Path):
+    assert PG_URL is not None
+    kills = int(os.environ.get("MAILNET_CLUSTER_CHAOS_KILLS", "6"))
+    blips = int(os.environ.get("MAILNET_CLUSTER_CHAOS_BLIPS", "3"))
+    with Cluster(tmp_path, cluster_url(PG_URL, schema), extra_flags=CHAOS_FLAGS) as cluster:
+        run = ClusterChaosRun(
+            cluster, PG_URL, schema, kills=kills, blips=blips, seed=10, max_per_sender=1500
+        )
+        try:
+            with trio.fail_after(60 + 15 * (kills + blips)):
+                report = await run.run()
+                # PROXY protocol in use: a client on 127.0.0.2 is seen as 127.0.0.2 by the
+                # node, though the node's TCP peer is HAProxy on 127.0.0.1.
+                seen = await sessions_seen_from(cluster.address, "127.0.0.2", "user0")
+            verdict = run.verify()
+            problems = run.delivery_problems()
+        finally:
+            run.close()
+        context = (
+            f"health check {cluster.health_check}; {report.summary()}; blips={run.blips_done} "
+            f"backends_cut={run.backends_cut}; errors={dict(report.error_codes)}\n"
+            f"{verdict.summary()}\n{cluster.log_tails()}"
+        )
+        assert [s["address"] for s in seen if s["username"] == "user0"] == ["127.0.0.2"], (
+            seen,
+            context,
+        )
+    print(context.split("\n--- ")[0])  # the figures, with -s
+    assert report.kills == kills and run.blips_done == blips, context
+    assert run.backends_cut > 0, context  # the blips did cut the nodes' connections
+    assert report.error_codes["internal"] == 0, context
+    assert report.acked == report.sent > 0, context
+    assert not report.failures and not report.id_mismatches, context
+    assert verdict.lost == 0 and verdict.duplicated == 0, context
+    assert verdict.ok, (verdict.seq_problems, context)
+    assert problems == [], (problems, context)
+    assert sum(len(r) for r in run.received.values()) == verdict.mailbox_rows, context
