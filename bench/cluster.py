@@ -159,7 +159,9 @@ class NodeProcess:
         if not line:
             code = self.proc.wait(timeout)
             self.proc = None
-            raise RuntimeError(f"node {self.name} exited {code} before listening:\n{self.log_tail()}")
+            raise RuntimeError(
+                f"node {self.name} exited {code} before listening:\n{self.log_tail()}"
+            )
         json.loads(line)
         self.starts += 1
 

@@ -61,9 +61,7 @@ class ClusterChaosRun(ChaosRun):
                 await trio.sleep(self.rng.uniform(0.0, 1.0))  # HAProxy marks it down meanwhile
                 await trio.to_thread.run_sync(node.start)
             else:
-                cut = await trio.to_thread.run_sync(
-                    terminate_backends, self.admin_url, self.schema
-                )
+                cut = await trio.to_thread.run_sync(terminate_backends, self.admin_url, self.schema)
                 self.backends_cut += cut
                 self.blips_done += 1
             if self.progress:

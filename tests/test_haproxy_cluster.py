@@ -6,19 +6,31 @@ receiving through HAProxy only. Set MAILNET_CLUSTER_CHAOS_KILLS / _BLIPS to leng
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 from sqlalchemy import create_engine, text
 
-from bench.cluster import CHAOS_FLAGS, Backend, Cluster, cluster_url, haproxy_binary, haproxy_config
+from bench.cluster import (
+    CHAOS_FLAGS,
+    Backend,
+    Cluster,
+    HAProxyProcess,
+    cluster_url,
+    haproxy_binary,
+    haproxy_config,
+)
 from bench.cluster_chaos import ClusterChaosRun
+from bench.process import free_port
 from broker.client import Client
+from broker.protocol.proxy import NEED_MORE, ProxyHeader, read_proxy_header
 
 PG_URL = os.environ.get("MAILNET_TEST_PG_URL")
 DEPLOY_DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
@@ -127,3 +139,103 @@ async def test_chaos_through_haproxy_loses_and_duplicates_nothing(schema: str, t
     assert verdict.ok, (verdict.seq_problems, context)
     assert problems == [], (problems, context)
     assert sum(len(r) for r in run.received.values()) == verdict.mailbox_rows, context
+
+
+class StandInNode:
+    """What HAProxy sees of a node, without a database: a TCP port that reads the PROXY v2
+    header and answers with the node's name and the client address it names, and a web port
+    whose `GET /readyz` answers 200 or 503 as `ready` says."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ready = True
+        self.port = 0
+        self.web_port = 0
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        tcp = await nursery.start(partial(trio.serve_tcp, self._relayed, 0, host="127.0.0.1"))
+        web = await nursery.start(partial(trio.serve_tcp, self._web, 0, host="127.0.0.1"))
+        self.port = tcp[0].socket.getsockname()[1]
+        self.web_port = web[0].socket.getsockname()[1]
+
+    async def _relayed(self, stream: trio.SocketStream) -> None:
+        data = b""
+        while (header := read_proxy_header(data)) is NEED_MORE:
+            chunk = await stream.receive_some()
+            if not chunk:
+                return
+            data += chunk
+        assert isinstance(header, ProxyHeader)
+        client = header.client[0] if header.client else "-"
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(f"{self.name} {header.version} {client}\n".encode())
+        await stream.aclose()
+
+    async def _web(self, stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = await stream.receive_some()
+            if not chunk:
+                return
+            request += chunk
+        ok = request.startswith(b"GET /readyz ") and self.ready
+        status = b"200 OK" if ok else b"503 Service Unavailable"
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(
+                b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        await stream.aclose()
+
+
+async def relayed_to(address: str, source: str) -> str:
+    """Which stand-in node a new connection through HAProxy from `source` reaches, and what
+    its PROXY header said: "NAME VERSION CLIENT"."""
+    host, port = address.rsplit(":", 1)
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect((host, int(port)))
+    async with trio.SocketStream(sock) as stream:
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = await stream.receive_some()
+            if not chunk:
+                return ""
+            reply += chunk
+        return reply.decode().strip()
+
+
+async def wait_routed_only_to(address: str, name: str) -> None:
+    """Until ten connections in a row reach `name` (HAProxy has taken the others out)."""
+    in_a_row = 0
+    while in_a_row < 10:
+        reply = await relayed_to(address, "127.0.0.2")
+        in_a_row = in_a_row + 1 if reply.startswith(name + " ") else 0
+        await trio.sleep(0.05)
+
+
+@needs_haproxy
+async def test_haproxy_sends_proxy_v2_and_routes_by_readyz(tmp_path: Path):
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nodes = [StandInNode("node1"), StandInNode("node2")]
+            for node in nodes:
+                await node.start(nursery)
+            nodes[0].ready = False
+            port = free_port()
+            config = haproxy_config(
+                bind=f"127.0.0.1:{port}",
+                backends=[Backend(n.name, "127.0.0.1", n.port, n.web_port) for n in nodes],
+            )
+            haproxy = HAProxyProcess(tmp_path / "haproxy.cfg", config, port)
+            try:
+                await trio.to_thread.run_sync(haproxy.start)
+                # The client's own address (127.0.0.2) arrives in a v2 header, though the
+                # node's TCP peer is HAProxy on 127.0.0.1.
+                await wait_routed_only_to(haproxy.address, "node2")
+                assert await relayed_to(haproxy.address, "127.0.0.2") == "node2 2 127.0.0.2"
+                # node2 stops being ready and node1 becomes ready: the traffic follows /readyz.
+                nodes[0].ready, nodes[1].ready = True, False
+                await wait_routed_only_to(haproxy.address, "node1")
+            finally:
+                haproxy.stop()  # not in a thread: it must run when fail_after cancels
+            nursery.cancel_scope.cancel()
