@@ -8,6 +8,7 @@ is rendered by `haproxy_config`, the same text docs/deploy.md shows (a test comp
 from __future__ import annotations
 
 import json
+import select
 import shutil
 import signal
 import subprocess
@@ -84,14 +85,29 @@ def haproxy_config(
     return "\n".join(lines) + "\n"
 
 
-def answers_readyz(web_port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a node's web port answers `GET /readyz` with 200 (nodes built before the
-    endpoint answer 404: HAProxy then checks their TCP port instead)."""
+def readyz_status(web_port: int, host: str = "127.0.0.1") -> int | None:
+    """The HTTP status of a node's `GET /readyz`; None if its web port does not answer."""
     try:
         with urllib.request.urlopen(f"http://{host}:{web_port}/readyz", timeout=5) as reply:
-            return int(reply.status) == 200
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
     except (urllib.error.URLError, OSError):
-        return False
+        return None
+
+
+def health_check_for(web_ports: list[int], timeout: float = 30.0) -> str:
+    """ "readyz" if the nodes have the endpoint (waiting until each answers 200), "tcp" if they
+    answer 404 (brokers built before /readyz: HAProxy then checks their TCP port)."""
+    deadline = time.monotonic() + timeout
+    for port in web_ports:
+        while (status := readyz_status(port)) != 200:
+            if status == 404:
+                return "tcp"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"/readyz on web port {port} still answers {status}")
+            time.sleep(0.1)
+    return "readyz"
 
 
 class NodeProcess:
@@ -155,8 +171,12 @@ class NodeProcess:
                 env=child_env(PYTHONUNBUFFERED="1"),
             )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # the startup summary, once it listens
+        # The startup summary, once it listens (printed in one write, so select then read).
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
         if not line:
+            if not ready:
+                self.proc.kill()
             code = self.proc.wait(timeout)
             self.proc = None
             raise RuntimeError(
@@ -286,6 +306,19 @@ def terminate_backends(admin_url: str, schema: str) -> int:
         engine.dispose()
 
 
+def deadlocks(admin_url: str) -> int:
+    """pg_stat_database.deadlocks of the database (all its users, not only the nodes)."""
+    engine = create_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+            return int(found)
+    finally:
+        engine.dispose()
+
+
 class Cluster:
     """N nodes on one database and HAProxy in front of them; a context manager that stops
     everything it started."""
@@ -313,7 +346,7 @@ class Cluster:
         self.nodes[0].start()
         for node in self.nodes[1:]:
             node.start()
-        self.health_check = "readyz" if answers_readyz(self.nodes[0].web_port) else "tcp"
+        self.health_check = health_check_for([n.web_port for n in self.nodes])
         port = free_port()
         config = haproxy_config(
             bind=f"127.0.0.1:{port}",

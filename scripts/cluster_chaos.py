@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from bench.cluster import CHAOS_FLAGS, Cluster, cluster_url, terminate_backends
+from bench.cluster import CHAOS_FLAGS, Cluster, cluster_url, deadlocks, terminate_backends
 from bench.cluster_chaos import ClusterChaosRun
 
 
@@ -48,6 +48,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="mailnet-cluster-chaos-") as tmp:
             base = args.keep or Path(tmp)
             started = time.monotonic()
+            deadlocks_before = deadlocks(args.db)
             url = cluster_url(args.db, schema)
             with Cluster(base, url, nodes=args.nodes, extra_flags=CHAOS_FLAGS) as cluster:
                 run = ClusterChaosRun(
@@ -73,6 +74,7 @@ def main() -> int:
                 f"backends_cut={run.backends_cut}"
             )
             print(f"errors answered: {dict(report.error_codes)}")
+            print(f"PostgreSQL deadlocks meanwhile: {deadlocks(args.db) - deadlocks_before}")
             print(f"database: {verdict.summary()}")
             failures = report.failures + report.id_mismatches + problems + verdict.seq_problems
             if report.error_codes["internal"]:

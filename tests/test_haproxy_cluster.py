@@ -24,6 +24,7 @@ from bench.cluster import (
     Cluster,
     HAProxyProcess,
     cluster_url,
+    deadlocks,
     haproxy_binary,
     haproxy_config,
 )
@@ -48,7 +49,7 @@ def doc_block(language: str) -> str:
     return str(blocks[0])
 
 
-def test_deploy_doc_shows_the_haproxy_configuration_the_test_runs():
+def test_deploy_doc_shows_the_haproxy_configuration_the_test_runs() -> None:
     # The doc's example: three nodes on 10.0.0.11-13, TCP port 7878, web port 8080.
     rendered = haproxy_config(
         bind="0.0.0.0:7878",
@@ -102,10 +103,13 @@ async def sessions_seen_from(address: str, source: str, name: str) -> list[dict]
 @pytest.mark.slow
 @needs_pg
 @needs_haproxy
-async def test_chaos_through_haproxy_loses_and_duplicates_nothing(schema: str, tmp_path: Path):
+async def test_chaos_through_haproxy_loses_and_duplicates_nothing(
+    schema: str, tmp_path: Path
+) -> None:
     assert PG_URL is not None
     kills = int(os.environ.get("MAILNET_CLUSTER_CHAOS_KILLS", "6"))
     blips = int(os.environ.get("MAILNET_CLUSTER_CHAOS_BLIPS", "3"))
+    deadlocks_before = deadlocks(PG_URL)
     with Cluster(tmp_path, cluster_url(PG_URL, schema), extra_flags=CHAOS_FLAGS) as cluster:
         run = ClusterChaosRun(
             cluster, PG_URL, schema, kills=kills, blips=blips, seed=10, max_per_sender=1500
@@ -122,7 +126,8 @@ async def test_chaos_through_haproxy_loses_and_duplicates_nothing(schema: str, t
             run.close()
         context = (
             f"health check {cluster.health_check}; {report.summary()}; blips={run.blips_done} "
-            f"backends_cut={run.backends_cut}; errors={dict(report.error_codes)}\n"
+            f"backends_cut={run.backends_cut}; errors={dict(report.error_codes)}; "
+            f"PostgreSQL deadlocks meanwhile: {deadlocks(PG_URL) - deadlocks_before}\n"
             f"{verdict.summary()}\n{cluster.log_tails()}"
         )
         assert [s["address"] for s in seen if s["username"] == "user0"] == ["127.0.0.2"], (
@@ -214,7 +219,7 @@ async def wait_routed_only_to(address: str, name: str) -> None:
 
 
 @needs_haproxy
-async def test_haproxy_sends_proxy_v2_and_routes_by_readyz(tmp_path: Path):
+async def test_haproxy_sends_proxy_v2_and_routes_by_readyz(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             nodes = [StandInNode("node1"), StandInNode("node2")]
