@@ -2,7 +2,8 @@
 `mailnet serve` nodes on one PostgreSQL schema, and a chaos run through it: random nodes
 SIGKILLed and restarted, the nodes' database connections cut, while clients keep sending and
 receiving through HAProxy only. Set MAILNET_CLUSTER_CHAOS_KILLS / _BLIPS to lengthen it
-(scripts/cluster_chaos.py runs a long one)."""
+(scripts/cluster_chaos.py runs a long one). Then live sessions through HAProxy across database
+blips: none dropped silently, each pushed the mail sent to it after the blip, on any node."""
 
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ from bench.cluster import (
     deadlocks,
     haproxy_binary,
     haproxy_config,
+    terminate_backends,
 )
 from bench.cluster_chaos import ClusterChaosRun
 from bench.process import free_port
-from broker.client import Client
+from broker.client import BrokerUnreachable, Client, RequestFailed, Trust, connect
 from broker.protocol.proxy import NEED_MORE, ProxyHeader, read_proxy_header
 
 PG_URL = os.environ.get("MAILNET_TEST_PG_URL")
@@ -244,3 +246,74 @@ async def test_haproxy_sends_proxy_v2_and_routes_by_readyz(tmp_path: Path) -> No
             finally:
                 haproxy.stop()  # not in a thread: it must run when fail_after cancels
             nursery.cancel_scope.cancel()
+
+
+async def send_until_stored(sender: Client, to: str, body: str, cmid: str) -> dict:  # type: ignore[type-arg]
+    """Send, resending with the same client_msg_id while the store answers `unavailable` (the
+    blip's aftermath); any other error fails the test."""
+    while True:
+        try:
+            return await sender.send_text(to, body, client_msg_id=cmid)
+        except RequestFailed as exc:
+            assert exc.code == "unavailable", f"sending to {to} after a blip: {exc}"
+            await trio.sleep(0.1)
+        except BrokerUnreachable as exc:
+            raise AssertionError(
+                f"the sender's session was dropped ({exc}): {sender.errors}"
+            ) from None
+
+
+async def pushed_after_blip(client: Client, body: str) -> str | None:
+    """What went wrong for a live receiver that should be pushed `body`, or None."""
+    with trio.move_on_after(15):
+        try:
+            entry = await client.next_mail()
+        except BrokerUnreachable as exc:
+            told = [f["error"]["code"] for f in client.errors if "error" in f]
+            return None if told else f"dropped silently: {exc}"
+        return None if entry["body"] == body else f"got {entry['body']!r}"
+    return "not pushed its mail in 15 s"
+
+
+@pytest.mark.slow
+@needs_pg
+@needs_haproxy
+async def test_database_blips_drop_no_live_session_silently_behind_haproxy(
+    schema: str, tmp_path: Path
+) -> None:
+    """Live sessions spread over three nodes by HAProxy outlive pg_terminate_backend of all the
+    nodes' connections: each keeps its connection and is pushed the mail sent to it afterwards
+    (through whichever node the sender is on), or is told why it was closed."""
+    assert PG_URL is not None
+    receivers = [f"r{i}" for i in range(6)]
+    with Cluster(tmp_path, cluster_url(PG_URL, schema), extra_flags=CHAOS_FLAGS) as cluster:
+        with trio.fail_after(120):
+            for name in ["sender", *receivers]:
+                async with connect(cluster.address, trust=Trust.plaintext()) as client:
+                    await client.login(name, "chaos-password", create=True)
+            async with contextlib.AsyncExitStack() as stack:
+                live: dict[str, Client] = {}
+                for name in ["sender", *receivers]:
+                    client = await stack.enter_async_context(
+                        connect(cluster.address, trust=Trust.plaintext())
+                    )
+                    await client.login(name, "chaos-password")
+                    live[name] = client
+                # Which receivers share the sender's node (the admin sees its node's sessions):
+                # mail to them is pushed in-process, to the others through LISTEN/NOTIFY.
+                local = {s["username"] for s in await live["sender"].admin_sessions()}
+                where = {n: "sender's node" if n in local else "another node" for n in receivers}
+                problems: list[str] = []
+                for blip in range(3):
+                    assert terminate_backends(PG_URL, schema) > 0
+                    for name in receivers:
+                        await send_until_stored(
+                            live["sender"], name, f"after blip {blip}", f"{name}-{blip}"
+                        )
+                    for name in receivers:
+                        problem = await pushed_after_blip(live[name], f"after blip {blip}")
+                        if problem:
+                            problems.append(f"blip {blip}: {name} ({where[name]}) {problem}")
+                    if problems:
+                        break
+        assert problems == [], "\n".join([*problems, cluster.log_tails()])
