@@ -66,6 +66,14 @@ class ChaosReport:
     out_of_order: list[str] = field(default_factory=list)
     duplicates_dropped: int = 0  # redeliveries the client library recognised and dropped
     failures: list[str] = field(default_factory=list)
+    # Error codes answered to any request (sends and logins), retried or not: `internal` is
+    # never acceptable, `unavailable` is what a client may see while a node or database is down.
+    error_codes: Counter[str] = field(default_factory=Counter)
+
+    def count_errors(self, group: BaseExceptionGroup[ClientError]) -> None:
+        for exc in group.exceptions:
+            if isinstance(exc, RequestFailed):
+                self.error_codes[exc.code] += 1
 
     def summary(self) -> str:
         return (
@@ -231,6 +239,7 @@ class ChaosRun:
                 client_msg_id=message.client_msg_id,
             )
         except RequestFailed as exc:
+            self.report.error_codes[exc.code] += 1
             if exc.code not in RETRYABLE:
                 self.report.failures.append(f"{message.client_msg_id}: {exc}")
                 pending.pop(message.client_msg_id, None)
@@ -296,7 +305,8 @@ class ChaosRun:
                                 )
                     if lost_connection.cancelled_caught:
                         raise BrokerUnreachable("lost the connection mid-send")
-            except* ClientError:  # connect() wraps what its body raises in a group
+            except* ClientError as group:  # connect() wraps what its body raises in a group
+                self.report.count_errors(group)
                 self.report.reconnects += 1
                 await trio.sleep(backoff)
                 backoff = min(0.5, backoff * 2)
@@ -337,7 +347,8 @@ class ChaosRun:
                             await client.flush_ack()
                             return
                         await client.flush_ack()
-            except* ClientError:
+            except* ClientError as group:
+                self.report.count_errors(group)
                 await trio.sleep(0.05)
 
     @asynccontextmanager
