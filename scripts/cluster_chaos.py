@@ -23,8 +23,8 @@ from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from bench.deployment import CHAOS_FLAGS, Cluster, cluster_url, deadlocks, terminate_backends
 from bench.cluster_chaos import ClusterChaosRun
+from bench.deployment import CHAOS_FLAGS, Cluster, cluster_url, deadlocks, terminate_backends
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ import pytest
 import trio
 from sqlalchemy import create_engine, text
 
+from bench.cluster_chaos import ClusterChaosRun
 from bench.deployment import (
     CHAOS_FLAGS,
     Backend,
@@ -30,7 +31,6 @@ from bench.deployment import (
     haproxy_config,
     terminate_backends,
 )
-from bench.cluster_chaos import ClusterChaosRun
 from bench.process import free_port
 from broker.client import BrokerUnreachable, Client, RequestFailed, Trust, connect
 from broker.protocol.proxy import NEED_MORE, ProxyHeader, read_proxy_header
