@@ -50,13 +50,14 @@ def main() -> None:
 # -- commands ------------------------------------------------------------------------------------
 
 from .account import login, logout, prefs  # noqa: E402
-from .reading import history, inbox, listen, read, who  # noqa: E402
+from .reading import history, inbox, listen, read, search, who  # noqa: E402
 from .sending import announce, rickroll, send, text  # noqa: E402
 from .serve import db, serve  # noqa: E402
 from .shell import shell  # noqa: E402
 
 for command in (login, logout, send, text, announce, rickroll, inbox, read, who, history, prefs):
     main.add_command(command)
+main.add_command(search)
 for command in (listen, shell, serve, db):
     main.add_command(command)
 
@@ -69,6 +70,12 @@ main.add_command(block)
 main.add_command(unblock)
 main.add_command(blocks)
 main.add_command(admin)
+
+from .backup import backup  # noqa: E402
+from .export import export  # noqa: E402
+
+admin.add_command(backup)
+main.add_command(export)
 
 from .bench import bench  # noqa: E402
 

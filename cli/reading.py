@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
+from broker.protocol import RemoteProtocolError
 from broker.protocol.requests import KINDS
+from broker.protocol.search import parse_search
 
 from . import output
 from .connect import ClientOptions, client_options, run_async, session_client, stop_on_signals
@@ -203,3 +205,40 @@ def listen(count: int | None, as_json: bool, options: ClientOptions) -> None:
                     save_session(auth.saved.with_last_seq(client.last_seq))
 
     run_async(run)
+
+
+@click.command()
+@click.argument("words", nargs=-1, required=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--page", type=click.IntRange(1, 200), default=1, show_default=True)
+@json_option
+@client_options
+def search(
+    words: tuple[str, ...], limit: int, page: int, as_json: bool, options: ClientOptions
+) -> None:
+    """Search your mail: words, "exact phrases" and from: to: with: kind: is: before: after:.
+
+    Example: mailnet search 'from:bob kind:email is:unread "budget meeting" agenda'.
+    With words or phrases, the best matches come first (ranked); otherwise the newest.
+    """
+    query = " ".join(words)
+    try:  # a mistake in the query is a usage error, found before connecting
+        parse_search(query)
+    except RemoteProtocolError as exc:
+        fail(exc.message, EXIT_USAGE)
+
+    async def run() -> list[dict[str, Any]]:
+        async with session_client(options) as auth:
+            return await auth.client.history(query=query, limit=limit, offset=(page - 1) * limit)
+
+    items = run_async(run)
+    if as_json:
+        for item in items:
+            emit_json(item)
+        return
+    if not items:
+        click.echo("Nothing found.")
+        return
+    click.echo(output.history_table(items))
+    if len(items) == limit:
+        click.echo(f"\nMore: add --page {page + 1}")

@@ -403,6 +403,9 @@ class Broker:
             since=request.since,
             limit=request.limit,
             before_id=request.before_id,
+            query=request.query,
+            offset=request.offset,
+            username=user.username,
         )
         return await self.runner.read(self.runner.store.history, user.id, query)
 

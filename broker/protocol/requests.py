@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from .errors import ErrorCode, RemoteProtocolError
+from .search import MAX_QUERY_CHARS, SearchQuery, parse_search
 
 USERNAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 # Line breaks and control characters (tab excepted): a subject is shown on one terminal line.
@@ -26,6 +27,7 @@ MAX_CLIENT_MSG_ID_CHARS: Final = 64
 MAX_TOKEN_CHARS: Final = 128
 MAX_PAGE: Final = 1000
 MAX_SEARCH_CHARS: Final = 200
+MAX_SEARCH_OFFSET: Final = 10_000  # ranked results page by offset; deeper pages cost more
 MAX_INVITE_CHARS: Final = 64
 
 KINDS: Final = ("email", "text", "announcement", "rickroll")
@@ -101,6 +103,8 @@ class History:
     since: datetime | None = None
     limit: int = 50
     before_id: int | None = None
+    query: SearchQuery | None = None  # the search language (broker/protocol/search.py)
+    offset: int = 0  # paging through ranked results (a query with words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +330,7 @@ def _parse_history(f: _Fields) -> History:
     if kind is not None and kind not in KINDS:
         raise _bad(f"field 'kind' must be one of {', '.join(KINDS)}")
     since = f.str("since", required=False, max_chars=40)
+    query = f.str("query", required=False, max_chars=MAX_QUERY_CHARS, allow_empty=True)
     return History(
         with_user=None if with_user is None else normalize_username(with_user, "with"),
         kind=kind,
@@ -333,6 +338,8 @@ def _parse_history(f: _Fields) -> History:
         since=None if since is None else _parse_since(since),
         limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 50,
         before_id=f.int("before_id", required=False, minimum=1),
+        query=None if query is None else parse_search(query),
+        offset=f.int("offset", required=False, minimum=0, maximum=MAX_SEARCH_OFFSET) or 0,
     )
 
 

@@ -26,6 +26,7 @@ from .records import (
     SendOutcome,
     UserRecord,
 )
+from .search import apply_search
 from .sendbatch import SendBatch
 
 users = User.__table__
@@ -393,6 +394,18 @@ class MailStore(AdminStoreMixin):
             stmt = stmt.where(messages.c.created_at >= query.since)
         if query.before_id is not None:
             stmt = stmt.where(messages.c.id < query.before_id)
+        if query.query is not None:
+            stmt = apply_search(
+                stmt,
+                query.query,
+                user_id=user_id,
+                username=query.username,
+                mine=mine,
+                sender=_sender,
+                dialect=self.engines.read.dialect.name,
+            )
+        if query.offset:
+            stmt = stmt.offset(query.offset)
         with self.engines.read.connect() as conn:
             return [
                 _entry(row, direction="out" if row.sender_id == user_id else "in")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
+from broker.protocol.search import SearchQuery
+
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
@@ -77,6 +79,9 @@ class HistoryQuery:
     since: datetime | None = None
     limit: int = 50
     before_id: int | None = None
+    query: SearchQuery | None = None
+    offset: int = 0
+    username: str = ""  # the searching user's name (the full-text index's `people` token)
 
 
 _new = tuple.__new__

@@ -181,6 +181,8 @@ class HttpApi:
                 "since": query_str(request, "since"),
                 "limit": query_int(request, "limit"),
                 "before_id": query_int(request, "before_id"),
+                "query": query_str(request, "q"),
+                "offset": query_int(request, "offset"),
             }
         )
         assert isinstance(history, requests.History)

@@ -17,8 +17,10 @@ from broker.protocol.requests import (
     MAX_PAGE,
     MAX_RECIPIENTS,
     MAX_SEARCH_CHARS,
+    MAX_SEARCH_OFFSET,
     MAX_SUBJECT_CHARS,
 )
+from broker.protocol.search import MAX_QUERY_CHARS
 
 MAX_INT = 2**62  # what broker.protocol accepts for any integer field
 
@@ -357,6 +359,18 @@ def openapi_schema() -> dict[str, Any]:
                             "since",
                             {"type": "string", "format": "date"},
                             "ISO date or date-time.",
+                        ),
+                        _query(
+                            "q",
+                            {"type": "string", "maxLength": MAX_QUERY_CHARS},
+                            "A search (docs/protocol.md, search language): words, "
+                            '"phrases", from: to: with: kind: is: before: after:. '
+                            "With words, results are ranked best first.",
+                        ),
+                        _query(
+                            "offset",
+                            {"type": "integer", "minimum": 0, "maximum": MAX_SEARCH_OFFSET},
+                            "Skip this many results (paging ranked results).",
                         ),
                         _query("limit", LIMIT, "Page size."),
                         _query(

@@ -1071,7 +1071,7 @@
 
   function historyQuery() {
     return {
-      search: $('history-search').value.trim(),
+      q: $('history-search').value.trim(),
       with: $('history-with').value.trim(),
       kind: $('history-kind').value,
       since: $('history-since').value,
@@ -1083,7 +1083,9 @@
     const btnGo = $('history-go');
     const q = more && state.history.query ? state.history.query : historyQuery();
     const params = Object.assign({}, q, { limit: PAGE_SIZE });
-    if (more) {
+    if (more && q.q) {
+      params.offset = state.history.items.length; // a search is ranked: page by position
+    } else if (more) {
       const ids = state.history.items.map((i) => i.message_id).filter((x) => typeof x === 'number');
       if (ids.length) params.before_id = Math.min(...ids);
     }
