@@ -379,6 +379,7 @@
     }
     state.me = me;
     openChannel();
+    writeOutbox(readOutbox());   // shows what still waits to be sent
     state.lastSeq = Number(sessionStorage.getItem(seqKey())) || 0;
     setText('me', me.username);
     paintAvatar($('me-avatar'), me.username);
