@@ -50,7 +50,9 @@ async def run_in_browser(
     assert unexpected == [], unexpected
 
 
-def send_email(running: RestartableBroker, sender: str, to: list[str], subject: str, body: str) -> None:
+def send_email(
+    running: RestartableBroker, sender: str, to: list[str], subject: str, body: str
+) -> None:
     async def action(client: Client) -> None:
         await client.send_email(to, subject, body)
 
@@ -140,7 +142,7 @@ async def test_an_outage_is_shown_and_retry_now_reconnects_at_once(tmp_path: Pat
         running.call(running.start)
         started = time.monotonic()
         expect(alice.locator("#conn-status")).to_have_attribute("data-state", "online")
-        print(f"reconnected on its own {time.monotonic() - started:.2f} s after the broker was back")
+        print(f"reconnected by itself {time.monotonic() - started:.2f} s after the broker was back")
 
     await run_in_browser(tmp_path, scenario)
 
@@ -163,7 +165,7 @@ async def test_a_reload_during_an_outage_shows_the_app_and_an_offline_send_goes_
         )
         inbox_of(running, "bob")  # bob exists
         sign_in(page, running.url, "alice")
-        page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.controller !== null")
+        page.wait_for_function("navigator.serviceWorker.controller !== null")
 
         running.call(running.stop)
         expect(page.locator("#offline-banner")).to_be_visible()
@@ -334,7 +336,8 @@ async def test_notices_are_short_grouped_clear_of_the_reader_and_system_ones_whe
         assert len(toast.inner_text()) < 100
         heading = page.locator("#inbox-reader .reader-subject").bounding_box()
         box = toast.bounding_box()
-        assert box["y"] > heading["y"] + heading["height"] or box["x"] > heading["x"] + heading["width"]
+        below = box["y"] > heading["y"] + heading["height"]
+        assert below or box["x"] > heading["x"] + heading["width"], "the notice covers the heading"
 
         for i in range(4):
             send_email(running, "alice", ["bob"], f"Burst {i}", "x")
@@ -346,7 +349,8 @@ async def test_notices_are_short_grouped_clear_of_the_reader_and_system_ones_whe
         page.evaluate("window.__hidden = true")
         send_email(running, "alice", ["bob"], "While away", "x")
         page.wait_for_function("window.__shown.length === 1")
-        assert page.evaluate("window.__shown[0]") == {"title": "Email from alice", "body": "While away"}
+        shown = page.evaluate("window.__shown[0]")
+        assert shown == {"title": "Email from alice", "body": "While away"}
 
     await run_in_browser(tmp_path, scenario)
 
