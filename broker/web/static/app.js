@@ -413,6 +413,8 @@
     // Forget the session first: the server then closes this tab's WebSocket, and that close
     // (or a 401 racing with it) must not read as "your session has ended".
     const token = state.token;
+    // Unsent mail is not left behind in this browser for the next person at it.
+    try { localStorage.removeItem(outboxKey()); } catch (e) { /* ignore */ }
     endSession('');
     try {
       await fetch('/api/logout', { method: 'POST', cache: 'no-store', headers: { Accept: 'application/json', Authorization: 'Bearer ' + token } });
@@ -1207,14 +1209,16 @@
         const items = readOutbox();
         if (!items.length) break;
         const item = items[0];
+        let sent = false;
         try {
           await api('POST', item.path, item.body);
+          sent = true;
         } catch (e) {
           if (e.code === 'network' || e.status >= 500) break;   // still away: keep it
           toast(`Could not send: ${humanError(e)}`, { kind: 'error' });
         }
         writeOutbox(readOutbox().filter((i) => i.body.client_msg_id !== item.body.client_msg_id));
-        toast(item.done, { kind: 'ok' });
+        if (sent) toast(item.done, { kind: 'ok' });
         if (item.path === '/api/texts') loadConversations();
       }
     } finally {
@@ -1653,6 +1657,7 @@
       state.token = token;
       try {
         await startSession(null);
+        focusView();
         return;
       } catch (e) {
         if (state.token) endSession(e.status === 401 ? 'Your session has ended. Please sign in again.' : humanError(e));
