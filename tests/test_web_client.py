@@ -17,6 +17,7 @@ import pytest
 import trio
 from conftest import make_config
 from test_web_browser import CHROMIUM, sign_in
+from test_web_screens import axe_problems
 from web_client_harness import RestartableBroker, chromium, free_port, new_page, restartable_broker
 
 from broker.client import Client
@@ -107,6 +108,7 @@ async def test_an_outage_is_shown_and_retry_now_reconnects_at_once(tmp_path: Pat
         expect(alice.locator("#conn-label")).to_have_text("Offline")
         expect(alice.locator("#who-stale")).to_be_visible()
         expect(alice.locator("#who-list")).to_have_class("who-list stale")
+        assert axe_problems(alice, "who, offline") == []
 
         # An error shown during the outage (the broker answering 503 here) ...
         alice.route(

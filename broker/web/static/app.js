@@ -398,7 +398,7 @@
       connectWs();
       return;
     }
-    await loadInbox().catch((e) => toast(e.message, { kind: 'error' }));
+    await loadInbox().catch((e) => toast(humanError(e), { kind: 'error' }));
     if (loginInfo && typeof loginInfo.last_seq === 'number' && state.inbox.length === 0) {
       // Empty first page: the server's own last seq is a safe resume point.
       setLastSeq(loginInfo.last_seq);
@@ -623,7 +623,7 @@
       todo.forEach((e) => { e.read = false; });
       setUnread(state.unread + todo.length);
       refreshEntryRows(todo);
-      toast('Could not mark as read: ' + err.message, { kind: 'error' });
+      toast('Could not mark as read: ' + humanError(err), { kind: 'error' });
     }
   }
 
@@ -1025,7 +1025,8 @@
       showMsg($('who-error'), '');
       renderWho();
     } catch (e) {
-      showMsg($('who-error'), e.message, 'error');
+      // Unreachable: the offline banner and the stale list already say so.
+      showMsg($('who-error'), e.code === 'network' ? '' : humanError(e), 'error');
     }
   }
 
@@ -1515,7 +1516,7 @@
       $('history-empty').hidden = state.history.items.length > 0;
       btnMore.hidden = items.length < PAGE_SIZE;
     } catch (e) {
-      showMsg($('history-error'), e.message, 'error');
+      showMsg($('history-error'), humanError(e), 'error');
     } finally {
       btnGo.disabled = false; btnMore.disabled = false;
     }
@@ -1562,7 +1563,7 @@
       showMsg(status, optOut ? 'Rick-rolls are now blocked.' : 'Rick-rolls are allowed.', 'ok');
     } catch (e) {
       box.checked = !allow;
-      showMsg(status, e.message, 'error');
+      showMsg(status, humanError(e), 'error');
     } finally {
       box.disabled = false;
     }
@@ -1580,8 +1581,8 @@
     }));
     window.addEventListener('popstate', () => { if (state.token) showView(viewFromHash() || 'inbox', { replace: true }); });
 
-    $('inbox-refresh').addEventListener('click', () => loadInbox().catch((e) => toast(e.message, { kind: 'error' })));
-    $('inbox-more').addEventListener('click', () => loadInbox(true).catch((e) => toast(e.message, { kind: 'error' })));
+    $('inbox-refresh').addEventListener('click', () => loadInbox().catch((e) => toast(humanError(e), { kind: 'error' })));
+    $('inbox-more').addEventListener('click', () => loadInbox(true).catch((e) => toast(humanError(e), { kind: 'error' })));
     $('inbox-mark-all').addEventListener('click', markAllRead);
 
     $('compose-kind').addEventListener('change', updateComposeKind);
