@@ -130,7 +130,7 @@ def run_scenario(url: str, home: Path, send_from_terminal: Callable[[], None]) -
             alice.fill("#compose-to", "bob")
             alice.fill("#compose-body", "no subject yet")
             alice.click("#compose-send")
-            expect(alice.locator("#compose-status")).to_have_text("Add a subject.")
+            expect(alice.locator("#compose-subject-error")).to_have_text("Add a subject.")
 
             compose(alice, "email", "bob", "Shall we meet at noon?", subject="Lunch plans")
             email = bob.locator("#inbox-list .entry[data-kind=email]")

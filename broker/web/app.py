@@ -95,6 +95,24 @@ def create_app(broker: Broker, config: Config) -> ASGIApp:
     async def openapi(request: Request) -> Response:
         return JSONResponse(schema)
 
+    async def service_worker(request: Request) -> Response:
+        # Served from / so that its scope covers the page; never cached stale.
+        return FileResponse(
+            STATIC_DIR / "sw.js",
+            media_type="text/javascript",
+            headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"},
+        )
+
+    async def manifest(request: Request) -> Response:
+        return FileResponse(
+            STATIC_DIR / "manifest.webmanifest",
+            media_type="application/manifest+json",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def api_docs(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "docs.html", headers={"Cache-Control": "no-cache"})
+
     async def upgrade_required(request: Request) -> Response:
         return JSONResponse(
             {"error": {"code": "bad_request", "message": "open /api/ws as a WebSocket"}},
@@ -126,6 +144,9 @@ def create_app(broker: Broker, config: Config) -> ASGIApp:
             Route("/", index, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             *ops_routes(broker),
+            Route("/sw.js", service_worker, methods=["GET"]),
+            Route("/manifest.webmanifest", manifest, methods=["GET"]),
+            Route("/docs", api_docs, methods=["GET"]),
             *api.routes(),
             *invite_routes(broker, config),
             WebSocketRoute("/api/ws", live),

@@ -20,12 +20,17 @@
   const WHO_REFRESH_MS = 15000;
   const PING_MS = 10000;
   const WS_DEAD_MS = 35000;          // no frame at all for this long: reconnect
-  const WS_BACKOFF_MAX_MS = 15000;
+  const WS_BACKOFF_MIN_MS = 500;
+  const WS_BACKOFF_MAX_MS = 3000;    // low cap: a broker back from an outage is found within ~3 s
   const TOAST_MS = 6000;
+  const TOAST_MAX = 3;               // more mail than this at once becomes one grouped notice
+  const TOAST_CHARS = 90;
   const VIEWS = ['inbox', 'texts', 'compose', 'who', 'history', 'settings'];
   const KIND_LABEL = { email: 'Email', text: 'Text', announcement: 'Announcement', rickroll: 'Surprise' };
   const TOKEN_KEY = 'mailnet.token';
   const SEQ_KEY_PREFIX = 'mailnet.lastSeq.';
+  const ME_KEY = 'mailnet.me';
+  const OUTBOX_KEY_PREFIX = 'mailnet.outbox.';
 
   // Icon outlines (24x24, stroked). Static strings, never user data.
   const ICONS = {
@@ -70,7 +75,13 @@
     knownUsers: new Set(),
     ws: null,
     wsWanted: false,
-    wsBackoff: 1000,
+    wsBackoff: WS_BACKOFF_MIN_MS,
+    wsRetryAt: 0,
+    wsCountdown: null,
+    offline: false,           // the live connection is down (outage or no network)
+    needsReload: false,       // started while offline: load everything once back
+    channel: null,            // BroadcastChannel to this user's other tabs
+    composeTo: [],            // recipient chips
     wsRetryTimer: null,
     wsEverReady: false,
     pingTimer: null,
@@ -329,22 +340,46 @@
       $('login-password').value = '';
       $('login-password2').value = '';
       await startSession(res);
+      focusView();
       if (res.created) toast('Welcome to mailnet, ' + res.username + '! Your account was created.', { kind: 'ok' });
     } catch (e) {
       state.token = null;
       sessionStorage.removeItem(TOKEN_KEY);
-      showMsg(errEl, e.message, 'error');
+      showMsg(errEl, humanError(e), 'error');
     } finally {
       btn.disabled = false;
       btn.classList.remove('busy');
     }
   }
 
+  /** Put keyboard focus where the user will act: the open screen's list or heading. */
+  function focusView() {
+    const view = $('view-' + state.view);
+    if (!view || view.hidden) return;
+    const target = (state.view === 'inbox' && $('inbox-list').querySelector('.entry[tabindex="0"]')) || view.querySelector('h2');
+    if (target) {
+      if (!target.hasAttribute('tabindex')) target.setAttribute('tabindex', '-1');
+      target.focus();
+    }
+  }
+
   /** After a token is known: load the user, show the app, start live updates. */
   async function startSession(loginInfo) {
     state.ending = false;
-    const me = await api('GET', '/api/me');
+    let me;
+    try {
+      me = await api('GET', '/api/me');
+      try { sessionStorage.setItem(ME_KEY, JSON.stringify(me)); } catch (e) { /* ignore */ }
+    } catch (e) {
+      // A reload during an outage: keep the session and show the app offline.
+      const cached = e.code === 'network' ? JSON.parse(sessionStorage.getItem(ME_KEY) || 'null') : null;
+      if (!cached) throw e;
+      me = cached;
+      state.needsReload = true;
+    }
     state.me = me;
+    openChannel();
+    writeOutbox(readOutbox());   // shows what still waits to be sent
     state.lastSeq = Number(sessionStorage.getItem(seqKey())) || 0;
     setText('me', me.username);
     paintAvatar($('me-avatar'), me.username);
@@ -356,7 +391,14 @@
     $('app-view').hidden = false;
     showView(viewFromHash() || 'inbox', { replace: true });
 
-    await loadInbox().catch((e) => toast(e.message, { kind: 'error' }));
+    if (state.needsReload) {
+      setOffline(true);
+      $('inbox-empty').hidden = false;
+      setText('inbox-empty', 'You are offline. Your inbox will load when the broker is back.');
+      connectWs();
+      return;
+    }
+    await loadInbox().catch((e) => toast(humanError(e), { kind: 'error' }));
     if (loginInfo && typeof loginInfo.last_seq === 'number' && state.inbox.length === 0) {
       // Empty first page: the server's own last seq is a safe resume point.
       setLastSeq(loginInfo.last_seq);
@@ -368,11 +410,15 @@
   }
 
   async function logout() {
-    const btn = $('logout');
-    btn.disabled = true;
-    try { await api('POST', '/api/logout'); } catch (e) { /* token may already be gone */ }
-    btn.disabled = false;
+    // Forget the session first: the server then closes this tab's WebSocket, and that close
+    // (or a 401 racing with it) must not read as "your session has ended".
+    const token = state.token;
+    // Unsent mail is not left behind in this browser for the next person at it.
+    try { localStorage.removeItem(outboxKey()); } catch (e) { /* ignore */ }
     endSession('');
+    try {
+      await fetch('/api/logout', { method: 'POST', cache: 'no-store', headers: { Accept: 'application/json', Authorization: 'Bearer ' + token } });
+    } catch (e) { /* offline: the token expires on its own */ }
   }
 
   /** Forget the session locally and go back to the sign-in screen. */
@@ -380,9 +426,12 @@
     if (state.ending) return;
     state.ending = true;
     stopWs();
+    setOffline(false);
+    closeChannel();
     clearInterval(state.whoTimer);
     clearTimeout(state.whoReloadTimer);
     try {
+      sessionStorage.removeItem(ME_KEY);
       sessionStorage.removeItem(TOKEN_KEY);
       if (state.me) sessionStorage.removeItem(seqKey());
     } catch (e) { /* ignore */ }
@@ -390,7 +439,9 @@
       token: null, me: null, lastSeq: 0, inbox: [], inboxSeqs: new Set(), inboxHasMore: false,
       unread: 0, openSeq: null, conv: { user: null, ids: new Set() }, convPartners: [],
       history: { items: [], query: null }, who: [], knownUsers: new Set(), pendingIds: {},
+      needsReload: false, composeTo: [],
     });
+    renderChips();
     ['inbox-list', 'conv-list', 'conv-messages', 'who-list', 'history-list', 'known-users', 'toasts']
       .forEach((id) => $(id).replaceChildren());
     resetReader();
@@ -469,7 +520,16 @@
 
   function renderInbox(freshSeq) {
     const list = $('inbox-list');
+    const focusedSeq = document.activeElement && document.activeElement.closest && document.activeElement.closest('#inbox-list .entry')
+      ? Number(document.activeElement.dataset.seq) : null;
     list.replaceChildren(...state.inbox.map((e) => renderEntry(e, e.seq === freshSeq)));
+    const rows = list.querySelectorAll('.entry');
+    const current = list.querySelector('.entry.selected') || rows[0];
+    if (current) current.tabIndex = 0;
+    if (focusedSeq !== null) {
+      const again = list.querySelector(`.entry[data-seq="${focusedSeq}"]`);
+      if (again) { rows.forEach((r) => { r.tabIndex = -1; }); again.tabIndex = 0; again.focus(); }
+    }
     $('inbox-empty').hidden = state.inbox.length > 0;
     $('inbox-more').hidden = !state.inboxHasMore;
     renderKnownUsers();
@@ -487,11 +547,12 @@
     return h('li', {
       class: classes.join(' '),
       dataset: { seq: String(e.seq), kind: e.kind },
-      tabindex: '0',
-      role: 'button',
-      'aria-label': `${kindLabel(kind)} from ${senderName(e)}${e.read ? '' : ', unread'}`,
+      tabindex: '-1',
+      role: 'option',
+      'aria-selected': e.seq === state.openSeq ? 'true' : 'false',
+      'aria-label': `${kindLabel(kind)} from ${senderName(e)}${subject ? ': ' + subject : ''}${e.read ? '' : ', unread'}`,
       onclick: () => openEntry(e.seq),
-      onkeydown: (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); openEntry(e.seq); } },
+      onkeydown: (ev) => onEntryKey(ev, e.seq),
     },
     avatarFor(isRick ? null : e.sender, 'kind-avatar-' + kind),
     h('div', { class: 'entry-main' },
@@ -503,15 +564,48 @@
       h('div', { class: 'entry-body', text: preview })));
   }
 
+  /** Arrow keys, Home and End move along the list; Enter or Space opens the message. */
+  function onEntryKey(ev, seq) {
+    const rows = Array.from($('inbox-list').querySelectorAll('.entry'));
+    const i = rows.findIndex((r) => Number(r.dataset.seq) === seq);
+    let next = null;
+    if (ev.key === 'ArrowDown') next = rows[Math.min(i + 1, rows.length - 1)];
+    else if (ev.key === 'ArrowUp') next = rows[Math.max(i - 1, 0)];
+    else if (ev.key === 'Home') next = rows[0];
+    else if (ev.key === 'End') next = rows[rows.length - 1];
+    else if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); openEntry(seq, { focusReader: true }); return; }
+    else if (ev.key === 'Escape' && state.openSeq !== null) { ev.preventDefault(); closeReader(); return; }
+    if (!next) return;
+    ev.preventDefault();
+    rows.forEach((r) => { r.tabIndex = -1; });
+    next.tabIndex = 0;
+    next.focus();
+    if (ev.altKey || $('inbox-split').classList.contains('reading')) openEntry(Number(next.dataset.seq));
+  }
+
+  /** Back from the reader to the list, focus on the row that was open. */
+  function closeReader() {
+    const seq = state.openSeq;
+    $('inbox-split').classList.remove('reading');
+    const row = seq !== null && $('inbox-list').querySelector(`.entry[data-seq="${Number(seq)}"]`);
+    if (row) row.focus(); else focusView();
+  }
+
   function findEntry(seq) { return state.inbox.find((e) => e.seq === seq) || null; }
 
-  async function openEntry(seq) {
+  async function openEntry(seq, opts) {
     const e = findEntry(seq);
     if (!e) return;
     state.openSeq = seq;
     renderReader(e);
     $('inbox-split').classList.add('reading');
-    document.querySelectorAll('#inbox-list .entry').forEach((li) => li.classList.toggle('selected', Number(li.dataset.seq) === seq));
+    document.querySelectorAll('#inbox-list .entry').forEach((li) => {
+      const on = Number(li.dataset.seq) === seq;
+      li.classList.toggle('selected', on);
+      li.setAttribute('aria-selected', on ? 'true' : 'false');
+      li.tabIndex = on ? 0 : -1;
+    });
+    if (opts && opts.focusReader) $('inbox-reader').querySelector('.reader-subject').focus();
     if (!e.read) await markRead([e]);
   }
 
@@ -524,11 +618,12 @@
     refreshEntryRows(todo);
     try {
       await api('POST', '/api/read', { seqs: todo.map((e) => e.seq) });
+      broadcast({ event: 'mailbox', change: 'read', seqs: todo.map((e) => e.seq) });
     } catch (err) {
       todo.forEach((e) => { e.read = false; });
       setUnread(state.unread + todo.length);
       refreshEntryRows(todo);
-      toast('Could not mark as read: ' + err.message, { kind: 'error' });
+      toast('Could not mark as read: ' + humanError(err), { kind: 'error' });
     }
   }
 
@@ -537,7 +632,10 @@
       const inboxEntry = findEntry(e.seq);
       if (inboxEntry && inboxEntry !== e) inboxEntry.read = e.read;
       const li = $('inbox-list').querySelector(`.entry[data-seq="${Number(e.seq)}"]`);
-      if (li) li.classList.toggle('unread', !e.read);
+      if (li) {
+        li.classList.toggle('unread', !e.read);
+        li.setAttribute('aria-label', li.getAttribute('aria-label').replace(/, unread$/, '') + (e.read ? '' : ', unread'));
+      }
     }
   }
 
@@ -550,12 +648,12 @@
 
   function renderReader(e) {
     const kind = safeKind(e.kind);
-    const back = h('button', { type: 'button', class: 'btn btn-ghost btn-sm reader-back', onclick: () => { $('inbox-split').classList.remove('reading'); } },
+    const back = h('button', { type: 'button', class: 'btn btn-ghost btn-sm reader-back', onclick: closeReader },
       icon('back'), 'Inbox');
     const parts = [back];
 
     if (kind === 'rickroll' && e.direction !== 'out') {
-      parts.push(h('div', { class: 'reader-head' }, kindPill(kind), h('h3', { class: 'reader-subject', text: 'Someone sent you a surprise' }),
+      parts.push(h('div', { class: 'reader-head' }, kindPill(kind), h('h3', { class: 'reader-subject', tabindex: '-1', text: 'Someone sent you a surprise' }),
         h('div', { class: 'reader-meta muted small' }, h('time', { datetime: e.sent_at || '', text: fmtLong(e.sent_at) }))));
       parts.push(h('div', { class: 'surprise' },
         icon('rickroll', 'surprise-icon'),
@@ -566,7 +664,7 @@
       const to = (e.recipients || []).join(', ');
       parts.push(h('div', { class: 'reader-head' },
         kindPill(kind),
-        h('h3', { class: 'reader-subject', text: e.subject || (kind === 'text' ? 'Text message' : '(no subject)') }),
+        h('h3', { class: 'reader-subject', tabindex: '-1', text: e.subject || (kind === 'text' ? 'Text message' : '(no subject)') }),
         h('div', { class: 'reader-from' },
           avatarFor(e.sender),
           h('div', {},
@@ -575,7 +673,9 @@
       parts.push(h('div', { class: 'reader-body', text: e.body || '' }));
       const actions = h('div', { class: 'reader-actions' });
       if (kind === 'email' && e.sender) {
-        actions.append(h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => replyEmail(e) }, icon('reply'), 'Reply'));
+        actions.append(h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-reply', onclick: () => replyEmail(e, false) }, icon('reply'), 'Reply'));
+        const others = replyAllRecipients(e);
+        if (others.length > 1) actions.append(h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-reply-all', onclick: () => replyEmail(e, true) }, icon('reply'), 'Reply all'));
       }
       if (kind === 'text' && e.sender) {
         actions.append(h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => { showView('texts'); openConversation(e.sender); } }, icon('text'), 'Open conversation'));
@@ -588,17 +688,31 @@
     reader.scrollTop = 0;
   }
 
-  function replyEmail(e) {
+  /** The sender and every other recipient of `e`, without me. */
+  function replyAllRecipients(e) {
+    const me = state.me ? state.me.username : null;
+    return Array.from(new Set([e.sender, ...(e.recipients || [])].filter((n) => n && n !== me)));
+  }
+
+  /** The reply's body: an empty line for the caret, then the quote (no trailing `>` lines). */
+  function quoteFor(e) {
+    const lines = String(e.body || '').replace(/\s+$/, '').split('\n');
+    const quoted = lines.map((l) => (l ? '> ' + l : '>')).join('\n');
+    return `\n\nOn ${fmtLong(e.sent_at)}, ${e.sender} wrote:\n${quoted}`;
+  }
+
+  function replyEmail(e, all) {
     showView('compose');
     $('compose-kind').value = 'email';
     updateComposeKind();
-    $('compose-to').value = e.sender;
+    setChips(all ? replyAllRecipients(e) : [e.sender]);
     const subj = e.subject || '';
     $('compose-subject').value = /^re:/i.test(subj) ? subj : 'Re: ' + subj;
-    const quoted = String(e.body || '').split('\n').map((l) => '> ' + l).join('\n');
-    $('compose-body').value = `\n\nOn ${fmtLong(e.sent_at)}, ${e.sender} wrote:\n${quoted}`;
-    $('compose-body').focus();
-    $('compose-body').setSelectionRange(0, 0);
+    const body = $('compose-body');
+    body.value = quoteFor(e);
+    body.focus();
+    body.setSelectionRange(0, 0);
+    body.scrollTop = 0;
   }
 
   async function markAllRead() {
@@ -614,9 +728,35 @@
   function setConn(online, label) {
     const dot = $('conn-status');
     dot.dataset.state = online ? 'online' : 'offline';
-    const text = label || (online ? 'Live: connected' : 'Offline: reconnecting…');
+    const text = label || (online ? 'Online' : 'Offline: reconnecting…');
     dot.title = text;
-    dot.setAttribute('aria-label', text);
+    setText('conn-label', online ? 'Online' : (state.offline ? 'Offline' : 'Connecting…'));
+  }
+
+  /**
+   * An outage is shown, not hinted: a banner with what is happening and a "Retry now" button,
+   * the who list marked as possibly out of date. Cleared once the live connection is back.
+   */
+  function setOffline(off) {
+    if (off && !state.offline) state.offlineSince = Date.now();
+    state.offline = off;
+    $('offline-banner').hidden = !off;
+    $('who-list').classList.toggle('stale', off);
+    $('who-stale').hidden = !off;
+    if (!off) { clearInterval(state.wsCountdown); state.wsCountdown = null; }
+    setConn(!off && !!state.ws && $('conn-status').dataset.state === 'online');
+  }
+
+  function showCountdown() {
+    const left = Math.max(0, Math.ceil((state.wsRetryAt - Date.now()) / 1000));
+    setText('offline-detail', left > 0 ? `Reconnecting in ${left} s.` : 'Reconnecting…');
+  }
+
+  /** Reconnect at once (the "Retry now" button, and the browser saying the network is back). */
+  function retryNow() {
+    if (!state.token || state.ws) return;
+    state.wsBackoff = WS_BACKOFF_MIN_MS;
+    connectWs();
   }
 
   function wsSend(obj) {
@@ -630,6 +770,7 @@
     clearTimeout(state.wsRetryTimer);
     if (state.ws) return;
     setConn(false, 'Connecting…');
+    if (state.offline) setText('offline-detail', 'Reconnecting…');
     let ws;
     try { ws = new WebSocket(wsUrl()); } catch (e) { scheduleReconnect(); return; }
     state.ws = ws;
@@ -647,13 +788,14 @@
       switch (msg.event) {
         case 'ready':
           ready = true;
-          state.wsBackoff = 1000;
+          state.wsBackoff = WS_BACKOFF_MIN_MS;
           setConn(true);
           startPing();
           if (typeof msg.last_seq === 'number' && state.lastSeq > 0) wsSend({ op: 'ack', seq: state.lastSeq });
-          if (state.wsEverReady) refreshUnread();   // reconnect: reads may have happened elsewhere
+          if (state.wsEverReady || state.needsReload) onBackOnline(); else flushOutbox();
           state.wsEverReady = true;
           break;
+        case 'mailbox': applyMailboxChange(msg); break;
         case 'mail': onMailEvent(msg.entry); break;
         case 'presence': onPresenceEvent(msg); break;
         case 'pong': break;
@@ -666,6 +808,7 @@
       if (state.ws !== ws) return;
       state.ws = null;
       stopPing();
+      if (state.wsWanted && state.token) setOffline(true);
       setConn(false);
       // Closed before "ready": maybe the token was revoked. /api/me answers 401
       // in that case and api() ends the session.
@@ -686,8 +829,33 @@
     clearTimeout(state.wsRetryTimer);
     const delay = state.wsBackoff;
     state.wsBackoff = Math.min(state.wsBackoff * 2, WS_BACKOFF_MAX_MS);
-    setConn(false, `Offline: reconnecting in ${Math.round(delay / 1000)} s…`);
+    state.wsRetryAt = Date.now() + delay;
+    setConn(false, `Offline: reconnecting in ${Math.ceil(delay / 1000)} s…`);
+    showCountdown();
+    clearInterval(state.wsCountdown);
+    state.wsCountdown = setInterval(showCountdown, 500);
     state.wsRetryTimer = setTimeout(connectWs, delay);
+  }
+
+  /** The live connection is back after an outage (or after starting offline). */
+  async function onBackOnline() {
+    setOffline(false);
+    // Errors that the outage caused are stale now.
+    for (const id of ['compose-status', 'conv-status']) {
+      if ($(id).dataset.state === 'error') showMsg($(id), '');
+    }
+    clearFieldErrors();
+    if (state.needsReload) {
+      state.needsReload = false;
+      setText('inbox-empty', 'Your inbox is empty.');
+      await loadInbox().catch(() => {});
+      loadConversations();
+      if (!state.whoTimer) state.whoTimer = setInterval(loadWho, WHO_REFRESH_MS);
+    } else {
+      refreshUnread();   // reads may have happened elsewhere meanwhile
+    }
+    loadWho();
+    flushOutbox();
   }
 
   function startPing() {
@@ -709,7 +877,8 @@
     stopPing();
     const ws = state.ws;
     state.ws = null;
-    state.wsBackoff = 1000;
+    state.wsBackoff = WS_BACKOFF_MIN_MS;
+    clearInterval(state.wsCountdown);
     if (ws) { try { ws.close(1000, 'logout'); } catch (e) { /* ignore */ } }
     setConn(false, 'Offline');
   }
@@ -735,7 +904,74 @@
     if (entry.kind === 'text' && entry.sender) onIncomingText(entry);
   }
 
+  // ------------------------------------------- mailbox changes from elsewhere
+
+  /**
+   * A change made in another tab (BroadcastChannel) or on another device (the server's
+   * `{"event": "mailbox", "change": ..., "seqs": [...]}`): applied locally, never sent back.
+   */
+  function applyMailboxChange(msg) {
+    if (!msg || !Array.isArray(msg.seqs)) return;
+    const seqs = new Set(msg.seqs.filter((n) => typeof n === 'number'));
+    const hit = state.inbox.filter((e) => seqs.has(e.seq));
+    if (msg.change === 'read' || msg.change === 'acked' || msg.change === 'unread') {
+      const read = msg.change !== 'unread';
+      const changed = hit.filter((e) => !!e.read !== read);
+      changed.forEach((e) => { e.read = read; if (msg.change === 'acked') e.acked = true; });
+      setUnread(state.unread + (read ? -changed.length : changed.length));
+      refreshEntryRows(changed);
+    } else if (msg.change === 'deleted' || msg.change === 'archived') {
+      const unreadGone = hit.filter((e) => !e.read).length;
+      state.inbox = state.inbox.filter((e) => !seqs.has(e.seq));
+      hit.forEach((e) => state.inboxSeqs.delete(e.seq));
+      setUnread(state.unread - unreadGone);
+      if (seqs.has(state.openSeq)) resetReader();
+      renderInbox();
+    } else {
+      return;
+    }
+    if (state.view === 'texts') renderConversations();
+  }
+
+  function openChannel() {
+    closeChannel();
+    if (typeof BroadcastChannel !== 'function' || !state.me) return;
+    const ch = new BroadcastChannel('mailnet.' + state.me.username);
+    ch.onmessage = (ev) => { if (ev.data && ev.data.event === 'mailbox') applyMailboxChange(ev.data); };
+    state.channel = ch;
+  }
+
+  function closeChannel() {
+    if (state.channel) { state.channel.close(); state.channel = null; }
+  }
+
+  function broadcast(msg) {
+    if (state.channel) state.channel.postMessage(msg);
+  }
+
+  function shorten(text, n) {
+    const t = String(text || '').replace(/\s+/g, ' ').trim();
+    return t.length > n ? t.slice(0, n - 1).trimEnd() + '…' : t;
+  }
+
+  /** A system notification, only while the tab is hidden and the user allowed them. */
+  function systemNotify(title, body, tag, onclick) {
+    if (!document.hidden || typeof Notification !== 'function' || Notification.permission !== 'granted') return false;
+    try {
+      const n = new Notification(title, { body: shorten(body, TOAST_CHARS), tag, renotify: true });
+      n.onclick = () => { window.focus(); if (onclick) onclick(); n.close(); };
+      return true;
+    } catch (e) { return false; }
+  }
+
   function notify(e) {
+    const who0 = e.sender == null ? 'someone' : e.sender;
+    const titles = { email: `Email from ${who0}`, text: `Text from ${who0}`, announcement: `Announcement from ${who0}`, rickroll: 'A surprise' };
+    const sysBody = e.kind === 'email' || e.kind === 'announcement' ? (e.subject || firstLine(e.body)) : e.kind === 'rickroll' ? 'Someone sent you a surprise' : firstLine(e.body);
+    const open = () => {
+      if (e.kind === 'text' && e.sender) { showView('texts'); openConversation(e.sender); } else { showView('inbox'); openEntry(e.seq); }
+    };
+    systemNotify(titles[e.kind] || `Message from ${who0}`, sysBody, 'mailnet-mail', open);
     let text;
     const who = e.sender == null ? 'someone' : e.sender;
     switch (e.kind) {
@@ -745,27 +981,38 @@
       case 'rickroll': text = 'Someone sent you a surprise'; break;
       default: text = `New message from ${who}`;
     }
-    toast(text, {
-      kind: safeKind(e.kind),
-      onclick: () => {
-        if (e.kind === 'text' && e.sender) { showView('texts'); openConversation(e.sender); } else { showView('inbox'); openEntry(e.seq); }
-      },
-    });
+    toast(text, { kind: safeKind(e.kind), mail: true, onclick: open });
   }
 
   // ---------------------------------------------------------------- toasts
 
+  /**
+   * A short notice in the corner, shortened to one line. New mail beyond TOAST_MAX notices at
+   * once is grouped into one "N new messages" notice that opens the inbox.
+   */
   function toast(text, opts) {
     const o = opts || {};
     const box = $('toasts');
-    while (box.childElementCount >= 4) box.firstElementChild.remove();
-    const t = h('div', { class: 'toast toast-' + (o.kind || 'info'), role: o.kind === 'error' ? 'alert' : 'status' },
-      icon(o.kind && ICONS[o.kind] ? o.kind : 'inbox'),
-      h('span', { class: 'toast-msg', text }));
+    if (o.mail) {
+      const mails = Array.from(box.querySelectorAll('.toast[data-mail]:not(.leaving)'));
+      const group = box.querySelector('.toast[data-group]:not(.leaving)');
+      if (group || mails.length >= TOAST_MAX) {
+        const n = (group ? Number(group.dataset.group) : mails.length) + 1;
+        mails.forEach((m) => m.remove());
+        if (group) group.remove();
+        return toast(`${n} new messages`, { kind: 'info', group: n, onclick: () => { showView('inbox'); focusView(); } });
+      }
+    }
+    while (box.childElementCount >= TOAST_MAX) box.firstElementChild.remove();
+    const t = h('button', { type: 'button', class: 'toast toast-' + (o.kind || 'info'), role: o.kind === 'error' ? 'alert' : 'status',
+      title: String(text), dataset: o.mail ? { mail: '1' } : o.group ? { group: String(o.group) } : {} },
+    icon(o.kind && ICONS[o.kind] ? o.kind : 'inbox'),
+    h('span', { class: 'toast-msg', text: shorten(text, TOAST_CHARS) }));
     const close = () => { t.classList.add('leaving'); setTimeout(() => t.remove(), 250); };
     t.addEventListener('click', () => { if (o.onclick) o.onclick(); close(); });
     box.append(t);
     setTimeout(close, o.ms || TOAST_MS);
+    return t;
   }
 
   // ----------------------------------------------------------- who's online
@@ -778,7 +1025,8 @@
       showMsg($('who-error'), '');
       renderWho();
     } catch (e) {
-      showMsg($('who-error'), e.message, 'error');
+      // Unreachable: the offline banner and the stale list already say so.
+      showMsg($('who-error'), e.code === 'network' ? '' : humanError(e), 'error');
     }
   }
 
@@ -791,7 +1039,7 @@
       const active = idle < 60;
       const since = fmtShort(u.since);
       return h('li', { class: 'who-user' + (active ? ' active' : ' idle'), dataset: { username: u.username } },
-        h('span', { class: 'avatar-wrap' }, avatarFor(u.username), h('span', { class: 'presence-dot', 'aria-hidden': 'true' })),
+        h('span', { class: 'avatar-wrap' }, avatarFor(u.username), h('span', { class: 'presence-dot', 'aria-hidden': 'true', title: active ? 'Active' : 'Idle' })),
         h('div', { class: 'who-main' },
           h('div', { class: 'who-name' }, h('span', { class: 'who-username', text: u.username }), u.username === me ? h('span', { class: 'tag', text: 'you' }) : null),
           h('div', { class: 'who-meta muted small' },
@@ -830,7 +1078,7 @@
   // -------------------------------------------------------------- compose
 
   const COMPOSE_KINDS = {
-    email: { to: 'To (comma separated)', toPh: 'bob, carol', subject: true, body: true, hint: 'An email to one or more people.' },
+    email: { to: 'To', toPh: 'bob, carol', subject: true, body: true, hint: 'An email to one or more people.' },
     text: { to: 'To', toPh: 'bob', subject: false, body: true, hint: 'A short text to one person.' },
     announcement: { to: null, subject: true, body: true, hint: 'An announcement goes to everyone.' },
     rickroll: { to: 'To', toPh: 'bob', subject: false, body: false, hint: 'Sends a harmless, anonymous rick-roll link. They see "Someone sent you a surprise" and choose whether to click it.' },
@@ -840,15 +1088,143 @@
     const kind = $('compose-kind').value;
     const cfg = COMPOSE_KINDS[kind] || COMPOSE_KINDS.email;
     $('compose-to-row').hidden = !cfg.to;
-    if (cfg.to) { setText('compose-to-label', cfg.to); $('compose-to').placeholder = cfg.toPh; }
+    if (cfg.to) { setText('compose-to-label', cfg.to); $('compose-to').placeholder = state.composeTo.length ? '' : cfg.toPh; }
     $('compose-subject-row').hidden = !cfg.subject;
     $('compose-body-row').hidden = !cfg.body;
     setText('compose-hint', cfg.hint);
     showMsg($('compose-status'), '');
+    clearFieldErrors();
   }
 
   function splitRecipients(s) {
     return Array.from(new Set(String(s || '').split(/[,;\s]+/).map((x) => x.trim()).filter(Boolean)));
+  }
+
+  // Recipients as chips: typed names become chips on Enter, comma, space or leaving the field.
+  function setChips(names) {
+    state.composeTo = Array.from(new Set(names.filter(Boolean)));
+    $('compose-to').value = '';
+    renderChips();
+  }
+
+  function commitChipInput() {
+    const typed = splitRecipients($('compose-to').value);
+    if (typed.length) setChips(state.composeTo.concat(typed));
+  }
+
+  function renderChips() {
+    const box = $('compose-chips');
+    if (!box) return;
+    box.replaceChildren(...state.composeTo.map((name) => h('span', { class: 'chip', dataset: { name } },
+      h('span', { class: 'chip-name', text: name }),
+      h('button', { type: 'button', class: 'chip-remove', 'aria-label': 'Remove ' + name, title: 'Remove ' + name,
+        onclick: () => { setChips(state.composeTo.filter((n) => n !== name)); $('compose-to').focus(); } }, '×'))));
+    const cfg = COMPOSE_KINDS[$('compose-kind').value] || COMPOSE_KINDS.email;
+    $('compose-to').placeholder = state.composeTo.length ? '' : (cfg.toPh || '');
+  }
+
+  function onChipKey(ev) {
+    const input = ev.target;
+    if ((ev.key === 'Enter' || ev.key === ',' || ev.key === ';') && input.value.trim()) {
+      ev.preventDefault();
+      commitChipInput();
+    } else if (ev.key === 'Backspace' && !input.value && state.composeTo.length) {
+      setChips(state.composeTo.slice(0, -1));
+    }
+  }
+
+  // Errors in words a person uses, attached to the field they are about.
+  const FIELD_OF_ERROR = { unknown_recipient: 'compose-to', prank_refused: 'compose-to' };
+
+  function humanError(e) {
+    const code = e && e.code;
+    const msg = String((e && e.message) || '');
+    const name = (msg.match(/:\s*(\S+)\s*$/) || [])[1];
+    switch (code) {
+      case 'network': return 'Cannot reach the broker. Check your connection; it is retried when the broker is back.';
+      case 'unknown_recipient': return name ? `There is no user called “${name}”. Check the spelling.` : 'One of the recipients does not exist. Check the spelling.';
+      case 'prank_refused': return 'That person does not accept rick-rolls.';
+      case 'auth_failed': return 'Wrong username or password.';
+      case 'rate_limited': return 'Too many attempts. Wait a moment and try again.';
+      case 'registration_closed': return 'New accounts cannot be created on this broker.';
+      case 'account_disabled': return 'This account is disabled. Ask the administrator.';
+      case 'quota_exceeded': return 'A mailbox is full. Try again after some mail is read.';
+      case 'storage_full': case 'unavailable': return 'The broker is busy or out of space. Try again shortly.';
+      default: break;
+    }
+    if (!msg) return 'Something went wrong. Try again.';
+    const text = msg.charAt(0).toUpperCase() + msg.slice(1);
+    return /[.!?]$/.test(text) ? text : text + '.';
+  }
+
+  function clearFieldErrors() {
+    document.querySelectorAll('#compose-form .field-error').forEach((p) => { p.hidden = true; p.textContent = ''; });
+    document.querySelectorAll('#compose-form [aria-invalid]').forEach((el) => {
+      el.removeAttribute('aria-invalid');
+      el.setAttribute('aria-describedby', (el.getAttribute('aria-describedby') || '').split(' ').filter((x) => !x.endsWith('-error')).join(' ').trim());
+      if (!el.getAttribute('aria-describedby')) el.removeAttribute('aria-describedby');
+    });
+  }
+
+  function fieldError(fieldId, text) {
+    const field = $(fieldId);
+    const err = $(fieldId + '-error');
+    err.textContent = text;
+    err.hidden = false;
+    field.setAttribute('aria-invalid', 'true');
+    const ids = (field.getAttribute('aria-describedby') || '').split(' ').filter(Boolean);
+    if (!ids.includes(err.id)) ids.push(err.id);
+    field.setAttribute('aria-describedby', ids.join(' '));
+    field.focus();
+  }
+
+  // The outbox: sends made while the broker cannot be reached, kept in this browser's storage
+  // with their client_msg_id, and sent once when the live connection is back.
+  function outboxKey() { return OUTBOX_KEY_PREFIX + (state.me ? state.me.username : ''); }
+
+  function readOutbox() {
+    try { return JSON.parse(localStorage.getItem(outboxKey()) || '[]'); } catch (e) { return []; }
+  }
+
+  function writeOutbox(items) {
+    try {
+      if (items.length) localStorage.setItem(outboxKey(), JSON.stringify(items));
+      else localStorage.removeItem(outboxKey());
+    } catch (e) { /* storage disabled */ }
+    const n = items.length;
+    setText('outbox-count', n ? `${n} waiting to be sent.` : '');
+  }
+
+  function keepInOutbox(path, body, done) {
+    const items = readOutbox();
+    if (!items.some((i) => i.body.client_msg_id === body.client_msg_id)) items.push({ path, body, done });
+    writeOutbox(items);
+  }
+
+  let flushing = false;
+  async function flushOutbox() {
+    if (flushing || !state.token) return;
+    flushing = true;
+    try {
+      for (;;) {
+        const items = readOutbox();
+        if (!items.length) break;
+        const item = items[0];
+        let sent = false;
+        try {
+          await api('POST', item.path, item.body);
+          sent = true;
+        } catch (e) {
+          if (e.code === 'network' || e.status >= 500) break;   // still away: keep it
+          toast(`Could not send: ${humanError(e)}`, { kind: 'error' });
+        }
+        writeOutbox(readOutbox().filter((i) => i.body.client_msg_id !== item.body.client_msg_id));
+        if (sent) toast(item.done, { kind: 'ok' });
+        if (item.path === '/api/texts') loadConversations();
+      }
+    } finally {
+      flushing = false;
+    }
   }
 
   async function onComposeSubmit(ev) {
@@ -857,45 +1233,49 @@
     if (btn.disabled) return;
     const status = $('compose-status');
     const kind = $('compose-kind').value;
-    const toRaw = $('compose-to').value;
+    commitChipInput();
+    const recipients = state.composeTo.slice();
     const subject = $('compose-subject').value.trim();
     const body = $('compose-body').value;
     let path; let payload; let done;
+    showMsg(status, '');
+    clearFieldErrors();
 
-    const fail = (m) => showMsg(status, m, 'error');
-    const single = () => {
-      const list = splitRecipients(toRaw);
-      if (list.length !== 1) return null;
-      return list[0];
-    };
+    const fail = (field, m) => { fieldError(field, m); };
+    const single = () => (recipients.length === 1 ? recipients[0] : null);
 
     if (kind === 'email') {
-      const to = splitRecipients(toRaw);
-      if (!to.length) return fail('Add at least one recipient.');
-      if (!subject) return fail('Add a subject.');
-      if (!body.trim()) return fail('Write a message.');
+      const to = recipients;
+      if (!to.length) return fail('compose-to', 'Add at least one recipient.');
+      if (!subject) return fail('compose-subject', 'Add a subject.');
+      if (!body.trim()) return fail('compose-body', 'Write a message.');
       path = '/api/emails'; payload = { to, subject, body };
       done = `Email sent to ${to.join(', ')}.`;
     } else if (kind === 'text') {
       const to = single();
-      if (!to) return fail('A text goes to exactly one person.');
-      if (!body.trim()) return fail('Write a message.');
+      if (!to) return fail('compose-to', 'A text goes to exactly one person.');
+      if (!body.trim()) return fail('compose-body', 'Write a message.');
       path = '/api/texts'; payload = { to, body };
       done = `Text sent to ${to}.`;
     } else if (kind === 'announcement') {
-      if (!subject) return fail('Add a subject.');
-      if (!body.trim()) return fail('Write a message.');
+      if (!subject) return fail('compose-subject', 'Add a subject.');
+      if (!body.trim()) return fail('compose-body', 'Write a message.');
       path = '/api/announcements'; payload = { subject, body };
       done = 'Announcement sent.';
     } else if (kind === 'rickroll') {
       const to = single();
-      if (!to) return fail('Pick exactly one person to surprise.');
+      if (!to) return fail('compose-to', 'Pick exactly one person to surprise.');
       path = '/api/rickrolls'; payload = { to };
       done = `Surprise sent to ${to}. They will not know it was you.`;
     } else {
-      return fail('Pick a message type.');
+      return showMsg(status, 'Pick a message type.', 'error');
     }
     const body2 = Object.assign({}, payload, { client_msg_id: msgIdFor('compose', [kind, payload]) });
+    const clearForm = () => {
+      $('compose-subject').value = '';
+      $('compose-body').value = '';
+      if (kind !== 'email') setChips([]);
+    };
 
     btn.disabled = true;
     btn.classList.add('busy');
@@ -904,13 +1284,21 @@
       const res = await api('POST', path, body2);
       delete state.pendingIds.compose;
       showMsg(status, res.duplicate ? 'Already sent earlier — stored once.' : done, 'ok');
-      $('compose-subject').value = '';
-      $('compose-body').value = '';
-      if (kind !== 'email') $('compose-to').value = '';
+      clearForm();
       if (kind === 'text') loadConversations();
       if (state.history.query !== null) state.history.stale = true;
     } catch (e) {
-      showMsg(status, e.message, 'error');
+      if (e.code === 'network') {
+        keepInOutbox(path, body2, done);
+        delete state.pendingIds.compose;
+        clearForm();
+        showMsg(status, 'You are offline: this message is kept and will be sent when the broker is back.', 'pending');
+      } else if (FIELD_OF_ERROR[e.code]) {
+        showMsg(status, '');
+        fieldError(FIELD_OF_ERROR[e.code], humanError(e));
+      } else {
+        showMsg(status, humanError(e), 'error');
+      }
     } finally {
       btn.disabled = false;
       btn.classList.remove('busy');
@@ -975,8 +1363,9 @@
     setText('conv-title', user);
     setText('conv-subtitle', state.who.some((u) => u.username === user) ? 'Online' : 'Texts with ' + user);
     paintAvatar($('conv-avatar'), user);
-    $('conv-body').disabled = false;
-    $('conv-send').disabled = false;
+    // The send box opens only once the broker knows this person (an unknown name is refused).
+    $('conv-body').disabled = true;
+    $('conv-send').disabled = true;
     showMsg($('conv-status'), '');
     renderConversations();
     const box = $('conv-messages');
@@ -990,10 +1379,27 @@
       if (!items.length) box.append(h('div', { class: 'conv-placeholder muted', text: `No texts with ${user} yet. Say hello!` }));
       items.forEach((it) => appendBubble(it));
       scrollConvToEnd();
+      $('conv-body').disabled = false;
+      $('conv-send').disabled = false;
+      state.knownUsers.add(user);
+      renderKnownUsers();
       markConversationRead(items);
     } catch (e) {
       if (state.conv.user !== user) return;
-      box.replaceChildren(h('div', { class: 'form-error', text: e.message }));
+      if (e.code === 'network') {   // offline: texts are kept in the outbox until the broker is back
+        box.replaceChildren(h('div', { class: 'conv-placeholder muted', text: 'You are offline. Texts you write now are sent when the broker is back.' }));
+        $('conv-body').disabled = false;
+        $('conv-send').disabled = false;
+      } else {
+        box.replaceChildren();
+        showMsg($('conv-status'), humanError(e), 'error');
+        setText('conv-subtitle', 'Cannot text this person');
+        $('view-texts').classList.remove('conv-open');
+        $('conv-user').value = user;
+        $('conv-user').setAttribute('aria-invalid', 'true');
+        $('conv-user').focus();
+        return;
+      }
     }
     if (state.view === 'texts') $('conv-body').focus();
   }
@@ -1055,7 +1461,15 @@
       }
       loadConversations();
     } catch (e) {
-      showMsg($('conv-status'), e.message, 'error');
+      if (e.code === 'network') {
+        keepInOutbox('/api/texts', { to: user, body, client_msg_id: msgIdFor('conv', [user, body]) }, `Text sent to ${user}.`);
+        delete state.pendingIds.conv;
+        appendBubble({ direction: 'out', body, sent_at: new Date().toISOString() });
+        input.value = '';
+        showMsg($('conv-status'), 'You are offline: kept, and sent when the broker is back.', 'pending');
+      } else {
+        showMsg($('conv-status'), humanError(e), 'error');
+      }
     } finally {
       btn.disabled = !state.conv.user;
       input.focus();
@@ -1102,7 +1516,7 @@
       $('history-empty').hidden = state.history.items.length > 0;
       btnMore.hidden = items.length < PAGE_SIZE;
     } catch (e) {
-      showMsg($('history-error'), e.message, 'error');
+      showMsg($('history-error'), humanError(e), 'error');
     } finally {
       btnGo.disabled = false; btnMore.disabled = false;
     }
@@ -1149,7 +1563,7 @@
       showMsg(status, optOut ? 'Rick-rolls are now blocked.' : 'Rick-rolls are allowed.', 'ok');
     } catch (e) {
       box.checked = !allow;
-      showMsg(status, e.message, 'error');
+      showMsg(status, humanError(e), 'error');
     } finally {
       box.disabled = false;
     }
@@ -1167,14 +1581,27 @@
     }));
     window.addEventListener('popstate', () => { if (state.token) showView(viewFromHash() || 'inbox', { replace: true }); });
 
-    $('inbox-refresh').addEventListener('click', () => loadInbox().catch((e) => toast(e.message, { kind: 'error' })));
-    $('inbox-more').addEventListener('click', () => loadInbox(true).catch((e) => toast(e.message, { kind: 'error' })));
+    $('inbox-refresh').addEventListener('click', () => loadInbox().catch((e) => toast(humanError(e), { kind: 'error' })));
+    $('inbox-more').addEventListener('click', () => loadInbox(true).catch((e) => toast(humanError(e), { kind: 'error' })));
     $('inbox-mark-all').addEventListener('click', markAllRead);
 
     $('compose-kind').addEventListener('change', updateComposeKind);
     $('compose-form').addEventListener('submit', onComposeSubmit);
 
-    $('conv-pick').addEventListener('submit', (ev) => { ev.preventDefault(); openConversation($('conv-user').value); });
+    $('conv-pick').addEventListener('submit', (ev) => { ev.preventDefault(); $('conv-user').removeAttribute('aria-invalid'); openConversation($('conv-user').value); });
+    $('compose-to').addEventListener('keydown', onChipKey);
+    $('compose-to').addEventListener('change', commitChipInput);   // a pick from the suggestions
+    $('compose-to').addEventListener('blur', commitChipInput);
+    $('conn-retry').addEventListener('click', retryNow);
+    $('notify-enable').addEventListener('click', askNotifications);
+    $('inbox-reader').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape') { ev.preventDefault(); closeReader(); }
+    });
+    document.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape' && state.view === 'texts' && $('view-texts').classList.contains('conv-open')) {
+        $('view-texts').classList.remove('conv-open');
+      }
+    });
     $('conv-form').addEventListener('submit', onConvSubmit);
     $('conv-body').addEventListener('input', (ev) => autoGrow(ev.target));
     $('conv-body').addEventListener('keydown', (ev) => {
@@ -1189,24 +1616,52 @@
 
     $('pref-allow-pranks').addEventListener('change', onPrankToggle);
 
-    window.addEventListener('online', () => { if (state.token && !state.ws) { state.wsBackoff = 1000; connectWs(); } });
-    document.addEventListener('visibilitychange', () => { if (!document.hidden) markConversationRead(); });
+    // The browser telling us the network or the user is back: reconnect now, not at the next tick.
+    window.addEventListener('online', retryNow);
+    window.addEventListener('focus', retryNow);
+    document.addEventListener('visibilitychange', () => {
+      if (!document.hidden) { retryNow(); markConversationRead(); }
+    });
+  }
+
+  function updateNotifySetting() {
+    const supported = typeof Notification === 'function';
+    const perm = supported ? Notification.permission : 'unsupported';
+    $('notify-enable').hidden = perm !== 'default';
+    setText('notify-state', perm === 'granted' ? 'On: new mail shows a system notification while this tab is hidden.'
+      : perm === 'denied' ? 'Blocked in this browser’s site settings.'
+        : perm === 'unsupported' ? 'This browser has no system notifications.' : 'Off.');
+  }
+
+  async function askNotifications() {
+    if (typeof Notification !== 'function') return;
+    try { await Notification.requestPermission(); } catch (e) { /* ignore */ }
+    updateNotifySetting();
+  }
+
+  function registerServiceWorker() {
+    if (!('serviceWorker' in navigator)) return;
+    navigator.serviceWorker.register('/sw.js').catch(() => { /* not a secure context: no offline shell */ });
   }
 
   async function init() {
+    registerServiceWorker();
+    updateNotifySetting();
     fillIcons(document);
     bindEvents();
     updateLoginMode();
     updateComposeKind();
     resetConversationPane();
+    renderChips();
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) {
       state.token = token;
       try {
         await startSession(null);
+        focusView();
         return;
       } catch (e) {
-        if (state.token) endSession(e.status === 401 ? 'Your session has ended. Please sign in again.' : e.message);
+        if (state.token) endSession(e.status === 401 ? 'Your session has ended. Please sign in again.' : humanError(e));
         return;
       }
     }
