@@ -5,6 +5,11 @@ session's transport drains it with `next_items`: first the backlog after the ses
 point (read from the store), then live entries, fetching from the store again whenever it sees a
 gap (another node committed, or the in-memory queue overflowed). Entries leave in seq order,
 each once per session.
+
+Presence changes are not pushed one by one (that is N x N work when N users log in at once):
+they are gathered for one tick and handed to every live session as one shared PresenceTick,
+whose events are encoded once for all sessions. The tick grows with the number of live
+sessions, so the fan-out costs about the same per second however many users are online.
 """
 
 from __future__ import annotations
@@ -23,9 +28,75 @@ from broker.store import EntryRecord
 MAX_QUEUED = 10_000  # live entries held per session before it falls back to the store
 PAGE = 1000
 
+# The tick: presence changes wait at most this long to be pushed, and at least MIN_TICK; in
+# between, one live session per 1/FANOUT_PER_S seconds (a tick's fan-out is one wake-up and one
+# write per session: this caps it at ~FANOUT_PER_S per second whatever the number online).
+MIN_TICK = 0.05
+MAX_TICK = 5.0
+FANOUT_PER_S = 4000.0
+
 _session_ids = itertools.count(1)
 
 FetchAfter = Callable[[int, int, int], Awaitable[list[EntryRecord]]]
+
+
+class SharedEvent(dict[str, Any]):
+    """An event pushed to many sessions, encoded by the first transport that sends it and the
+    bytes reused for the others (see encode_events)."""
+
+    frame: bytes | None = None
+
+
+def encode_events(events: list[dict[str, Any]], encode: Callable[[dict[str, Any]], bytes]) -> bytes:
+    """The frames of `events`, reusing a SharedEvent's bytes once encoded. One transport's
+    encoder (the TCP framing) uses the cache: any other must encode for itself."""
+    out = []
+    for event in events:
+        if type(event) is SharedEvent:
+            frame = event.frame
+            if frame is None:
+                frame = event.frame = encode(event)
+            out.append(frame)
+        else:
+            out.append(encode(event))
+    return b"".join(out)
+
+
+@dataclass(frozen=True, eq=False)
+class PresenceTick:
+    """The presence changes of one tick, in order, for every live session.
+
+    `first` numbers the first change (changes are numbered across ticks), so a session that
+    came online during the tick is told only the changes from its own login on, as before.
+    """
+
+    first: int
+    changes: tuple[SharedEvent, ...]  # {"event": "presence", "username", "online"} each
+    batch: SharedEvent  # {"event": "presence_batch", "online": [...], "offline": [...]}
+
+    @classmethod
+    def of(cls, first: int, changes: list[tuple[str, bool]]) -> PresenceTick:
+        final: dict[str, bool] = {}
+        for username, online in changes:
+            final[username] = online
+        return cls(
+            first=first,
+            changes=tuple(
+                SharedEvent(event="presence", username=username, online=online)
+                for username, online in changes
+            ),
+            batch=SharedEvent(
+                event="presence_batch",
+                online=[name for name, online in final.items() if online],
+                offline=[name for name, online in final.items() if not online],
+            ),
+        )
+
+    def events_for(self, *, batched: bool, since: int) -> list[dict[str, Any]]:
+        """What a session that counts changes from `since` on is told of this tick."""
+        if batched:
+            return [self.batch]
+        return list(self.changes[max(0, since - self.first) :])
 
 
 @dataclass(eq=False)
@@ -41,6 +112,10 @@ class LiveSession:
     _events: deque[dict[str, Any]] = field(default_factory=deque)
     _must_fetch: bool = True  # the backlog, first
     _wakeup: trio.Event = field(default_factory=trio.Event)
+    # The client asked for presence changes as one presence_batch event per tick.
+    presence_batch: bool = False
+    presence_since: int = 0  # the number of the first presence change this session is told
+    _ticks: deque[PresenceTick] = field(default_factory=deque)
     address: str = ""  # the client's IP address, for admins
     token_hash: str = ""  # the login it runs under ("" while it changes, or for none)
     # Set when the session must end now (kicked, disabled, password changed); every transport
@@ -75,12 +150,22 @@ class LiveSession:
             self._events.append(event)
             self._wakeup.set()
 
+    def offer_presence(self, tick: PresenceTick) -> None:
+        if len(self._ticks) < MAX_QUEUED:
+            self._ticks.append(tick)
+            self._wakeup.set()
+
     def take_events(self) -> list[dict[str, Any]]:
         events = list(self._events)
         self._events.clear()
+        ticks = self._ticks
+        while ticks:
+            events += ticks.popleft().events_for(
+                batched=self.presence_batch, since=self.presence_since
+            )
         return events
 
-    async def next_items(self, fetch_after: FetchAfter) -> tuple[list[EntryRecord], list[dict]]:
+    async def next_items(self, fetch_after: FetchAfter) -> tuple[list[EntryRecord], list[dict[str, Any]]]:
         """Wait for entries after the cursor (in order) and/or events; advances the cursor."""
         while True:
             queued = self._queued
@@ -109,7 +194,7 @@ class LiveSession:
             if ready or events:
                 return ready, events
             self._wakeup = trio.Event()
-            if self._queued or self._events or self._must_fetch:
+            if self._queued or self._events or self._ticks or self._must_fetch:
                 continue
             await self._wakeup.wait()
 
@@ -137,6 +222,12 @@ class Presence:
         # Told (user id, name, True/False when they came online/went offline here, else None)
         # whenever a user's live sessions here change; only set when nodes share a database.
         self.on_change: Callable[[int, str, bool | None], None] | None = None
+        # Presence changes not pushed yet (announce_forever pushes them once a tick), and the
+        # number the first of them has.
+        self._pending: list[tuple[str, bool]] = []
+        self._pending_first = 0
+        self._changes_waiting = trio.Event()
+        self._live_sessions = 0
 
     def add(self, session: LiveSession, *, quiet: bool = False) -> None:
         if quiet:
@@ -144,6 +235,9 @@ class Presence:
             return
         first = session.user_id not in self._by_user
         self._by_user.setdefault(session.user_id, set()).add(session)
+        self._live_sessions += 1
+        # Told every change from now on (its own coming online included), none from before.
+        session.presence_since = self._pending_first + len(self._pending)
         if first and session.user_id not in self._elsewhere:
             self._announce(session.username, online=True)
         if self.on_change is not None:
@@ -160,6 +254,7 @@ class Presence:
         if live is None or session not in live:
             return
         live.discard(session)
+        self._live_sessions -= 1
         last = not live
         if last:
             del self._by_user[session.user_id]
@@ -199,10 +294,31 @@ class Presence:
                     self.offline_elsewhere(node_id, user_id, self._names_elsewhere[user_id])
 
     def _announce(self, username: str, *, online: bool) -> None:
-        event = {"event": "presence", "username": username, "online": online}
+        self._pending.append((username, online))
+        self._changes_waiting.set()
+
+    def tick_seconds(self) -> float:
+        """How long changes gather before they are pushed: longer with more sessions online."""
+        return min(MAX_TICK, max(MIN_TICK, self._live_sessions / FANOUT_PER_S))
+
+    async def announce_forever(self) -> None:
+        """Push the presence changes to every live session, once a tick, while there are any."""
+        while True:
+            await self._changes_waiting.wait()
+            await trio.sleep(self.tick_seconds())
+            self._changes_waiting = trio.Event()
+            self.push_changes()
+
+    def push_changes(self) -> None:
+        """Hand the changes gathered so far to every live session as one shared tick."""
+        if not self._pending:
+            return
+        tick = PresenceTick.of(self._pending_first, self._pending)
+        self._pending_first += len(self._pending)
+        self._pending = []
         for sessions in self._by_user.values():
             for session in sessions:
-                session.offer_event(event)
+                session.offer_presence(tick)
 
     def sessions_of(self, user_id: int) -> set[LiveSession]:
         return self._by_user.get(user_id, set())

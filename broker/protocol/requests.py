@@ -40,6 +40,7 @@ class Login:
     client: str = ""
     invite: str | None = None  # needed to create an account when registration is 'invite'
     live: bool = True  # False: a one-shot command, not online and pushed nothing
+    presence_batch: bool = False  # presence changes as one presence_batch event per tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class Resume:
     resume_after: int | None = None
     client: str = ""
     live: bool = True
+    presence_batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +359,7 @@ def _parse(op: str, f: _Fields) -> Request:
                 client=f.str("client", required=False, max_chars=100) or "",
                 invite=f.str("invite", required=False, max_chars=MAX_INVITE_CHARS),
                 live=f.bool("live", default=True),
+                presence_batch=f.bool("presence_batch", default=False),
             )
         case "resume":
             return Resume(
@@ -364,6 +367,7 @@ def _parse(op: str, f: _Fields) -> Request:
                 resume_after=f.int("resume_after", required=False),
                 client=f.str("client", required=False, max_chars=100) or "",
                 live=f.bool("live", default=True),
+                presence_batch=f.bool("presence_batch", default=False),
             )
         case "logout":
             return Logout()

@@ -26,6 +26,7 @@ from broker.core import (
     mail_event,
     online_user_view,
 )
+from broker.core.presence import encode_events
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
     MAX_SENT_FRAME_BYTES,
@@ -397,6 +398,7 @@ class ClientConnection:
             "last_seq": user.last_seq,
             "resume_after": self.session.cursor,
             "heartbeat_interval": self.config.heartbeat_interval,
+            **({"presence_batch": True} if request.presence_batch else {}),
         }
 
     async def _run_feed(
@@ -414,6 +416,7 @@ class ClientConnection:
             address=self.peer,
             quiet=not request.live,
             token=token,
+            presence_batch=request.presence_batch,
         ) as session:
             task_status.started(session)
             if not request.live:
@@ -423,8 +426,8 @@ class ClientConnection:
                 # Mail events hold only strings, ints, bools and None: the fast encoder's case.
                 send_plain, send = self.frames.send_plain, self.frames.send
                 data = b"".join([send_plain(mail_event(e)) for e in entries])
-                if events:
-                    data += b"".join([send(e) for e in events])
+                if events:  # presence events are shared by every session: encoded once
+                    data += encode_events(events, send)
                 await self._write_bytes(data)
 
     async def _close_when_ended(self, session: LiveSession) -> None:
