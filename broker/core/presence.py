@@ -165,7 +165,9 @@ class LiveSession:
             )
         return events
 
-    async def next_items(self, fetch_after: FetchAfter) -> tuple[list[EntryRecord], list[dict[str, Any]]]:
+    async def next_items(
+        self, fetch_after: FetchAfter
+    ) -> tuple[list[EntryRecord], list[dict[str, Any]]]:
         """Wait for entries after the cursor (in order) and/or events; advances the cursor."""
         while True:
             queued = self._queued
