@@ -7,8 +7,10 @@ per-user send rate limits and quotas raised so the benchmark measures throughput
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import subprocess
@@ -40,7 +42,15 @@ BENCH_SETTINGS: dict[str, object] = {
     "login_max_delay": 0.0,
 }
 
-WORKLOADS = ("peer_texts", "request_response", "steady_rate", "backlog", "announcement")
+WORKLOADS = (
+    "peer_texts",
+    "request_response",
+    "steady_rate",
+    "backlog",
+    "announcement",
+    "presence_storm",
+    "idle",
+)
 
 TARGETS = {
     "peer_texts": "≥ 1.5× Mosquitto",
@@ -48,6 +58,9 @@ TARGETS = {
     "steady_rate": "p99 ≤ 10 ms at 5,000 msgs/s",
     "backlog": "≥ 100,000 msgs/s",
     "announcement": "(no target)",
+    "presence_storm": "10,000 live logins ≤ 60 s; at 1,000 online ≤ 2× the cost at 100",
+    "password_logins": "(bcrypt, reported apart)",
+    "idle": "≤ 15 % of a core, ≤ 25 KiB a connection",
     "trio_echo": "",
 }
 
@@ -66,6 +79,11 @@ class Plan:
     backlog_senders: int = 50
     announce_users: int = 10_000
     announce_online: int = 1_000
+    storm_users: int = 10_000  # returning users (token resume) logging in together, live
+    storm_in_flight: int = 200  # logins in flight at a time
+    password_logins: int = 16  # password logins at bcrypt cost 12, reported on their own
+    idle_connections: int = 10_000
+    idle_duration: float = 30.0  # seconds of heartbeats measured (the default interval: 10 s)
     mosquitto: str | None = None  # host:port of a Mosquitto to compare with
     mqtt_client: str = "lean"  # the Mosquitto workload's client: "lean" or "paho" (paho-mqtt)
     tls: bool = False  # mailnet over TLS (its default outside loopback), not plaintext
@@ -79,6 +97,10 @@ class Plan:
             backlog=20_000,
             announce_users=2_000,
             announce_online=200,
+            storm_users=2_000,
+            password_logins=4,
+            idle_connections=2_000,
+            idle_duration=10.0,
         )
 
 
@@ -155,6 +177,7 @@ def run_load(
     *,
     scenario: str | None = None,
     watch: int | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Start one load process per shard, let them connect, start them together, collect.
 
@@ -174,6 +197,8 @@ def run_load(
             line = proc.stdout.readline() if proc.stdout else ""
             if not line or not json.loads(line).get("ready"):
                 raise RuntimeError(f"a load process ({module} {scenario}) failed to start")
+        if on_ready is not None:
+            on_ready()
         started, cpu_before = time.monotonic(), cpu_seconds(watch) if watch else 0.0
         for proc in procs:
             assert proc.stdin is not None
@@ -250,8 +275,8 @@ class Bench:
             machine=machine_info(), mailnet_transport="tls" if plan.tls else "plaintext"
         )
 
-    def fresh_broker(self, name: str) -> BrokerProcess:
-        settings = dict(BENCH_SETTINGS)
+    def fresh_broker(self, name: str, **overrides: object) -> BrokerProcess:
+        settings = {**BENCH_SETTINGS, **overrides}
         if self.plan.tls:  # its own self-signed certificate, which the load clients trust
             settings["insecure_plaintext"] = False
         broker = BrokerProcess(
@@ -293,6 +318,9 @@ class Bench:
         self.scenario("steady_rate", self.steady_rate)
         self.scenario("backlog", self.backlog)
         self.scenario("announcement", self.announcement)
+        self.scenario("presence_storm", self.presence_storm)
+        self.scenario("password_logins", self.password_logins, workload="presence_storm")
+        self.scenario("idle", self.idle)
         return self.results
 
     def _timed_shards(self, **params: Any) -> list[dict[str, Any]]:
@@ -490,15 +518,153 @@ class Bench:
             "pushed_to_all_online_s": round(result["pushed_s"], 4),
         }
 
+    def presence_storm(self) -> dict[str, Any]:
+        """Returning users resume with their token together, live, presence on (batched)."""
+        p = self.plan
+        broker = self.fresh_broker("storm")
+        try:
+            users = [f"p{i}" for i in range(p.storm_users)]
+            progress(f"presence_storm: creating {len(users)} users and their logins (setup)")
+            tokens = create_users(broker.db_path, ["observer", *users], with_tokens=True)
+            shards = [
+                {"tokens": tokens[1:][i :: p.load_procs], "in_flight": p.storm_in_flight}
+                for i in range(p.load_procs)
+            ]
+            shards[0].update(observe=True, observer_token=tokens[0])
+            shards[0]["expected"] = len(users)
+            results = run_load(
+                "broker.bench.load",
+                broker.address,
+                shards,
+                scenario="presence_storm",
+                watch=broker.pid,
+            )
+        finally:
+            broker.kill()
+        done = sorted(t for r in results for t in r["done_at"])
+        elapsed = max(r["elapsed"] for r in results)
 
-def create_users(db_path: Path, names: list[str]) -> None:
+        def per_login_ms(first: int, last: int) -> float | None:
+            """Wall time per login while logins first..last completed (others in flight)."""
+            if len(done) < last or last - first < 2:
+                return None
+            return round((done[last - 1] - done[first]) / (last - first - 1) * 1000, 3)
+
+        cores = results[0].get("broker_cpu_cores") or 0.0
+        return {
+            "users": p.storm_users,
+            "in_flight": p.storm_in_flight,
+            "logins": len(done),
+            "storm_s": round(elapsed, 2),
+            "logins_per_s": rate(len(done), elapsed),
+            "per_login_ms_first_100": per_login_ms(0, 100),
+            "per_login_ms_900_to_1000": per_login_ms(900, 1000),
+            "per_login_ms_last_1000": per_login_ms(max(0, len(done) - 1000), len(done)),
+            "observer_learned_all_s": results[0]["observer_learned_all_s"],
+            "observer_saw": results[0]["observer_saw"],
+            "broker_cpu_s": round(cores * elapsed, 2),
+            "broker_cpu_ms_per_login": round(cores * elapsed / max(1, len(done)) * 1000, 3),
+        }
+
+    def password_logins(self) -> dict[str, Any]:
+        """Password logins at the default bcrypt cost (12): each pays ~240 ms of CPU."""
+        p = self.plan
+        broker = self.fresh_broker("bcrypt")
+        try:
+            users = [f"pw{i}" for i in range(p.password_logins)]
+            create_users(broker.db_path, users, rounds=12)
+            results = run_load(
+                "broker.bench.load",
+                broker.address,
+                [{"users": users}],
+                scenario="password_logins",
+                watch=broker.pid,
+            )
+        finally:
+            broker.kill()
+        r = results[0]
+        cores = r.get("broker_cpu_cores") or 0.0
+        return {
+            "logins": r["logins"],
+            "bcrypt_cost": 12,
+            "elapsed_s": round(r["elapsed"], 3),
+            "logins_per_s": rate(r["logins"], r["elapsed"]),
+            "broker_cpu_ms_per_login": round(cores * r["elapsed"] / r["logins"] * 1000, 1),
+        }
+
+    def idle(self) -> dict[str, Any]:
+        """Live connections (presence on) that only heartbeat at the documented interval."""
+        p = self.plan
+        settings = {"heartbeat_timeout": 30.0}  # the default: clients ping every 10 s
+        broker = self.fresh_broker("idle", **settings)
+        interval = 30.0 / 3
+        try:
+            users = [f"i{i}" for i in range(p.idle_connections)]
+            progress(f"idle: creating {len(users)} users and their logins (setup)")
+            tokens = create_users(broker.db_path, users, with_tokens=True)
+            rss_before = rss_bytes(broker.pid)
+            rss_connected: list[int] = []
+            shards = [
+                {
+                    "tokens": tokens[i :: p.load_procs],
+                    "interval": interval,
+                    "duration": p.idle_duration,
+                }
+                for i in range(p.load_procs)
+            ]
+            results = run_load(
+                "broker.bench.load",
+                broker.address,
+                shards,
+                scenario="idle_live",
+                watch=broker.pid,
+                on_ready=lambda: rss_connected.append(rss_bytes(broker.pid)),
+            )
+            rss_after = rss_bytes(broker.pid)
+        finally:
+            broker.kill()
+        connections = sum(r["connections"] for r in results)
+        cores = results[0].get("broker_cpu_cores") or 0.0
+        elapsed = max(r["elapsed"] for r in results)
+        pongs = sum(r["pongs"] for r in results)
+        grown = max(rss_connected[0], rss_after) - rss_before
+        return {
+            "connections": connections,
+            "heartbeat_interval_s": interval,
+            "heartbeats_per_s": rate(pongs, elapsed),
+            "broker_cpu_percent_of_core": round(cores * 100, 1),
+            "broker_cpu_us_per_heartbeat": round(cores / max(1.0, pongs / elapsed) * 1e6, 1),
+            "rss_before_mib": round(rss_before / 2**20, 1),
+            "rss_connected_mib": round(max(rss_connected[0], rss_after) / 2**20, 1),
+            "kib_per_connection": round(grown / max(1, connections) / 1024, 1),
+            **errors(results),
+        }
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory, from /proc (0 where there is none)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def create_users(
+    db_path: Path, names: list[str], *, rounds: int = 4, with_tokens: bool = False
+) -> list[str]:
     """Benchmark setup only: insert accounts straight into the broker's SQLite file.
 
-    One transaction and one precomputed bcrypt hash (cost 4) instead of a login per account;
-    the broker reads users from the database, so they work like any other account.
+    One transaction and one precomputed bcrypt hash (cost 4 unless `rounds`) instead of a
+    login per account; the broker reads users from the database, so they work like any other
+    account. With `with_tokens`, each also gets a login (an auth_sessions row, as a password
+    login would leave) and the tokens are returned in the order of `names`, for `resume`.
     """
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds)).decode()
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    tokens = [secrets.token_urlsafe(32) for _ in names] if with_tokens else []
     conn = sqlite3.connect(db_path, timeout=30)
     try:
         with conn:
@@ -507,8 +673,18 @@ def create_users(db_path: Path, names: list[str]) -> None:
                 " last_seq, acked_seq, created_at) VALUES (?, ?, 'user', 0, 0, 0, 0, ?)",
                 [(name, hashed, created) for name in names],
             )
+            if tokens:
+                conn.executemany(
+                    "INSERT INTO auth_sessions (user_id, token_hash, client, created_at,"
+                    " last_used_at) SELECT id, ?, 'bench', ?, ? FROM users WHERE username = ?",
+                    [
+                        (hashlib.sha256(token.encode()).hexdigest(), created, created, name)
+                        for name, token in zip(names, tokens, strict=True)
+                    ],
+                )
     finally:
         conn.close()
+    return tokens
 
 
 def format_table(results: Results) -> str:
@@ -604,6 +780,43 @@ def format_table(results: Results) -> str:
             f"{r['online']:,} online in {r['pushed_to_all_online_s'] * 1000:.0f} ms"
         )
         add("announcement", figure, "announcement")
+    if "presence_storm" in s:
+        r = s["presence_storm"]
+        if err("presence_storm"):
+            figure = "error: " + r["error"]
+        else:
+            learned = r["observer_learned_all_s"]
+            figure = (
+                f"{r['logins']:,} returning users (token resume, live, presence on) in "
+                f"{r['storm_s']:.1f} s ({r['logins_per_s']:,.0f}/s, {r['in_flight']} in flight); "
+                f"per login: first 100 {r['per_login_ms_first_100']} ms, 900-1,000 "
+                f"{r['per_login_ms_900_to_1000']} ms, last 1,000 {r['per_login_ms_last_1000']} ms; "
+                f"broker CPU {r['broker_cpu_ms_per_login']} ms/login; an observer knew all "
+                + (f"after {learned:.1f} s" if learned is not None else "NEVER")
+            )
+        add("presence: login storm", figure, "presence_storm")
+    if "password_logins" in s:
+        r = s["password_logins"]
+        figure = (
+            "error: " + r["error"]
+            if err("password_logins")
+            else f"{r['logins']} together in {r['elapsed_s']:.2f} s ({r['logins_per_s']:.1f}/s), "
+            f"broker CPU {r['broker_cpu_ms_per_login']:.0f} ms/login (bcrypt cost "
+            f"{r['bcrypt_cost']})"
+        )
+        add("  password logins", figure, "password_logins")
+    if "idle" in s:
+        r = s["idle"]
+        figure = (
+            "error: " + r["error"]
+            if err("idle")
+            else f"{r['connections']:,} live connections, a heartbeat each "
+            f"{r['heartbeat_interval_s']:.0f} s: {r['broker_cpu_percent_of_core']}% of a core "
+            f"({r['broker_cpu_us_per_heartbeat']} µs/heartbeat), {r['kib_per_connection']} "
+            f"KiB/connection (RSS {r['rss_before_mib']} -> {r['rss_connected_mib']} MiB)"
+            f"{refused(r)}"
+        )
+        add("idle live connections", figure, "idle")
     width = max(len(r[0]) for r in rows) if rows else 10
     fig_width = max(len(r[1]) for r in rows) if rows else 10
     lines = [f"{'workload':<{width}}  {'measured':<{fig_width}}  target"]
