@@ -32,8 +32,8 @@ PAGE = 1000
 # between, one live session per 1/FANOUT_PER_S seconds (a tick's fan-out is one wake-up and one
 # write per session: this caps it at ~FANOUT_PER_S per second whatever the number online).
 MIN_TICK = 0.05
-MAX_TICK = 5.0
-FANOUT_PER_S = 4000.0
+MAX_TICK = 10.0
+FANOUT_PER_S = 1000.0
 
 _session_ids = itertools.count(1)
 
