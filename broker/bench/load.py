@@ -643,6 +643,7 @@ async def presence_storm(address: str, p: dict[str, Any]) -> dict[str, Any]:
         nursery.cancel_scope.cancel()
     return {
         "logins": len(done_at),
+        "started": started,
         "elapsed": elapsed,
         "done_at": done_at,
         "observer_learned_all_s": learned,
