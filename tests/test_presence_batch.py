@@ -237,3 +237,39 @@ async def test_the_tick_grows_with_the_sessions_online_within_bounds():
     for i in range(2000, 40_000):
         presence.add(session(i, batched=True))
     assert presence.tick_seconds() == 10.0
+
+
+def count_tasks() -> int:
+    """Every task in this trio run (the test's and the in-process broker's)."""
+
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(child) for n in task.child_nurseries for child in n.child_tasks)
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return walk(root)
+
+
+async def test_an_idle_live_connection_keeps_two_tasks_in_the_broker(broker):
+    """Idle cost: a live connection that only heartbeats has its reader and its feed, no task
+    waiting for its end (started only if it ends) and no flusher (started by its first send)."""
+    with trio.fail_after(WAIT):
+        async with Clients(broker) as clients:
+            first = await clients.login("idle0", presence_batch=True)
+            await first.request("ping")
+            before = count_tasks()
+            idle = [await clients.login(f"idle{i}", presence_batch=True) for i in range(1, 11)]
+            for client in idle:
+                await client.request("ping")
+            assert count_tasks() - before == 2 * len(idle)
+            # A send starts the sender's flusher; a kick still closes the kicked connection.
+            sender = idle[0]
+            answer = await sender.request("send", kind="text", to=["idle1"], body="hi")
+            assert answer["ok"] is True
+            admin = first  # the first account on the broker is its admin
+            await admin.request("admin_kick", username="idle3")
+            while True:
+                frame = await idle[2].receive()
+                if frame.get("error"):
+                    assert frame["error"]["code"] == "session_ended"
+                    break

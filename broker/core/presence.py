@@ -109,24 +109,40 @@ class LiveSession:
     since: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_active: float = field(default_factory=trio.current_time)
     _queued: deque[EntryRecord] = field(default_factory=deque)
-    _events: deque[dict[str, Any]] = field(default_factory=deque)
+    # Lists, not deques: drained whole, and an empty deque costs ~600 bytes a session.
+    _events: list[dict[str, Any]] = field(default_factory=list)
     _must_fetch: bool = True  # the backlog, first
     _wakeup: trio.Event = field(default_factory=trio.Event)
     # The client asked for presence changes as one presence_batch event per tick.
     presence_batch: bool = False
     presence_since: int = 0  # the number of the first presence change this session is told
-    _ticks: deque[PresenceTick] = field(default_factory=deque)
+    _ticks: list[PresenceTick] = field(default_factory=list)
     address: str = ""  # the client's IP address, for admins
     token_hash: str = ""  # the login it runs under ("" while it changes, or for none)
     # Set when the session must end now (kicked, disabled, password changed); every transport
     # waits on it and closes the connection, telling the client `end_reason`.
     ended: trio.Event = field(default_factory=trio.Event)
     end_reason: str = ""
+    _on_end: list[Callable[[], object]] = field(default_factory=list)
 
     def end(self, reason: str) -> None:
         if not self.ended.is_set():
             self.end_reason = reason
             self.ended.set()
+            callbacks, self._on_end = self._on_end, []
+            for callback in callbacks:
+                callback()
+
+    def forget_end_callbacks(self) -> None:
+        self._on_end = []
+
+    def call_on_end(self, callback: Callable[[], object]) -> None:
+        """Call `callback` (it must not block) when the session is ended: a transport starts
+        its closing task then, instead of keeping a task waiting on `ended` per session."""
+        if self.ended.is_set():
+            callback()
+        else:
+            self._on_end.append(callback)
 
     def touch(self) -> None:
         self.last_active = trio.current_time()
@@ -156,13 +172,11 @@ class LiveSession:
             self._wakeup.set()
 
     def take_events(self) -> list[dict[str, Any]]:
-        events = list(self._events)
-        self._events.clear()
-        ticks = self._ticks
-        while ticks:
-            events += ticks.popleft().events_for(
-                batched=self.presence_batch, since=self.presence_since
-            )
+        events, self._events = self._events, []
+        if self._ticks:
+            ticks, self._ticks = self._ticks, []
+            for tick in ticks:
+                events += tick.events_for(batched=self.presence_batch, since=self.presence_since)
         return events
 
     async def next_items(
@@ -246,6 +260,7 @@ class Presence:
             self.on_change(session.user_id, session.username, True if first else None)
 
     def remove(self, session: LiveSession) -> None:
+        session.forget_end_callbacks()  # its transport is closing: nothing to call any more
         quiet = self._quiet.get(session.user_id)
         if quiet is not None and session in quiet:
             quiet.discard(session)

@@ -8,6 +8,7 @@ down: every failure becomes an error frame or a closed connection and a log line
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class ClientConnection:
     _outgoing: list[bytes] = field(default_factory=list)
     _flush_wanted: trio.Event = field(default_factory=trio.Event)
     _closing: bool = False
+    _flusher_started: bool = False
     # When the socket was accepted: the TLS handshake and the login share one deadline.
     accepted_at: float | None = None
     _failed_logins: int = 0
@@ -116,7 +118,6 @@ class ClientConnection:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._flush_forever)
             try:
                 await self._read_frames()
             finally:
@@ -254,6 +255,10 @@ class ClientConnection:
                     )
             self._outgoing.append(b"".join(frames))
             self._flush_wanted.set()
+            if not self._flusher_started:  # started by the first sends: none while idle
+                self._flusher_started = True
+                with contextlib.suppress(RuntimeError):  # closed: nobody to answer
+                    self._nursery.start_soon(self._flush_forever)
         finally:
             for _ in sends:
                 self._window.release()
@@ -389,7 +394,10 @@ class ClientConnection:
             user, token = await self.broker.user_for_token(request.token), request.token
         self.user, self.token = user, token
         self.session = await self._nursery.start(self._run_feed, user, token, request)
-        self._nursery.start_soon(self._close_when_ended, self.session)
+        # No task per session waiting for its end: one is started if it ends (idle memory).
+        self.session.call_on_end(
+            partial(self._nursery.start_soon, self._close_when_ended, self.session)
+        )
         return {
             "username": user.username,
             "role": user.role,
