@@ -357,6 +357,7 @@ class Bench:
         self.scenario("presence_storm", self.presence_storm)
         self.scenario("password_logins", self.password_logins, workload="presence_storm")
         self.scenario("idle", self.idle)
+        self.scenario("idle_echo", self.idle_echo, workload="idle")
         return self.results
 
     def _timed_shards(self, **params: Any) -> list[dict[str, Any]]:
@@ -416,6 +417,38 @@ class Bench:
             "send_to_deliver": merge_latency(results),
             **broker_cpu(results, delivered),
             **errors(results),
+        }
+
+    def idle_echo(self) -> dict[str, Any]:
+        """idle's floor: a bare trio echo server, as many connections, the same ping rate."""
+        p = self.plan
+        server = subprocess.Popen(
+            [sys.executable, "-m", "broker.bench.echo", "serve", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            port = json.loads(server.stdout.readline())["port"]
+            shard = {"connections": p.idle_connections, "interval": 10.0}
+            shard["duration"] = p.idle_duration
+            result = run_load(
+                "broker.bench.echo",
+                f"127.0.0.1:{port}",
+                [shard],
+                scenario="idle",
+                watch=server.pid,
+            )[0]
+        finally:
+            server.kill()
+            server.wait()
+        per_s = rate(result["pings"], result["elapsed"])
+        cores = result.get("broker_cpu_cores") or 0.0
+        return {
+            "connections": p.idle_connections,
+            "pings_per_s": per_s,
+            "server_cpu_percent_of_core": round(cores * 100, 1),
+            "server_cpu_us_per_ping": round(cores / max(1.0, per_s) * 1e6, 1),
         }
 
     def trio_echo(self) -> dict[str, Any]:
@@ -868,6 +901,15 @@ def format_table(results: Results) -> str:
             f"{refused(r)}"
         )
         add("idle live connections", figure, "idle")
+    if "idle_echo" in s:
+        r = s["idle_echo"]
+        figure = (
+            "error: " + r["error"]
+            if err("idle_echo")
+            else f"{r['connections']:,} connections, {r['pings_per_s']:,.0f} pings/s: "
+            f"{r['server_cpu_percent_of_core']}% of a core ({r['server_cpu_us_per_ping']} µs/ping)"
+        )
+        add("  bare trio echo, same pings (floor)", figure, "")
     width = max(len(r[0]) for r in rows) if rows else 10
     fig_width = max(len(r[1]) for r in rows) if rows else 10
     lines = [f"{'workload':<{width}}  {'measured':<{fig_width}}  target"]
