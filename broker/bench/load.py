@@ -1,6 +1,6 @@
 """The load generator: one process of benchmark clients, driven by the benchmark over a pipe.
 
-    python -m broker.bench.load SCENARIO ADDRESS JSON_PARAMS
+    python -m broker.bench.load SCENARIO ADDRESS JSON_PARAMS    (or @FILE holding them)
 
 It connects and logs in its clients, prints {"ready": true}, waits for a line on stdin (the go
 signal, so every load process starts together), runs the scenario and prints one JSON line of
@@ -721,6 +721,9 @@ SCENARIOS = {
 
 def main() -> None:
     scenario, address, raw = sys.argv[1], sys.argv[2], sys.argv[3]
+    if raw.startswith("@"):  # parameters too long for a command line (see run.run_load)
+        with open(raw[1:]) as params:
+            raw = params.read()
     result = trio.run(SCENARIOS[scenario], address, json.loads(raw))
     print(json.dumps(result), flush=True)
 

@@ -185,11 +185,18 @@ def run_load(
     With `watch` (a broker's pid), the first result also carries `broker_cpu_cores`: the CPU
     the broker (and its children) used from the go signal to the results, per second."""
     procs = []
+    spilled: list[Path] = []  # parameters too long for a command line, passed as @file
     for params in shards:
         cmd = [sys.executable, "-m", module]
         if scenario is not None:
             cmd.append(scenario)
-        cmd += [address, json.dumps(params)]
+        raw = json.dumps(params)
+        if len(raw) > 32_000:  # 10,000 tokens do not fit in a command line: a file does
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spill:
+                spill.write(raw)
+            spilled.append(Path(spill.name))
+            raw = "@" + spill.name
+        cmd += [address, raw]
         procs.append(
             subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         )
@@ -222,6 +229,8 @@ def run_load(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for path in spilled:
+            path.unlink(missing_ok=True)
 
 
 class CpuSampler:
