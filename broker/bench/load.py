@@ -652,19 +652,30 @@ async def presence_storm(address: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def idle_live(address: str, p: dict[str, Any]) -> dict[str, Any]:
-    """Live sessions that only heartbeat: each pings once every `interval` seconds, spread
-    evenly; counts pongs and errors over `duration`."""
+    """Live sessions that only heartbeat: one ping every `interval` / len(tokens) seconds, to
+    each client in turn (every client once per `interval`), from the first login on, so that
+    none expires while the others log in; pongs are counted over `duration` after the go."""
     tokens, interval, duration = p["tokens"], p["interval"], p["duration"]
     tally = Tally()
     clients: list[LeanClient] = []
 
     def on_pong(response: Frame) -> None:
-        if response.get("ok"):
-            tally.acked += 1
-        else:
+        if not response.get("ok"):
             tally.error(response)
+        elif tally.measuring:
+            tally.acked += 1
+
+    async def heartbeats() -> None:
+        gap = interval / len(tokens)
+        next_at = trio.current_time()
+        for i in itertools.count():
+            if clients:
+                clients[i % len(clients)].send({"op": "ping"}, on_pong)
+            next_at += gap
+            await trio.sleep_until(next_at)
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeats)
         limiter = trio.Semaphore(p.get("in_flight", 200))
 
         async def join(token: str) -> None:
@@ -677,17 +688,7 @@ async def idle_live(address: str, p: dict[str, Any]) -> dict[str, Any]:
             for token in tokens:
                 joining.start_soon(join, token)
         await ready_and_wait_for_go()
-        started = now()
-        gap = interval / max(1, len(clients))
-        next_at = trio.current_time()
-        ping = {"op": "ping"}
-        for i in itertools.count():
-            if now() - started >= duration:
-                break
-            clients[i % len(clients)].send(dict(ping), on_pong)
-            next_at += gap
-            await trio.sleep_until(next_at)
-        elapsed = now() - started
+        elapsed = await measure(tally, 0.0, duration)
         nursery.cancel_scope.cancel()
     return {"connections": len(clients), "pongs": tally.acked, "elapsed": elapsed, **tally.report()}
 
