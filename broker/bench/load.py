@@ -652,9 +652,9 @@ async def presence_storm(address: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def idle_live(address: str, p: dict[str, Any]) -> dict[str, Any]:
-    """Live sessions that only heartbeat: one ping every `interval` / len(tokens) seconds, to
-    each client in turn (every client once per `interval`), from the first login on, so that
-    none expires while the others log in; pongs are counted over `duration` after the go."""
+    """Live sessions that only heartbeat: a ping to each client in turn, every client once per
+    `interval`, from the first login on, so that none expires while the others log in; pongs
+    are counted over `duration` after the go."""
     tokens, interval, duration = p["tokens"], p["interval"], p["duration"]
     tally = Tally()
     clients: list[LeanClient] = []
@@ -666,12 +666,12 @@ async def idle_live(address: str, p: dict[str, Any]) -> dict[str, Any]:
             tally.acked += 1
 
     async def heartbeats() -> None:
-        gap = interval / len(tokens)
         next_at = trio.current_time()
         for i in itertools.count():
             if clients:
                 clients[i % len(clients)].send({"op": "ping"}, on_pong)
-            next_at += gap
+            # Each client once per interval, however many have logged in so far.
+            next_at += interval / max(1, len(clients))
             await trio.sleep_until(next_at)
 
     async with trio.open_nursery() as nursery:
