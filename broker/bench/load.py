@@ -109,7 +109,7 @@ class LeanClient(CoalescingWriter):
         # Presence events are counted, not parsed, unless someone wants them: in a login storm
         # each of 10,000 clients is pushed every change, and parsing that would be the load's
         # own N x N (the broker's side is what is measured).
-        self.on_presence: Callable[[dict], None] | None = None
+        self.on_presence: Callable[[Frame], None] | None = None
         self.presence_frames = 0
 
     async def reader(self) -> None:
@@ -595,7 +595,11 @@ class StormObserver:
 
 
 async def resume_client(
-    nursery: trio.Nursery, address: str, token: str, on_mail: Callable[[dict], None], **resume
+    nursery: trio.Nursery,
+    address: str,
+    token: str,
+    on_mail: Callable[[Frame], None],
+    **resume: Any,
 ) -> LeanClient:
     """A returning client: connects and resumes with its saved token (no bcrypt)."""
     host, port = address.rsplit(":", 1)

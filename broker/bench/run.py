@@ -609,6 +609,7 @@ class Bench:
                 for i in range(p.load_procs)
             ]
             shards[0].update(observe=True, observer_token=tokens[0])
+            assert broker.pid is not None
             with CpuSampler(broker.pid) as sampler:
                 results = run_load(
                     "broker.bench.load",
@@ -627,7 +628,7 @@ class Bench:
             """Wall time per login while logins first..last completed (others in flight)."""
             if len(done) < last or last - first < 2:
                 return None
-            return round((done[last - 1] - done[first]) / (last - first - 1) * 1000, 3)
+            return round(float(done[last - 1] - done[first]) / (last - first - 1) * 1000, 3)
 
         def cpu_per_login_ms(first: int, last: int) -> float | None:
             """The broker's CPU per login while logins first..last completed."""
@@ -692,7 +693,9 @@ class Bench:
             users = [f"i{i}" for i in range(p.idle_connections)]
             progress(f"idle: creating {len(users)} users and their logins (setup)")
             tokens = create_users(broker.db_path, users, with_tokens=True)
-            rss_before = rss_bytes(broker.pid)
+            pid = broker.pid
+            assert pid is not None
+            rss_before = rss_bytes(pid)
             rss_connected: list[int] = []
             shards = [
                 {
@@ -708,9 +711,9 @@ class Bench:
                 shards,
                 scenario="idle_live",
                 watch=broker.pid,
-                on_ready=lambda: rss_connected.append(rss_bytes(broker.pid)),
+                on_ready=lambda: rss_connected.append(rss_bytes(pid)),
             )
-            rss_after = rss_bytes(broker.pid)
+            rss_after = rss_bytes(pid)
         finally:
             broker.kill()
         connections = sum(r["connections"] for r in results)
