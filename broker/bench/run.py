@@ -8,6 +8,7 @@ per-user send rate limits and quotas raised so the benchmark measures throughput
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -86,6 +87,7 @@ class Plan:
     idle_connections: int = 10_000
     idle_duration: float = 30.0  # seconds of heartbeats measured (the default interval: 10 s)
     mosquitto: str | None = None  # host:port of a Mosquitto to compare with
+    rabbitmq: str | None = None  # host:port of a RabbitMQ (guest/guest): quorum-queue peer
     mqtt_client: str = "lean"  # the Mosquitto workload's client: "lean" or "paho" (paho-mqtt)
     tls: bool = False  # mailnet over TLS (its default outside loopback), not plaintext
     only: tuple[str, ...] = ()  # run just these workloads (names as in the JSON)
@@ -142,6 +144,19 @@ def mosquitto_address() -> str | None:
     try:
         with socket.create_connection(("127.0.0.1", 1883), timeout=0.5):
             return "127.0.0.1:1883"
+    except OSError:
+        return None
+
+
+def rabbitmq_address() -> str | None:
+    """127.0.0.1:5672 if an AMQP broker (RabbitMQ) answers there and pamqp (the `bench`
+    extra) is installed for its client."""
+    if importlib.util.find_spec("pamqp") is None:
+        progress("RabbitMQ peer skipped: pip install 'mailnet[bench]' for pamqp")
+        return None
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
+            return "127.0.0.1:5672"
     except OSError:
         return None
 
@@ -358,7 +373,13 @@ class Bench:
                 self.results.scenarios["peer_texts"]["ratio_to_mosquitto"] = round(
                     mailnet / peer, 3
                 )
+        if self.plan.rabbitmq and (not self.plan.only or "peer_texts" in self.plan.only):
+            self.scenario("rabbitmq_peer", self.rabbitmq_peer, workload="peer_texts")
+            self._ratio("peer_texts", "rabbitmq_peer", "delivered_per_s", "ratio_to_rabbitmq")
         self.scenario("request_response", self.request_response)
+        if self.plan.rabbitmq and (not self.plan.only or "request_response" in self.plan.only):
+            self.scenario("rabbitmq_rr", self.rabbitmq_rr, workload="request_response")
+            self._ratio("request_response", "rabbitmq_rr", "msgs_per_s", "ratio_to_rabbitmq")
         self.scenario("trio_echo", self.trio_echo, workload="request_response")
         self.scenario("steady_rate", self.steady_rate)
         self.scenario("backlog", self.backlog)
@@ -368,6 +389,64 @@ class Bench:
         self.scenario("idle", self.idle)
         self.scenario("idle_echo", self.idle_echo, workload="idle")
         return self.results
+
+    def _ratio(self, mine: str, peer: str, key: str, name: str) -> None:
+        a = self.results.scenarios.get(mine, {}).get(key)
+        b = self.results.scenarios.get(peer, {}).get(key)
+        if a and b:
+            self.results.scenarios[mine][name] = round(a / b, 3)
+
+    def rabbitmq_peer(self) -> dict[str, Any]:
+        """The peer workload on RabbitMQ quorum queues (broker/bench/amqpload.py)."""
+        p = self.plan
+        assert p.rabbitmq is not None
+        shards = self._timed_shards(window=p.window)
+        for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
+            shard["pairs"] = pairs
+        results = run_load(
+            "broker.bench.amqpload",
+            p.rabbitmq,
+            shards,
+            scenario="peer",
+            watch=process_named("beam.smp"),
+        )
+        elapsed = max(r["elapsed"] for r in results)
+        delivered = rate(sum(r["delivered"] for r in results), elapsed)
+        return {
+            "address": p.rabbitmq,
+            "queues": "quorum (durable, persistent messages, publisher confirms, manual acks)",
+            "pairs": p.pairs,
+            "window": p.window,
+            "acked_per_s": rate(sum(r["acked"] for r in results), elapsed),
+            "delivered_per_s": delivered,
+            "send_to_deliver": merge_latency(results),
+            **broker_cpu(results, delivered),
+            **errors(results),
+        }
+
+    def rabbitmq_rr(self) -> dict[str, Any]:
+        """request/response on RabbitMQ: one confirmed persistent publish in flight each."""
+        p = self.plan
+        assert p.rabbitmq is not None
+        shards = self._timed_shards()
+        for shard, n in zip(shards, shards_of(p.rr_connections, p.load_procs), strict=True):
+            shard["connections"] = n
+        results = run_load(
+            "broker.bench.amqpload",
+            p.rabbitmq,
+            shards,
+            scenario="request_response",
+            watch=process_named("beam.smp"),
+        )
+        elapsed = max(r["elapsed"] for r in results)
+        per_s = rate(sum(r["acked"] for r in results), elapsed)
+        return {
+            **broker_cpu(results, per_s),
+            "connections": p.rr_connections,
+            "msgs_per_s": per_s,
+            "latency": merge_latency(results),
+            **errors(results),
+        }
 
     def _timed_shards(self, **params: Any) -> list[dict[str, Any]]:
         p = self.plan
@@ -814,6 +893,8 @@ def format_table(results: Results) -> str:
             )
             if ratio is not None:
                 figure += f"; {ratio:.2f}× Mosquitto"
+            if r.get("ratio_to_rabbitmq") is not None:
+                figure += f"; {r['ratio_to_rabbitmq']:.2f}× RabbitMQ quorum"
             figure += cpu(r) + refused(r)
             add("durable 1:1 texts e2e", figure, "peer_texts")
     if "mosquitto_peer" in s:
@@ -825,6 +906,15 @@ def format_table(results: Results) -> str:
             f"{r['client']} client){cpu(r)}{refused(r)}"
         )
         add("  Mosquitto, same workload", figure, "")
+    if "rabbitmq_peer" in s:
+        r = s["rabbitmq_peer"]
+        figure = (
+            "error: " + r["error"]
+            if err("rabbitmq_peer")
+            else f"{r['delivered_per_s']:,.0f} msgs/s delivered (quorum queues, {r['pairs']} "
+            f"pairs, confirms after fsync, lean client){cpu(r)}{refused(r)}"
+        )
+        add("  RabbitMQ, same workload", figure, "")
     if "request_response" in s:
         r = s["request_response"]
         figure = (
@@ -832,8 +922,22 @@ def format_table(results: Results) -> str:
             if err("request_response")
             else f"{r['msgs_per_s']:,.0f} msgs/s, p50 {r['latency']['p50_ms']:.2f} ms, "
             f"p99 {r['latency']['p99_ms']:.2f} ms ({r['connections']} conns){cpu(r)}{refused(r)}"
+            + (
+                f"; {r['ratio_to_rabbitmq']:.2f}× RabbitMQ quorum"
+                if r.get("ratio_to_rabbitmq") is not None
+                else ""
+            )
         )
         add("request/response", figure, "request_response")
+    if "rabbitmq_rr" in s:
+        r = s["rabbitmq_rr"]
+        figure = (
+            "error: " + r["error"]
+            if err("rabbitmq_rr")
+            else f"{r['msgs_per_s']:,.0f} msgs/s, p50 {r['latency']['p50_ms']:.2f} ms, "
+            f"p99 {r['latency']['p99_ms']:.2f} ms (quorum queue){cpu(r)}{refused(r)}"
+        )
+        add("  RabbitMQ, same workload", figure, "")
     if "trio_echo" in s:
         r = s["trio_echo"]
         figure = (
