@@ -7,7 +7,14 @@ import dataclasses
 import json
 import sys
 
-from .run import WORKLOADS, Plan, format_table, mosquitto_address, run_benchmark
+from .run import (
+    WORKLOADS,
+    Plan,
+    format_table,
+    mosquitto_address,
+    rabbitmq_address,
+    run_benchmark,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds measured per timed workload")
     parser.add_argument("--load-procs", type=int, help="load generator processes")
     parser.add_argument("--no-mosquitto", action="store_true", help="skip the Mosquitto peer")
+    parser.add_argument(
+        "--no-rabbitmq", action="store_true", help="skip the RabbitMQ quorum-queue peer"
+    )
     parser.add_argument(
         "--mqtt-client",
         choices=("lean", "paho"),
@@ -60,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, db=args.db, nodes=args.nodes)
     if not args.no_mosquitto and not args.db:
         plan = dataclasses.replace(plan, mosquitto=mosquitto_address())
+    if not args.no_rabbitmq:
+        plan = dataclasses.replace(plan, rabbitmq=rabbitmq_address())
     results = run_benchmark(plan)
     if args.json:
         print(json.dumps(dataclasses.asdict(results), indent=2))

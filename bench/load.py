@@ -1,6 +1,6 @@
 """The load generator: one process of benchmark clients, driven by the benchmark over a pipe.
 
-    python -m bench.load SCENARIO ADDRESS JSON_PARAMS
+    python -m bench.load SCENARIO ADDRESS JSON_PARAMS    (or @FILE holding them)
 
 It connects and logs in its clients, prints {"ready": true}, waits for a line on stdin (the go
 signal, so every load process starts together), runs the scenario and prints one JSON line of
@@ -45,6 +45,7 @@ _loads = orjson.loads
 
 Frame = dict[str, Any]
 OnResponse = Callable[[Frame], None]
+PRESENCE = b'{"event":"presence'  # how the broker's presence events start (both kinds)
 
 
 def encode(frame: Frame) -> bytes:
@@ -105,6 +106,11 @@ class LeanClient(CoalescingWriter):
         self.waiting: dict[int, OnResponse] = {}
         self.on_mail = on_mail
         self.last_seq = 0
+        # Presence events are counted, not parsed, unless someone wants them: in a login storm
+        # each of 10,000 clients is pushed every change, and parsing that would be the load's
+        # own N x N (the broker's side is what is measured).
+        self.on_presence: Callable[[Frame], None] | None = None
+        self.presence_frames = 0
 
     async def reader(self) -> None:
         receive, buffer, waiting = self.stream.receive_some, self.buffer, self.waiting
@@ -126,6 +132,10 @@ class LeanClient(CoalescingWriter):
                     end = pos + 4 + length
                     if end > size:
                         break
+                    if self.on_presence is None and source.startswith(PRESENCE, pos + 4):
+                        self.presence_frames += 1
+                        pos = end
+                        continue
                     frame = _loads(view[pos + 4 : end])
                     pos = end
                     if "event" in frame:
@@ -133,6 +143,8 @@ class LeanClient(CoalescingWriter):
                             entry = frame["entry"]
                             self.last_seq = entry["seq"]
                             self.on_mail(entry)
+                        elif self.on_presence is not None:
+                            self.on_presence(frame)
                         continue
                     callback = waiting.pop(frame.get("re"), None)  # type: ignore[arg-type]
                     if callback is not None:
@@ -564,6 +576,143 @@ async def announcement(address: str, p: dict[str, Any]) -> dict[str, Any]:
     return {"durable_s": durable, "pushed_s": pushed, "pushed": got[0], "reply": reply["ok"]}
 
 
+class StormObserver:
+    """A client online before the storm: learns from presence_batch events who came online."""
+
+    def __init__(self, expected: int) -> None:
+        self.online: set[str] = set()
+        self.expected = expected
+        self.all_seen = trio.Event()
+        self.seen_at = 0.0
+
+    def on_presence(self, frame: Frame) -> None:
+        if frame.get("event") == "presence_batch":
+            self.online.update(frame["online"])
+            self.online.difference_update(frame["offline"])
+        elif frame.get("event") == "presence" and frame["online"]:
+            self.online.add(frame["username"])
+        if len(self.online) >= self.expected and not self.all_seen.is_set():
+            self.seen_at = now()
+            self.all_seen.set()
+
+
+async def resume_client(
+    nursery: trio.Nursery,
+    address: str,
+    token: str,
+    on_mail: Callable[[Frame], None],
+    **resume: Any,
+) -> LeanClient:
+    """A returning client: connects and resumes with its saved token (no bcrypt)."""
+    host, port = address.rsplit(":", 1)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, int(port))
+    tls = _tls_context()
+    if tls is not None:
+        stream = trio.SSLStream(stream, tls, server_hostname=host)
+        await stream.do_handshake()
+    client = LeanClient(stream, on_mail)
+    nursery.start_soon(client.reader)
+    nursery.start_soon(client.writer)
+    await client.request("resume", token=token, client="bench", **resume)
+    return client
+
+
+async def presence_storm(address: str, p: dict[str, Any]) -> dict[str, Any]:
+    """Returning users log in together (`in_flight` at a time), live, presence on: the time
+    each login completes, and when an observer online throughout has learned of every one."""
+    tokens, in_flight = p["tokens"], p["in_flight"]
+    observer = StormObserver(len(tokens)) if p.get("observe") else None
+    done_at: list[float] = []
+    async with trio.open_nursery() as nursery:
+        if observer is not None:
+            watcher = await resume_client(nursery, address, p["observer_token"], noop)
+            watcher.on_presence = observer.on_presence
+            observer.expected += 1  # it is online too
+        await ready_and_wait_for_go()
+        started = now()
+        limiter = trio.Semaphore(in_flight)
+
+        async def log_in(token: str) -> None:
+            async with limiter:
+                await resume_client(nursery, address, token, noop, presence_batch=True)
+                done_at.append(now() - started)
+
+        async with trio.open_nursery() as storm:
+            for token in tokens:
+                storm.start_soon(log_in, token)
+        elapsed = now() - started
+        learned = None
+        if observer is not None:
+            with trio.move_on_after(p.get("timeout", 120)):
+                await observer.all_seen.wait()
+            learned = observer.seen_at - started if observer.all_seen.is_set() else None
+        nursery.cancel_scope.cancel()
+    return {
+        "logins": len(done_at),
+        "started": started,
+        "elapsed": elapsed,
+        "done_at": done_at,
+        "observer_learned_all_s": learned,
+        "observer_saw": len(observer.online) if observer is not None else None,
+    }
+
+
+async def idle_live(address: str, p: dict[str, Any]) -> dict[str, Any]:
+    """Live sessions that only heartbeat: a ping to each client in turn, every client once per
+    `interval`, from the first login on, so that none expires while the others log in; pongs
+    are counted over `duration` after the go."""
+    tokens, interval, duration = p["tokens"], p["interval"], p["duration"]
+    tally = Tally()
+    clients: list[LeanClient] = []
+
+    def on_pong(response: Frame) -> None:
+        if not response.get("ok"):
+            tally.error(response)
+        elif tally.measuring:
+            tally.acked += 1
+
+    async def heartbeats() -> None:
+        next_at = trio.current_time()
+        for i in itertools.count():
+            if clients:
+                clients[i % len(clients)].send({"op": "ping"}, on_pong)
+            # Each client once per interval, however many have logged in so far.
+            next_at += interval / max(1, len(clients))
+            await trio.sleep_until(next_at)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeats)
+        limiter = trio.Semaphore(p.get("in_flight", 200))
+
+        async def join(token: str) -> None:
+            async with limiter:
+                clients.append(
+                    await resume_client(nursery, address, token, noop, presence_batch=True)
+                )
+
+        async with trio.open_nursery() as joining:
+            for token in tokens:
+                joining.start_soon(join, token)
+        await ready_and_wait_for_go()
+        elapsed = await measure(tally, 0.0, duration)
+        nursery.cancel_scope.cancel()
+    return {"connections": len(clients), "pongs": tally.acked, "elapsed": elapsed, **tally.report()}
+
+
+async def password_logins(address: str, p: dict[str, Any]) -> dict[str, Any]:
+    """`count` users log in with their password together (each pays bcrypt in the broker)."""
+    names = p["users"]
+    async with trio.open_nursery() as nursery:
+        await ready_and_wait_for_go()
+        started = now()
+        async with trio.open_nursery() as logins:
+            for name in names:
+                logins.start_soon(open_client, nursery, address, name, noop)
+        elapsed = now() - started
+        nursery.cancel_scope.cancel()
+    return {"logins": len(names), "elapsed": elapsed}
+
+
 SCENARIOS = {
     "peer_texts": peer_texts,
     "request_response": request_response,
@@ -571,11 +720,17 @@ SCENARIOS = {
     "fill_backlog": fill_backlog,
     "drain_backlog": drain_backlog,
     "announcement": announcement,
+    "presence_storm": presence_storm,
+    "idle_live": idle_live,
+    "password_logins": password_logins,
 }
 
 
 def main() -> None:
     scenario, address, raw = sys.argv[1], sys.argv[2], sys.argv[3]
+    if raw.startswith("@"):  # parameters too long for a command line (see run.run_load)
+        with open(raw[1:]) as params:
+            raw = params.read()
     result = trio.run(SCENARIOS[scenario], address, json.loads(raw))
     print(json.dumps(result), flush=True)
 

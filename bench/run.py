@@ -7,13 +7,17 @@ per-user send rate limits and quotas raised so the benchmark measures throughput
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
+import secrets
 import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +44,15 @@ BENCH_SETTINGS: dict[str, object] = {
     "login_max_delay": 0.0,
 }
 
-WORKLOADS = ("peer_texts", "request_response", "steady_rate", "backlog", "announcement")
+WORKLOADS = (
+    "peer_texts",
+    "request_response",
+    "steady_rate",
+    "backlog",
+    "announcement",
+    "presence_storm",
+    "idle",
+)
 
 TARGETS = {
     "peer_texts": "≥ 1.5× Mosquitto",
@@ -48,6 +60,9 @@ TARGETS = {
     "steady_rate": "p99 ≤ 10 ms at 5,000 msgs/s",
     "backlog": "≥ 100,000 msgs/s",
     "announcement": "(no target)",
+    "presence_storm": "10,000 live logins ≤ 60 s; at 1,000 online ≤ 2× the cost at 100",
+    "password_logins": "(bcrypt, reported apart)",
+    "idle": "≤ 15 % of a core, ≤ 25 KiB a connection",
     "trio_echo": "",
 }
 
@@ -66,7 +81,13 @@ class Plan:
     backlog_senders: int = 50
     announce_users: int = 10_000
     announce_online: int = 1_000
+    storm_users: int = 10_000  # returning users (token resume) logging in together, live
+    storm_in_flight: int = 200  # logins in flight at a time
+    password_logins: int = 16  # password logins at bcrypt cost 12, reported on their own
+    idle_connections: int = 10_000
+    idle_duration: float = 30.0  # seconds of heartbeats measured (the default interval: 10 s)
     mosquitto: str | None = None  # host:port of a Mosquitto to compare with
+    rabbitmq: str | None = None  # host:port of a RabbitMQ (guest/guest): quorum-queue peer
     mqtt_client: str = "lean"  # the Mosquitto workload's client: "lean" or "paho" (paho-mqtt)
     tls: bool = False  # mailnet over TLS (its default outside loopback), not plaintext
     only: tuple[str, ...] = ()  # run just these workloads (names as in the JSON)
@@ -81,6 +102,10 @@ class Plan:
             backlog=20_000,
             announce_users=2_000,
             announce_online=200,
+            storm_users=2_000,
+            password_logins=4,
+            idle_connections=2_000,
+            idle_duration=10.0,
         )
 
 
@@ -121,6 +146,19 @@ def mosquitto_address() -> str | None:
     try:
         with socket.create_connection(("127.0.0.1", 1883), timeout=0.5):
             return "127.0.0.1:1883"
+    except OSError:
+        return None
+
+
+def rabbitmq_address() -> str | None:
+    """127.0.0.1:5672 if an AMQP broker (RabbitMQ) answers there and pamqp (the `bench`
+    extra) is installed for its client."""
+    if importlib.util.find_spec("pamqp") is None:
+        progress("RabbitMQ peer skipped: pip install 'mailnet[bench]' for pamqp")
+        return None
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
+            return "127.0.0.1:5672"
     except OSError:
         return None
 
@@ -167,11 +205,18 @@ def run_load(
     go signal (to sample CPU counters)."""
     procs = []
     addresses = [address] * len(shards) if isinstance(address, str) else address
+    spilled: list[Path] = []  # parameters too long for a command line, passed as @file
     for params, shard_address in zip(shards, addresses, strict=True):
         cmd = [sys.executable, "-m", module]
         if scenario is not None:
             cmd.append(scenario)
-        cmd += [shard_address, json.dumps(params)]
+        raw = json.dumps(params)
+        if len(raw) > 32_000:  # 10,000 tokens do not fit in a command line: a file does
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spill:
+                spill.write(raw)
+            spilled.append(Path(spill.name))
+            raw = "@" + spill.name
+        cmd += [shard_address, raw]
         procs.append(
             subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
@@ -209,6 +254,43 @@ def run_load(
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
                     pipe.close()
+        for path in spilled:
+            path.unlink(missing_ok=True)
+
+
+class CpuSampler:
+    """Samples a process's CPU time (with its children's) every `every` seconds in a thread,
+    so that the CPU spent between two moments of a run can be read afterwards."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, float]] = []  # (time.monotonic(), CPU seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), cpu_seconds(self.pid)))
+            self._stop.wait(self.every)
+
+    def cpu_at(self, moment: float) -> float:
+        """CPU seconds used by `moment` (monotonic clock), interpolated between samples."""
+        before = [s for s in self.samples if s[0] <= moment]
+        after = [s for s in self.samples if s[0] >= moment]
+        if not before:
+            return self.samples[0][1] if self.samples else 0.0
+        if not after:
+            return self.samples[-1][1]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 == t0 else c0 + (c1 - c0) * (moment - t0) / (t1 - t0)
 
 
 def shards_of(total: int, procs: int) -> list[int]:
@@ -263,8 +345,8 @@ class Bench:
             machine=machine_info(), mailnet_transport="tls" if plan.tls else "plaintext"
         )
 
-    def fresh_broker(self, name: str) -> BrokerProcess:
-        settings = dict(BENCH_SETTINGS)
+    def fresh_broker(self, name: str, **overrides: object) -> BrokerProcess:
+        settings = {**BENCH_SETTINGS, **overrides}
         if self.plan.tls:  # its own self-signed certificate, which the load clients trust
             settings["insecure_plaintext"] = False
         broker = BrokerProcess(
@@ -304,12 +386,80 @@ class Bench:
                 self.results.scenarios["peer_texts"]["ratio_to_mosquitto"] = round(
                     mailnet / peer, 3
                 )
+        if self.plan.rabbitmq and (not self.plan.only or "peer_texts" in self.plan.only):
+            self.scenario("rabbitmq_peer", self.rabbitmq_peer, workload="peer_texts")
+            self._ratio("peer_texts", "rabbitmq_peer", "delivered_per_s", "ratio_to_rabbitmq")
         self.scenario("request_response", self.request_response)
+        if self.plan.rabbitmq and (not self.plan.only or "request_response" in self.plan.only):
+            self.scenario("rabbitmq_rr", self.rabbitmq_rr, workload="request_response")
+            self._ratio("request_response", "rabbitmq_rr", "msgs_per_s", "ratio_to_rabbitmq")
         self.scenario("trio_echo", self.trio_echo, workload="request_response")
         self.scenario("steady_rate", self.steady_rate)
         self.scenario("backlog", self.backlog)
         self.scenario("announcement", self.announcement)
+        self.scenario("presence_storm", self.presence_storm)
+        self.scenario("password_logins", self.password_logins, workload="presence_storm")
+        self.scenario("idle", self.idle)
+        self.scenario("idle_echo", self.idle_echo, workload="idle")
         return self.results
+
+    def _ratio(self, mine: str, peer: str, key: str, name: str) -> None:
+        a = self.results.scenarios.get(mine, {}).get(key)
+        b = self.results.scenarios.get(peer, {}).get(key)
+        if a and b:
+            self.results.scenarios[mine][name] = round(a / b, 3)
+
+    def rabbitmq_peer(self) -> dict[str, Any]:
+        """The peer workload on RabbitMQ quorum queues (bench/amqpload.py)."""
+        p = self.plan
+        assert p.rabbitmq is not None
+        shards = self._timed_shards(window=p.window)
+        for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
+            shard["pairs"] = pairs
+        results = run_load(
+            "bench.amqpload",
+            p.rabbitmq,
+            shards,
+            scenario="peer",
+            watch=process_named("beam.smp"),
+        )
+        elapsed = max(r["elapsed"] for r in results)
+        delivered = rate(sum(r["delivered"] for r in results), elapsed)
+        return {
+            "address": p.rabbitmq,
+            "queues": "quorum (durable, persistent messages, publisher confirms, manual acks)",
+            "pairs": p.pairs,
+            "window": p.window,
+            "acked_per_s": rate(sum(r["acked"] for r in results), elapsed),
+            "delivered_per_s": delivered,
+            "send_to_deliver": merge_latency(results),
+            **broker_cpu(results, delivered),
+            **errors(results),
+        }
+
+    def rabbitmq_rr(self) -> dict[str, Any]:
+        """request/response on RabbitMQ: one confirmed persistent publish in flight each."""
+        p = self.plan
+        assert p.rabbitmq is not None
+        shards = self._timed_shards()
+        for shard, n in zip(shards, shards_of(p.rr_connections, p.load_procs), strict=True):
+            shard["connections"] = n
+        results = run_load(
+            "bench.amqpload",
+            p.rabbitmq,
+            shards,
+            scenario="request_response",
+            watch=process_named("beam.smp"),
+        )
+        elapsed = max(r["elapsed"] for r in results)
+        per_s = rate(sum(r["acked"] for r in results), elapsed)
+        return {
+            **broker_cpu(results, per_s),
+            "connections": p.rr_connections,
+            "msgs_per_s": per_s,
+            "latency": merge_latency(results),
+            **errors(results),
+        }
 
     def _timed_shards(self, **params: Any) -> list[dict[str, Any]]:
         p = self.plan
@@ -378,6 +528,39 @@ class Bench:
             "send_to_deliver": merge_latency(results),
             **broker_cpu(results, delivered),
             **errors(results),
+        }
+
+    def idle_echo(self) -> dict[str, Any]:
+        """idle's floor: a bare trio echo server, as many connections, the same ping rate."""
+        p = self.plan
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bench.echo", "serve", "0"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        try:
+            assert server.stdout is not None
+            port = json.loads(server.stdout.readline())["port"]
+            shard = {"connections": p.idle_connections, "interval": 10.0}
+            shard["duration"] = p.idle_duration
+            result = run_load(
+                "bench.echo",
+                f"127.0.0.1:{port}",
+                [shard],
+                scenario="idle",
+                watch=server.pid,
+            )[0]
+        finally:
+            server.kill()
+            server.wait()
+        per_s = rate(result["pings"], result["elapsed"])
+        cores = result.get("broker_cpu_cores") or 0.0
+        return {
+            "connections": p.idle_connections,
+            "pings_per_s": per_s,
+            "server_cpu_percent_of_core": round(cores * 100, 1),
+            "server_cpu_us_per_ping": round(cores / max(1.0, per_s) * 1e6, 1),
         }
 
     def trio_echo(self) -> dict[str, Any]:
@@ -517,15 +700,168 @@ class Bench:
             "pushed_to_all_online_s": round(result["pushed_s"], 4),
         }
 
+    def presence_storm(self) -> dict[str, Any]:
+        """Returning users resume with their token together, live, presence on (batched)."""
+        p = self.plan
+        broker = self.fresh_broker("storm")
+        try:
+            users = [f"p{i}" for i in range(p.storm_users)]
+            progress(f"presence_storm: creating {len(users)} users and their logins (setup)")
+            tokens = create_users(broker.db_path, ["observer", *users], with_tokens=True)
+            shards = [
+                {"tokens": tokens[1:][i :: p.load_procs], "in_flight": p.storm_in_flight}
+                for i in range(p.load_procs)
+            ]
+            shards[0].update(observe=True, observer_token=tokens[0])
+            assert broker.pid is not None
+            with CpuSampler(broker.pid) as sampler:
+                results = run_load(
+                    "bench.load",
+                    broker.address,
+                    shards,
+                    scenario="presence_storm",
+                    watch=broker.pid,
+                )
+        finally:
+            broker.kill()
+        started = min(r["started"] for r in results)  # the load's clock is CLOCK_MONOTONIC too
+        done = sorted(t for r in results for t in r["done_at"])
+        elapsed = max(r["elapsed"] for r in results)
 
-def create_users(db_path: Path, names: list[str]) -> None:
+        def per_login_ms(first: int, last: int) -> float | None:
+            """Wall time per login while logins first..last completed (others in flight)."""
+            if len(done) < last or last - first < 2:
+                return None
+            return round(float(done[last - 1] - done[first]) / (last - first - 1) * 1000, 3)
+
+        def cpu_per_login_ms(first: int, last: int) -> float | None:
+            """The broker's CPU per login while logins first..last completed."""
+            if len(done) < last or last - first < 2:
+                return None
+            used = sampler.cpu_at(started + done[last - 1]) - sampler.cpu_at(started + done[first])
+            return round(used / (last - first - 1) * 1000, 3)
+
+        cores = results[0].get("broker_cpu_cores") or 0.0
+        return {
+            "users": p.storm_users,
+            "in_flight": p.storm_in_flight,
+            "logins": len(done),
+            "storm_s": round(elapsed, 2),
+            "logins_per_s": rate(len(done), elapsed),
+            "per_login_ms_first_100": per_login_ms(0, 100),
+            "per_login_ms_900_to_1000": per_login_ms(900, 1000),
+            "per_login_ms_last_1000": per_login_ms(max(0, len(done) - 1000), len(done)),
+            # The first 200 logins go out together (in flight): time per login from 200 on.
+            "cpu_ms_per_login_200_to_300": cpu_per_login_ms(200, 300),
+            "cpu_ms_per_login_900_to_1000": cpu_per_login_ms(900, 1000),
+            "cpu_ms_per_login_last_1000": cpu_per_login_ms(max(0, len(done) - 1000), len(done)),
+            "observer_learned_all_s": results[0]["observer_learned_all_s"],
+            "observer_saw": results[0]["observer_saw"],
+            "broker_cpu_s": round(cores * elapsed, 2),
+            "broker_cpu_ms_per_login": round(cores * elapsed / max(1, len(done)) * 1000, 3),
+        }
+
+    def password_logins(self) -> dict[str, Any]:
+        """Password logins at the default bcrypt cost (12): each pays ~240 ms of CPU."""
+        p = self.plan
+        broker = self.fresh_broker("bcrypt")
+        try:
+            users = [f"pw{i}" for i in range(p.password_logins)]
+            create_users(broker.db_path, users, rounds=12)
+            results = run_load(
+                "bench.load",
+                broker.address,
+                [{"users": users}],
+                scenario="password_logins",
+                watch=broker.pid,
+            )
+        finally:
+            broker.kill()
+        r = results[0]
+        cores = r.get("broker_cpu_cores") or 0.0
+        return {
+            "logins": r["logins"],
+            "bcrypt_cost": 12,
+            "elapsed_s": round(r["elapsed"], 3),
+            "logins_per_s": rate(r["logins"], r["elapsed"]),
+            "broker_cpu_ms_per_login": round(cores * r["elapsed"] / r["logins"] * 1000, 1),
+        }
+
+    def idle(self) -> dict[str, Any]:
+        """Live connections (presence on) that only heartbeat at the documented interval."""
+        p = self.plan
+        settings = {"heartbeat_timeout": 30.0}  # the default: clients ping every 10 s
+        broker = self.fresh_broker("idle", **settings)
+        interval = 30.0 / 3
+        try:
+            users = [f"i{i}" for i in range(p.idle_connections)]
+            progress(f"idle: creating {len(users)} users and their logins (setup)")
+            tokens = create_users(broker.db_path, users, with_tokens=True)
+            pid = broker.pid
+            assert pid is not None
+            rss_before = rss_bytes(pid)
+            rss_connected: list[int] = []
+            shards = [
+                {
+                    "tokens": tokens[i :: p.load_procs],
+                    "interval": interval,
+                    "duration": p.idle_duration,
+                }
+                for i in range(p.load_procs)
+            ]
+            results = run_load(
+                "bench.load",
+                broker.address,
+                shards,
+                scenario="idle_live",
+                watch=broker.pid,
+                on_go=lambda: rss_connected.append(rss_bytes(pid)),
+            )
+            rss_after = rss_bytes(pid)
+        finally:
+            broker.kill()
+        connections = sum(r["connections"] for r in results)
+        cores = results[0].get("broker_cpu_cores") or 0.0
+        elapsed = max(r["elapsed"] for r in results)
+        pongs = sum(r["pongs"] for r in results)
+        grown = max(rss_connected[0], rss_after) - rss_before
+        return {
+            "connections": connections,
+            "heartbeat_interval_s": interval,
+            "heartbeats_per_s": rate(pongs, elapsed),
+            "broker_cpu_percent_of_core": round(cores * 100, 1),
+            "broker_cpu_us_per_heartbeat": round(cores / max(1.0, pongs / elapsed) * 1e6, 1),
+            "rss_before_mib": round(rss_before / 2**20, 1),
+            "rss_connected_mib": round(max(rss_connected[0], rss_after) / 2**20, 1),
+            "kib_per_connection": round(grown / max(1, connections) / 1024, 1),
+            **errors(results),
+        }
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory, from /proc (0 where there is none)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def create_users(
+    db_path: Path, names: list[str], *, rounds: int = 4, with_tokens: bool = False
+) -> list[str]:
     """Benchmark setup only: insert accounts straight into the broker's SQLite file.
 
-    One transaction and one precomputed bcrypt hash (cost 4) instead of a login per account;
-    the broker reads users from the database, so they work like any other account.
+    One transaction and one precomputed bcrypt hash (cost 4 unless `rounds`) instead of a
+    login per account; the broker reads users from the database, so they work like any other
+    account. With `with_tokens`, each also gets a login (an auth_sessions row, as a password
+    login would leave) and the tokens are returned in the order of `names`, for `resume`.
     """
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds)).decode()
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    tokens = [secrets.token_urlsafe(32) for _ in names] if with_tokens else []
     conn = sqlite3.connect(db_path, timeout=30)
     try:
         with conn:
@@ -534,8 +870,18 @@ def create_users(db_path: Path, names: list[str]) -> None:
                 " last_seq, acked_seq, created_at) VALUES (?, ?, 'user', 0, 0, 0, 0, ?)",
                 [(name, hashed, created) for name in names],
             )
+            if tokens:
+                conn.executemany(
+                    "INSERT INTO auth_sessions (user_id, token_hash, client, created_at,"
+                    " last_used_at) SELECT id, ?, 'bench', ?, ? FROM users WHERE username = ?",
+                    [
+                        (hashlib.sha256(token.encode()).hexdigest(), created, created, name)
+                        for name, token in zip(names, tokens, strict=True)
+                    ],
+                )
     finally:
         conn.close()
+    return tokens
 
 
 def format_table(results: Results) -> str:
@@ -591,6 +937,8 @@ def format_table(results: Results) -> str:
             )
             if ratio is not None:
                 figure += f"; {ratio:.2f}× Mosquitto"
+            if r.get("ratio_to_rabbitmq") is not None:
+                figure += f"; {r['ratio_to_rabbitmq']:.2f}× RabbitMQ quorum"
             figure += cpu(r) + refused(r)
             add("durable 1:1 texts e2e", figure, "peer_texts")
     if "mosquitto_peer" in s:
@@ -602,6 +950,15 @@ def format_table(results: Results) -> str:
             f"{r['client']} client){cpu(r)}{refused(r)}"
         )
         add("  Mosquitto, same workload", figure, "")
+    if "rabbitmq_peer" in s:
+        r = s["rabbitmq_peer"]
+        figure = (
+            "error: " + r["error"]
+            if err("rabbitmq_peer")
+            else f"{r['delivered_per_s']:,.0f} msgs/s delivered (quorum queues, {r['pairs']} "
+            f"pairs, confirms after fsync, lean client){cpu(r)}{refused(r)}"
+        )
+        add("  RabbitMQ, same workload", figure, "")
     if "request_response" in s:
         r = s["request_response"]
         figure = (
@@ -609,8 +966,22 @@ def format_table(results: Results) -> str:
             if err("request_response")
             else f"{r['msgs_per_s']:,.0f} msgs/s, p50 {r['latency']['p50_ms']:.2f} ms, "
             f"p99 {r['latency']['p99_ms']:.2f} ms ({r['connections']} conns){cpu(r)}{refused(r)}"
+            + (
+                f"; {r['ratio_to_rabbitmq']:.2f}× RabbitMQ quorum"
+                if r.get("ratio_to_rabbitmq") is not None
+                else ""
+            )
         )
         add("request/response", figure, "request_response")
+    if "rabbitmq_rr" in s:
+        r = s["rabbitmq_rr"]
+        figure = (
+            "error: " + r["error"]
+            if err("rabbitmq_rr")
+            else f"{r['msgs_per_s']:,.0f} msgs/s, p50 {r['latency']['p50_ms']:.2f} ms, "
+            f"p99 {r['latency']['p99_ms']:.2f} ms (quorum queue){cpu(r)}{refused(r)}"
+        )
+        add("  RabbitMQ, same workload", figure, "")
     if "trio_echo" in s:
         r = s["trio_echo"]
         figure = (
@@ -650,6 +1021,55 @@ def format_table(results: Results) -> str:
             f"{r['online']:,} online in {r['pushed_to_all_online_s'] * 1000:.0f} ms"
         )
         add("announcement", figure, "announcement")
+    if "presence_storm" in s:
+        r = s["presence_storm"]
+        if err("presence_storm"):
+            figure = "error: " + r["error"]
+        else:
+            learned = r["observer_learned_all_s"]
+            figure = (
+                f"{r['logins']:,} returning users (token resume, live, presence on) in "
+                f"{r['storm_s']:.1f} s ({r['logins_per_s']:,.0f}/s, {r['in_flight']} in flight); "
+                f"per login: first 100 {r['per_login_ms_first_100']} ms, 900-1,000 "
+                f"{r['per_login_ms_900_to_1000']} ms, last 1,000 {r['per_login_ms_last_1000']} ms; "
+                f"broker CPU {r['broker_cpu_ms_per_login']} ms/login (logins 200-300: "
+                f"{r['cpu_ms_per_login_200_to_300']}, 900-1,000: "
+                f"{r['cpu_ms_per_login_900_to_1000']}, last 1,000: "
+                f"{r['cpu_ms_per_login_last_1000']}); an observer knew all "
+                + (f"after {learned:.1f} s" if learned is not None else "NEVER")
+            )
+        add("presence: login storm", figure, "presence_storm")
+    if "password_logins" in s:
+        r = s["password_logins"]
+        figure = (
+            "error: " + r["error"]
+            if err("password_logins")
+            else f"{r['logins']} together in {r['elapsed_s']:.2f} s ({r['logins_per_s']:.1f}/s), "
+            f"broker CPU {r['broker_cpu_ms_per_login']:.0f} ms/login (bcrypt cost "
+            f"{r['bcrypt_cost']})"
+        )
+        add("  password logins", figure, "password_logins")
+    if "idle" in s:
+        r = s["idle"]
+        figure = (
+            "error: " + r["error"]
+            if err("idle")
+            else f"{r['connections']:,} live connections, a heartbeat each "
+            f"{r['heartbeat_interval_s']:.0f} s: {r['broker_cpu_percent_of_core']}% of a core "
+            f"({r['broker_cpu_us_per_heartbeat']} µs/heartbeat), {r['kib_per_connection']} "
+            f"KiB/connection (RSS {r['rss_before_mib']} -> {r['rss_connected_mib']} MiB)"
+            f"{refused(r)}"
+        )
+        add("idle live connections", figure, "idle")
+    if "idle_echo" in s:
+        r = s["idle_echo"]
+        figure = (
+            "error: " + r["error"]
+            if err("idle_echo")
+            else f"{r['connections']:,} connections, {r['pings_per_s']:,.0f} pings/s: "
+            f"{r['server_cpu_percent_of_core']}% of a core ({r['server_cpu_us_per_ping']} µs/ping)"
+        )
+        add("  bare trio echo, same pings (floor)", figure, "")
     width = max(len(r[0]) for r in rows) if rows else 10
     fig_width = max(len(r[1]) for r in rows) if rows else 10
     lines = [f"{'workload':<{width}}  {'measured':<{fig_width}}  target"]

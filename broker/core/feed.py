@@ -10,9 +10,8 @@ from typing import Any
 import trio
 
 from broker.protocol import ErrorCode, RequestRefused
-from broker.protocol.events import Event
 
-from .presence import FetchAfter, LiveSession
+from .presence import FetchAfter, LiveSession, PushedEvent
 from .views import mail_event
 
 log = logging.getLogger("mailnet.session")
@@ -23,7 +22,7 @@ FEED_RETRY_FIRST = 0.1
 FEED_RETRY_MAX = 5.0
 
 Message = dict[str, Any]  # a response's fields or an event, as the wire shows it
-Push = Callable[[list[Message], list[Event]], Awaitable[None]]
+Push = Callable[[list[Message], list[PushedEvent]], Awaitable[None]]
 
 
 async def deliver_feed(live: LiveSession, fetch_after: FetchAfter, push: Push) -> bool:

@@ -138,6 +138,7 @@ class Broker:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery  # for sends waiting on a shared rate lease
             nursery.start_soon(self.commits.run)
+            nursery.start_soon(self.presence.announce_forever)
             nursery.start_soon(self._flush_acks_forever)
             nursery.start_soon(
                 self.admin.end_revoked_sessions_forever, self.config.revoked_session_check
@@ -256,17 +257,26 @@ class Broker:
         address: str = "",
         quiet: bool = False,
         token: str | None = None,
+        presence_batch: bool = False,
     ) -> AsyncIterator[LiveSession]:
         """Register a live session (it shows in `who`) and feed it from its resume point.
 
         A quiet session (a one-shot command) is neither online nor fed: see Presence. The
-        login `token` it runs under lets a revocation on any node end it.
+        login `token` it runs under lets a revocation on any node end it. With
+        `presence_batch` it is told presence changes as one `presence_batch` event per tick.
         """
         acked = max(user.acked_seq, self._acked_through.get(user.id, 0))
         # Nobody can have seen past the last seq given out (read at login): a larger resume
         # point (a database restored from backup, a buggy client) would skip the next mail.
         start = acked if resume_after is None else min(resume_after, max(user.last_seq, acked))
-        session = LiveSession(user.id, user.username, client, cursor=max(0, start), address=address)
+        session = LiveSession(
+            user.id,
+            user.username,
+            client,
+            cursor=max(0, start),
+            address=address,
+            presence_batch=presence_batch,
+        )
         if token is not None:
             session.token_hash = hash_token(token)
         self.presence.add(session, quiet=quiet)

@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
+import msgspec
 import trio
 
 from broker.protocol import ErrorCode, RequestRefused, requests
 from broker.protocol import responses as r
-from broker.protocol.events import Event
 from broker.store import SendOutcome, UserRecord
 
 from .accounts import LoginResult
 from .feed import Message, deliver_feed
 from .operations import carry_out
-from .presence import LiveSession
+from .presence import LiveSession, PushedEvent
 from .service import Broker
 
 log = logging.getLogger("mailnet.session")
@@ -38,7 +39,7 @@ SendsDone = Callable[[list[SendOutcome | RequestRefused]], None]
 class Outlet(Protocol):
     """A transport's side of a live session: the one way its pushes and its end go out."""
 
-    async def push(self, mail: list[Message], events: list[Event]) -> None:
+    async def push(self, mail: list[Message], events: list[PushedEvent]) -> None:
         """Send `mail` events (entries in seq order, as views.mail_event builds them: the
         fast encoders' case), then the other `events` (broker.protocol.events)."""
 
@@ -217,7 +218,10 @@ class Session:
             self.live = await self._nursery.start(
                 self._run_feed, result.user, result.token, request
             )
-            self._nursery.start_soon(self._end_when_ended, self.live)
+            # No task per session waiting for its end: one starts if it ends (idle memory).
+            self.live.call_on_end(
+                partial(self._nursery.start_soon, self._end_when_ended, self.live)
+            )
         return result
 
     async def _logged_in(self, request: requests.Login | requests.Resume) -> r.LoginResult:
@@ -231,6 +235,7 @@ class Session:
             last_seq=result.user.last_seq,
             resume_after=self.live.cursor,
             heartbeat_interval=self.config.heartbeat_interval,
+            presence_batch=True if request.presence_batch else msgspec.UNSET,
         )
 
     # -- feed and end -------------------------------------------------------------------------
@@ -250,6 +255,7 @@ class Session:
             address=self.peer,
             quiet=not request.live,
             token=token,
+            presence_batch=request.presence_batch,
         ) as live:
             task_status.started(live)
             if not request.live:

@@ -53,8 +53,24 @@ class PresenceEvent(_Event, tag="presence"):
     online: bool
 
 
-Event = MailEvent | PresenceEvent
+class PresenceBatchEvent(_Event, tag="presence_batch"):
+    """The presence changes of one tick, for a client that logged in with presence_batch: the
+    users who came online and who went offline, each named once, as they were at its end."""
 
-EVENT_TYPES: tuple[type[_Event], ...] = (MailEvent, PresenceEvent)
+    online: list[str]
+    offline: list[str]
 
-__all__ = ["EVENT_TYPES", "Entry", "Event", "MailEvent", "PresenceEvent", "Timestamp"]
+
+Event = MailEvent | PresenceEvent | PresenceBatchEvent
+
+EVENT_TYPES: tuple[type[_Event], ...] = (MailEvent, PresenceEvent, PresenceBatchEvent)
+
+__all__ = [
+    "EVENT_TYPES",
+    "Entry",
+    "Event",
+    "MailEvent",
+    "PresenceBatchEvent",
+    "PresenceEvent",
+    "Timestamp",
+]

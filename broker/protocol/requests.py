@@ -80,6 +80,7 @@ class Login(_Request, tag="login", frozen=True):
     # needed to create an account when registration is 'invite'
     invite: Annotated[str, TEXT, Meta(max_length=MAX_INVITE_CHARS)] | None = None
     live: bool = True  # False: a one-shot command, not online and pushed nothing
+    presence_batch: bool = False  # presence changes as one presence_batch event per tick
 
 
 class Resume(_Request, tag="resume", frozen=True):
@@ -89,6 +90,7 @@ class Resume(_Request, tag="resume", frozen=True):
     resume_after: Seq | None = None
     client: Annotated[str, TEXT, Meta(max_length=100)] = ""
     live: bool = True
+    presence_batch: bool = False
 
 
 class Logout(_Request, tag="logout", frozen=True):
@@ -397,6 +399,7 @@ def _parse(op: str, f: _Fields) -> Request:
                 client=f.str("client", required=False, max_chars=100) or "",
                 invite=f.str("invite", required=False, max_chars=MAX_INVITE_CHARS),
                 live=f.bool("live", default=True),
+                presence_batch=f.bool("presence_batch", default=False),
             )
         case "resume":
             return Resume(
@@ -404,6 +407,7 @@ def _parse(op: str, f: _Fields) -> Request:
                 resume_after=f.int("resume_after", required=False),
                 client=f.str("client", required=False, max_chars=100) or "",
                 live=f.bool("live", default=True),
+                presence_batch=f.bool("presence_batch", default=False),
             )
         case "logout":
             return Logout()

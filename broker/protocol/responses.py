@@ -35,6 +35,9 @@ class LoginResult(Result):
     last_seq: int
     resume_after: int
     heartbeat_interval: float
+    # Present (true) only when the request asked for presence_batch events: a broker that
+    # leaves it out pushes one `presence` event per change (docs/protocol.md).
+    presence_batch: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class LogoutResult(Result):

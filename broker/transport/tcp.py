@@ -8,6 +8,7 @@ down: every failure becomes an error frame or a closed connection and a log line
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import trio
 from broker.config import Config
 from broker.core import Broker, Message, SendOutcome, Session
 from broker.core.prelogin import PreLoginFrames
+from broker.core.presence import PushedEvent, encode_events
 from broker.core.session import INTERNAL_MESSAGE
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import (
@@ -37,7 +39,6 @@ from broker.protocol import (
     requests,
     wire,
 )
-from broker.protocol.events import Event
 from broker.transport.proxied import accept_proxied
 
 log = logging.getLogger("mailnet.tcp")
@@ -68,6 +69,7 @@ class ClientConnection:
     _outgoing: list[bytes] = field(default_factory=list)
     _flush_wanted: trio.Event = field(default_factory=trio.Event)
     _closing: bool = False
+    _flusher_started: bool = False
     # When the socket was accepted: the TLS handshake and the login share one deadline.
     accepted_at: float | None = None
 
@@ -121,7 +123,7 @@ class ClientConnection:
                 nursery=nursery,
                 started_at=self.accepted_at,
             )
-            nursery.start_soon(self._flush_forever)
+            # No flusher until the first sends (_answered): an idle connection keeps fewer tasks.
             try:
                 await self._read_frames()
             finally:
@@ -130,13 +132,13 @@ class ClientConnection:
 
     # -- the session's Outlet -------------------------------------------------------------------
 
-    async def push(self, mail: list[Message], events: list[Event]) -> None:
+    async def push(self, mail: list[Message], events: list[PushedEvent]) -> None:
         # Mail events hold only strings, ints, bools and None: the fast encoder's case.
         send_plain = self.frames.send_plain
         data = b"".join([send_plain(m) for m in mail])
-        if events:
+        if events:  # a presence tick's events are encoded once for every connection
             send = self.frames.send_payload
-            data += b"".join([send(wire.event_payload(e)) for e in events])
+            data += encode_events(events, lambda e: send(wire.event_payload(e)))
         await self._write_bytes(data)
 
     async def end(self, code: ErrorCode, message: str) -> None:
@@ -259,6 +261,10 @@ class ClientConnection:
                     )
             self._outgoing.append(b"".join(frames))
             self._flush_wanted.set()
+            if not self._flusher_started:  # started by the first sends: none while idle
+                self._flusher_started = True
+                with contextlib.suppress(RuntimeError):  # closed: nobody to answer
+                    self._nursery.start_soon(self._flush_forever)
         finally:
             for _ in sends:
                 self._window.release()

@@ -22,9 +22,9 @@ from starlette.websockets import WebSocket
 from broker.config import Config
 from broker.core import Broker, Message, Session
 from broker.core.prelogin import BUSY_MESSAGE
+from broker.core.presence import PushedEvent, event_of
 from broker.core.throttle import ConnectionLimits
 from broker.protocol import ErrorCode, ProtocolError, RequestRefused, parse_request, requests
-from broker.protocol.events import Event
 from broker.protocol.responses import LoginResult
 
 from .auth import client_address
@@ -160,9 +160,9 @@ class LiveSocket:
 
     # -- the session's Outlet -------------------------------------------------------------------
 
-    async def push(self, mail: list[Message], events: list[Event]) -> None:
+    async def push(self, mail: list[Message], events: list[PushedEvent]) -> None:
         await self._ready_sent.wait()
-        await self.send(*mail, *[msgspec.to_builtins(e) for e in events])
+        await self.send(*mail, *[msgspec.to_builtins(event_of(e)) for e in events])
 
     async def end(self, code: ErrorCode, message: str) -> None:
         if code == ErrorCode.INTERNAL:
