@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import trio
 
-from broker.core.presence import LiveSession, Presence, PresenceTick, encode_events
-from broker.protocol import NEED_DATA, FrameConnection
+from broker.core.presence import LiveSession, Presence, PresenceTick, encode_events, event_of
+from broker.protocol import NEED_DATA, FrameConnection, wire
+from broker.protocol.events import Event
 
 WAIT = 20
 
@@ -189,7 +191,7 @@ async def test_a_login_storm_makes_one_push_per_session_per_tick_not_per_login()
     everyone = {f"u{i}" for i in range(1000)}
     for s in sessions:
         assert len(s._ticks) == 1
-        events = s.take_events()
+        events = [msgspec.to_builtins(event_of(e)) for e in s.take_events()]
         if s.presence_batch:
             assert len(events) == 1
             assert set(events[0]["online"]) == everyone
@@ -208,10 +210,10 @@ async def test_a_shared_presence_event_is_encoded_once_for_every_session():
     calls = 0
     frames = FrameConnection()
 
-    def encode(event: dict[str, Any]) -> bytes:
+    def encode(event: Event) -> bytes:
         nonlocal calls
         calls += 1
-        return frames.send(event)
+        return frames.send_payload(wire.event_payload(event))
 
     sent = {encode_events(s.take_events(), encode) for s in sessions}
     assert calls == 1
@@ -220,8 +222,13 @@ async def test_a_shared_presence_event_is_encoded_once_for_every_session():
 
 async def test_a_batch_names_each_changed_user_once_with_their_state_at_the_tick_end():
     tick = PresenceTick.of(0, [("a", True), ("b", True), ("a", False), ("c", False), ("c", True)])
-    assert tick.batch == {"event": "presence_batch", "online": ["b", "c"], "offline": ["a"]}
-    assert [(e["username"], e["online"]) for e in tick.events_for(batched=False, since=2)] == [
+    assert msgspec.to_builtins(tick.batch.event) == {
+        "event": "presence_batch",
+        "online": ["b", "c"],
+        "offline": ["a"],
+    }
+    told = [msgspec.to_builtins(event_of(e)) for e in tick.events_for(batched=False, since=2)]
+    assert [(e["username"], e["online"]) for e in told] == [
         ("a", False),
         ("c", False),
         ("c", True),

@@ -119,7 +119,7 @@ def test_every_documented_event_and_unanswering_error_validates() -> None:
         text = line.removeprefix("← ")
         if text.startswith(('{"event"', '{"re": null')):
             shown.append(json.loads(text))
-    assert {frame.get("event") for frame in shown} == {"mail", "presence", None}
+    assert {frame.get("event") for frame in shown} == {"mail", "presence", "presence_batch", None}
     for frame in shown:
         check_answer(None, frame)
 

@@ -18,6 +18,7 @@ import trio
 import broker.core.feed as feed_module
 from broker.config import Config
 from broker.core import Broker, Message, Session
+from broker.core.presence import PushedEvent, event_of
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
 from broker.protocol import responses as r
 from broker.protocol.events import Event, PresenceEvent
@@ -40,9 +41,9 @@ class RecordingOutlet:
         self.closed = trio.Event()
         self._changed = trio.Event()
 
-    async def push(self, mail: list[Message], events: list[Event]) -> None:
+    async def push(self, mail: list[Message], events: list[PushedEvent]) -> None:
         self.mail.extend(mail)
-        self.events.extend(events)
+        self.events.extend(event_of(e) for e in events)  # shared presence ticks unwrapped
         self._changed.set()
         self._changed = trio.Event()
 
