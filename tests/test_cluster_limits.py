@@ -125,3 +125,36 @@ async def test_sends_of_one_connection_keep_their_order_while_waiting_for_leases
                         answers[frame["re"]] = frame["message_id"]
             ids = [answers[i] for i in range(1, 301)]
             assert ids == sorted(ids)  # stored in the order they were sent
+
+
+def test_a_login_ledger_reads_the_clock_after_waiting_for_its_lock(pg_url: str) -> None:
+    """Two nodes decide logins on one key: the second waits for the first's lock, then must see
+    the slot the first set as passed, not in its future (a correct login refused, seen under
+    chaos with --login-max-delay 0)."""
+    import threading
+    import time
+
+    from broker.store import make_engines, migrate
+    from broker.store.limits import with_login_ledger
+
+    engines = make_engines(pg_url)
+    try:
+        migrate.upgrade(engines.write)
+        key = "account:bob"
+        locked = threading.Event()
+
+        def first(ledger):  # type: ignore[no-untyped-def]
+            ledger.set_next_slot(key, ledger.now() + 0.5)
+            locked.set()
+            time.sleep(1.5)  # holds the row lock past the slot it set
+
+        holder = threading.Thread(target=with_login_ledger, args=(engines, [key], True, first))
+        holder.start()
+        assert locked.wait(10)
+        now, slot = with_login_ledger(
+            engines, [key], True, lambda ledger: (ledger.now(), ledger.next_slot(key))
+        )
+        holder.join(10)
+        assert slot is not None and now >= slot
+    finally:
+        engines.dispose()

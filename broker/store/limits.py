@@ -43,7 +43,6 @@ class SqlLoginLedger:
 
     def __init__(self, conn: Connection, keys: Sequence[str], *, lock: bool) -> None:
         self.conn = conn
-        self._now = _database_now(conn)
         ordered = sorted(set(keys))
         self._slots: dict[str, float | None] = {}
         if lock:
@@ -59,6 +58,9 @@ class SqlLoginLedger:
                 .with_for_update()
             )
             self._slots = {row.key: row.next_slot for row in rows}
+        # Read after the locks: a transaction that waited for another node's must not judge
+        # that node's next slot by a clock read before the wait (it would look in the future).
+        self._now = _database_now(conn)
         self._failures: dict[str, list[float]] = {key: [] for key in ordered}
         self._in_flight: Counter[str] = Counter()
         rows = conn.execute(
