@@ -267,6 +267,7 @@ class Client:
         subject: str | None = None,
         body: str | None = None,
         client_msg_id: str | None = None,
+        in_reply_to: int | None = None,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "kind": kind,
@@ -278,6 +279,8 @@ class Client:
             fields["subject"] = subject
         if body is not None:
             fields["body"] = body
+        if in_reply_to is not None:
+            fields["in_reply_to"] = in_reply_to
         return await self.request("send", **fields)
 
     async def send_email(self, to: list[str], subject: str, body: str, **kw: Any) -> dict:

@@ -77,6 +77,10 @@ from .export import export  # noqa: E402
 admin.add_command(backup)
 main.add_command(export)
 
+from .mailbox import reply  # noqa: E402
+
+main.add_command(reply)
+
 from .bench import bench  # noqa: E402
 
 main.add_command(bench)

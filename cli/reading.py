@@ -136,6 +136,9 @@ def parse_since(value: str) -> str:
 @click.option("--since", metavar="DATE", help="ISO date/date-time, or relative: 30m, 2h, 7d.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--before-id", type=click.IntRange(min=1), help="Page: messages older than this id.")
+@click.option(
+    "--thread", type=click.IntRange(min=1), metavar="ID", help="Only this thread (its thread_id)."
+)
 @json_option
 @client_options
 def history(
@@ -145,6 +148,7 @@ def history(
     since: str | None,
     limit: int,
     before_id: int | None,
+    thread: int | None,
     as_json: bool,
     options: ClientOptions,
 ) -> None:
@@ -156,6 +160,7 @@ def history(
         "since": parse_since(since) if since else None,
         "limit": limit,
         "before_id": before_id,
+        "thread": thread,
     }
 
     async def run() -> list[dict[str, Any]]:

@@ -391,6 +391,7 @@ class Broker:
             subject=subject,
             body=body,
             client_msg_id=request.client_msg_id,
+            in_reply_to=request.in_reply_to,
         )
 
     def _deliver(self, outcomes: Sequence[SendOutcome]) -> None:
@@ -442,6 +443,7 @@ class Broker:
             before_id=request.before_id,
             query=None if request.query is None else parse_search(request.query),
             offset=request.offset,
+            thread_id=request.thread,
             username=user.username,
         )
         return await self.runner.read(self.runner.store.history, user.id, query)

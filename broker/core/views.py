@@ -46,6 +46,8 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
         "sent_at": iso(entry.sent_at),
         "read": entry.read,
         "direction": entry.direction,
+        "thread_id": entry.thread_id or entry.message_id,
+        "in_reply_to": entry.in_reply_to,
     }
 
 

@@ -34,6 +34,10 @@ class Entry(msgspec.Struct, kw_only=True):
     sent_at: Timestamp
     read: bool
     direction: Literal["in", "out"]
+    # Its thread (the id of the thread's first message; its own id when it starts one) and the
+    # message it replies to. Absent from brokers before threads: a client reads them as None.
+    thread_id: int | None = None
+    in_reply_to: int | None = None
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="event"):

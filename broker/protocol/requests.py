@@ -99,6 +99,8 @@ class Send(_Request, tag="send", frozen=True):
     client_msg_id: Annotated[str, Meta(min_length=1, max_length=MAX_CLIENT_MSG_ID_CHARS)] | None = (
         None
     )
+    # A reply: the id of a message the sender can see in their own history (else not_found).
+    in_reply_to: PositiveInt | None = None
 
 
 class Ack(_Request, tag="ack", frozen=True):
@@ -131,6 +133,8 @@ class History(_Request, tag="history", frozen=True):
     query: Annotated[str, Meta(max_length=MAX_QUERY_CHARS)] | None = None
     # Paging through ranked results (a query with words); before_id pages by message id.
     offset: Annotated[int, Meta(ge=0, le=MAX_SEARCH_OFFSET)] = 0
+    # Only the messages of one thread (a thread_id, as entries carry it).
+    thread: PositiveInt | None = None
 
 
 class SetPrefs(_Request, tag="set_prefs", frozen=True):
@@ -340,7 +344,17 @@ def _parse_send(f: _Fields) -> Send:
     else:
         body = f.str("body", max_chars=MAX_BODY_CHARS)
     client_msg_id = f.str("client_msg_id", required=False, max_chars=MAX_CLIENT_MSG_ID_CHARS)
-    return Send(kind=kind, to=to, subject=subject, body=body, client_msg_id=client_msg_id)
+    in_reply_to = f.int("in_reply_to", required=False, minimum=1)
+    if in_reply_to is not None and kind in ("announcement", "rickroll"):
+        raise _bad(f"a {kind} cannot be a reply")
+    return Send(
+        kind=kind,
+        to=to,
+        subject=subject,
+        body=body,
+        client_msg_id=client_msg_id,
+        in_reply_to=in_reply_to,
+    )
 
 
 def _parse_history(f: _Fields) -> History:
@@ -361,6 +375,7 @@ def _parse_history(f: _Fields) -> History:
         before_id=f.int("before_id", required=False, minimum=1),
         query=query,
         offset=f.int("offset", required=False, minimum=0, maximum=MAX_SEARCH_OFFSET) or 0,
+        thread=f.int("thread", required=False, minimum=1),
     )
 
 

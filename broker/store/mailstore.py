@@ -87,6 +87,8 @@ _ENTRY_COLUMNS = (
     messages.c.body,
     messages.c.created_at,
     _sender.c.username.label("sender"),
+    messages.c.in_reply_to,
+    messages.c.thread_id,
 )
 
 
@@ -102,6 +104,8 @@ def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
         sent_at=row.created_at,
         read=row.read_at is not None,
         direction=direction,
+        in_reply_to=row.in_reply_to,
+        thread_id=row.thread_id,
     )
 
 
@@ -109,7 +113,7 @@ def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
 # SQLAlchemy's row processing (its DATETIME parsing above all) costs more than the query.
 _ENTRIES_AFTER_SQL = (
     "SELECT b.seq, b.read_at, m.id, m.kind, m.recipients, m.subject, m.body, m.created_at,"
-    " s.username FROM mailbox AS b"
+    " s.username, m.in_reply_to, m.thread_id FROM mailbox AS b"
     " JOIN messages AS m ON m.id = b.message_id"
     " JOIN users AS s ON s.id = m.sender_id"
     " WHERE b.user_id = ? AND b.seq > ? ORDER BY b.seq LIMIT ?"
@@ -134,7 +138,19 @@ def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[E
     # view renders it once too (see core.views.iso).
     stamps: dict[object, datetime] = {}
     entries = []
-    for seq, read_at, message_id, kind, recipients, subject, body, created_at, sender in rows:
+    for (
+        seq,
+        read_at,
+        message_id,
+        kind,
+        recipients,
+        subject,
+        body,
+        created_at,
+        sender,
+        in_reply_to,
+        thread_id,
+    ) in rows:
         sent_at = stamps.get(created_at)
         if sent_at is None:
             sent_at = stamps[created_at] = _sqlite_utc(created_at)
@@ -150,6 +166,8 @@ def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[E
                 sent_at,
                 read_at is not None,
                 "in",
+                in_reply_to,
+                thread_id,
             )
         )
     return entries
@@ -352,6 +370,8 @@ class MailStore(AdminStoreMixin):
                 messages.c.created_at,
                 messages.c.sender_id,
                 _sender.c.username.label("sender"),
+                messages.c.in_reply_to,
+                messages.c.thread_id,
             )
             .select_from(messages)
             .join(_sender, _sender.c.id == messages.c.sender_id)
@@ -379,6 +399,9 @@ class MailStore(AdminStoreMixin):
                     ),
                 )
             )
+        if query.thread_id is not None:
+            thread = query.thread_id
+            stmt = stmt.where(or_(messages.c.id == thread, messages.c.thread_id == thread))
         if query.kind is not None:
             stmt = stmt.where(messages.c.kind == query.kind)
         if query.search:

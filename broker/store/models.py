@@ -95,6 +95,10 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     client_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A reply: the message it answers, and its thread's first message (NULL: this message
+    # starts its own thread, whose id is its own). NULL costs a send nothing.
+    in_reply_to: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    thread_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
 
 
 class MailboxEntry(Base):

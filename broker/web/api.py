@@ -191,6 +191,7 @@ class HttpApi:
                 "before_id": query_int(request, "before_id"),
                 "query": query_str(request, "q"),
                 "offset": query_int(request, "offset"),
+                "thread": query_int(request, "thread"),
             }
         )
         assert isinstance(history, requests.History)

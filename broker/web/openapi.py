@@ -36,6 +36,12 @@ CLIENT_MSG_ID = {
     "maxLength": MAX_CLIENT_MSG_ID_CHARS,
     "description": "Your id for this send: a retry with the same id is stored once.",
 }
+IN_REPLY_TO = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "maximum": MAX_INT,
+    "description": "A reply: the id of a message in the sender's history.",
+}
 ONE_RECIPIENT = {
     "anyOf": [USERNAME, {"type": "array", "items": USERNAME, "minItems": 1}],
     "description": "The one recipient (a list naming only that user is accepted too).",
@@ -188,6 +194,8 @@ SCHEMAS: dict[str, Any] = {
             "sent_at": {"type": "string", "format": "date-time"},
             "read": {"type": "boolean"},
             "direction": {"type": "string", "enum": ["in", "out"]},
+            "thread_id": {"type": "integer", "description": "The thread's first message."},
+            "in_reply_to": {"type": ["integer", "null"]},
         },
     },
     "EmailRequest": {
@@ -204,12 +212,18 @@ SCHEMAS: dict[str, Any] = {
             "subject": SUBJECT,
             "body": BODY,
             "client_msg_id": CLIENT_MSG_ID,
+            "in_reply_to": IN_REPLY_TO,
         },
     },
     "TextRequest": {
         "type": "object",
         "required": ["to", "body"],
-        "properties": {"to": ONE_RECIPIENT, "body": BODY, "client_msg_id": CLIENT_MSG_ID},
+        "properties": {
+            "to": ONE_RECIPIENT,
+            "body": BODY,
+            "client_msg_id": CLIENT_MSG_ID,
+            "in_reply_to": IN_REPLY_TO,
+        },
     },
     "AnnouncementRequest": {
         "type": "object",
@@ -371,6 +385,11 @@ def openapi_schema() -> dict[str, Any]:
                             "offset",
                             {"type": "integer", "minimum": 0, "maximum": MAX_SEARCH_OFFSET},
                             "Skip this many results (paging ranked results).",
+                        ),
+                        _query(
+                            "thread",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+                            "Only the messages of this thread (an entry's thread_id).",
                         ),
                         _query("limit", LIMIT, "Page size."),
                         _query(

@@ -1,0 +1,81 @@
+"""`mailnet reply`: commands that act on mail already in your mailbox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from broker.client import Client
+
+from .connect import ClientOptions, client_options, run_async, session_client
+from .output import EXIT_REFUSED, emit_json, fail, json_option
+from .sending import _read_body
+
+MAX_SUBJECT_CHARS = 200
+
+
+def reply_subject(entry: dict[str, Any]) -> str:
+    """'Re: <subject>', never 'Re: Re: ...'; a text's first line stands in for a subject."""
+    original = entry.get("subject") or " ".join(str(entry.get("body") or "").split()[:8])
+    original = " ".join(original.split()) or "your message"
+    if original[:3].lower() == "re:":
+        original = original[3:].lstrip()
+    return ("Re: " + original)[:MAX_SUBJECT_CHARS]
+
+
+def reply_recipients(entry: dict[str, Any], me: str, *, to_all: bool) -> list[str]:
+    """The sender; with `to_all`, also everyone the message was addressed to, except me."""
+    sender = entry.get("sender")
+    if entry["kind"] == "rickroll" or not sender:
+        fail("a rick-roll has no sender to reply to", EXIT_REFUSED)
+    names = [sender]
+    if to_all:
+        names += entry.get("recipients") or []
+    names = [name for name in dict.fromkeys(names) if name != me]
+    return names or [sender]
+
+
+async def entry_by_seq(client: Client, seq: int) -> dict[str, Any]:
+    """The entry at `seq` in the user's own mailbox (CliError when there is none)."""
+    page = await client.inbox(limit=1, before_seq=seq + 1)
+    entries = page["entries"]
+    if not entries or entries[0]["seq"] != seq:
+        fail(f"no message #{seq} in your mailbox", EXIT_REFUSED)
+    found: dict[str, Any] = entries[0]
+    return found
+
+
+@click.command()
+@click.argument("seq", type=click.IntRange(min=1))
+@click.option("--all", "to_all", is_flag=True, help="Reply to everyone on it but yourself.")
+@click.option("--body", help="The body; read from stdin when omitted.")
+@json_option
+@client_options
+def reply(seq: int, to_all: bool, body: str | None, as_json: bool, options: ClientOptions) -> None:
+    """Reply by email to the message SEQ of your mailbox, in its thread."""
+    text = _read_body(body)
+
+    async def run() -> tuple[dict[str, Any], list[str], str]:
+        async with session_client(options) as auth:
+            client = auth.client
+            entry = await entry_by_seq(client, seq)
+            to = reply_recipients(entry, client.username or "", to_all=to_all)
+            subject = reply_subject(entry)
+            sent = await client.send_email(to, subject, text, in_reply_to=entry["message_id"])
+            return {**sent, "thread_id": entry.get("thread_id") or entry["message_id"]}, to, subject
+
+    result, to, subject = run_async(run)
+    if as_json:
+        emit_json(
+            {
+                "message_id": result["message_id"],
+                "kind": "email",
+                "to": to,
+                "subject": subject,
+                "thread_id": result["thread_id"],
+                "duplicate": result.get("duplicate", False),
+            }
+        )
+        return
+    click.echo(f"Sent email #{result['message_id']} to {', '.join(to)}: {subject}")

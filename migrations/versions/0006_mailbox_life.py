@@ -1,0 +1,32 @@
+"""mailbox life: replies and threads
+
+Revision ID: 0006
+Revises: 0005
+
+`messages.in_reply_to` (the message a reply answers) and `messages.thread_id` (its thread's
+first message; NULL for a message that starts its own thread). Both are NULL for every
+ordinary send, so the group commit writes nothing more for them. Columns are added and dropped
+with plain ALTER TABLE (no batch copy), so SQLite keeps the search triggers on `messages`.
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | Sequence[str] | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.add_column("messages", sa.Column("in_reply_to", sa.BigInteger(), nullable=True))
+    op.add_column("messages", sa.Column("thread_id", sa.BigInteger(), nullable=True))
+    op.create_index(op.f("ix_messages_thread_id"), "messages", ["thread_id"], unique=False)
+
+
+def downgrade() -> None:
+    op.drop_index(op.f("ix_messages_thread_id"), table_name="messages")
+    op.drop_column("messages", "thread_id")
+    op.drop_column("messages", "in_reply_to")

@@ -1,0 +1,271 @@
+"""Mailbox life (issue 12): replies and threads, pinned once without sockets on the core Session
+(SQLite, and PostgreSQL when MAILNET_TEST_PG_URL is set), then on the wire of each transport."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from cli_helpers import User
+from sqlalchemy import create_engine, text
+
+from broker.client import RequestFailed
+from broker.config import Config
+from broker.core import Broker, Session
+from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
+from broker.protocol import responses as r
+from tests.conftest import RunningBroker, make_config, running_broker
+from tests.test_session_layer import create_accounts, login, running_core
+
+WAIT = 20
+PG_URL = os.environ.get("MAILNET_TEST_PG_URL", "")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections use a fresh schema of their own, dropped afterwards."""
+    if not PG_URL:
+        pytest.skip("MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)")
+    schema = "mailnet_mailbox_" + uuid.uuid4().hex[:8]
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    if request.param == "sqlite":
+        return make_config(tmp_path)
+    return make_config(tmp_path, db=request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def core(store_config: Config) -> AsyncIterator[Broker]:
+    async with running_core(store_config) as running:
+        yield running
+
+
+async def session_of(core: Broker, username: str) -> Session:
+    """A logged-in session that is not live (a one-shot command's)."""
+    session = Session(core, peer="127.0.0.1")
+    request = login(username, live=False)
+    assert isinstance(request, requests.Login)
+    await session.log_in(request)
+    return session
+
+
+def send(**fields: Any) -> requests.Send:
+    request = parse_request({"op": "send", **fields})
+    assert isinstance(request, requests.Send)
+    return request
+
+
+async def history(session: Session, **fields: Any) -> list[dict[str, Any]]:
+    answer = await session.handle(parse_request({"op": "history", **fields}))
+    assert isinstance(answer, r.HistoryResult)
+    return [
+        {
+            "id": e.message_id,
+            "body": e.body,
+            "thread_id": e.thread_id,
+            "in_reply_to": e.in_reply_to,
+        }
+        for e in answer.items
+    ]
+
+
+# -- 1. replies and threads, in the core -----------------------------------------------------
+
+
+async def test_replies_keep_the_thread_of_their_first_message(core: Broker) -> None:
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "alice", "bob", "carol")
+        alice, bob = await session_of(core, "alice"), await session_of(core, "bob")
+        root = await alice.send(send(kind="email", to=["bob", "carol"], subject="Lunch", body="1"))
+        first = await bob.send(
+            send(
+                kind="email",
+                to=["alice"],
+                subject="Re: Lunch",
+                body="2",
+                in_reply_to=root.message_id,
+            )
+        )
+        # alice replies to bob's reply: still the thread of the first message
+        second = await alice.send(
+            send(kind="text", to=["bob"], body="3", in_reply_to=first.message_id)
+        )
+        await alice.send(send(kind="text", to=["bob"], body="elsewhere"))
+        thread = await history(alice, thread=root.message_id)
+        assert thread == [
+            {
+                "id": second.message_id,
+                "body": "3",
+                "thread_id": root.message_id,
+                "in_reply_to": first.message_id,
+            },
+            {
+                "id": first.message_id,
+                "body": "2",
+                "thread_id": root.message_id,
+                "in_reply_to": root.message_id,
+            },
+            {"id": root.message_id, "body": "1", "thread_id": root.message_id, "in_reply_to": None},
+        ]
+        # bob's inbox entries carry the thread too
+        inbox = await bob.handle(parse_request({"op": "inbox"}))
+        assert isinstance(inbox, r.InboxResult)
+        threads = {e.body: (e.thread_id, e.in_reply_to) for e in inbox.entries}
+        assert threads["3"] == (root.message_id, first.message_id)
+        assert threads["elsewhere"] == (inbox.entries[0].message_id, None)
+        # carol sees only what reached her mailbox of that thread
+        carol = await session_of(core, "carol")
+        assert [m["id"] for m in await history(carol, thread=root.message_id)] == [root.message_id]
+
+
+async def test_a_reply_to_a_message_outside_your_history_is_refused(core: Broker) -> None:
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "alice", "bob", "mallory")
+        alice, mallory = await session_of(core, "alice"), await session_of(core, "mallory")
+        private = await alice.send(send(kind="text", to=["bob"], body="between us"))
+        with pytest.raises(RequestRefused) as refused:
+            await mallory.send(
+                send(kind="text", to=["bob"], body="sneaky", in_reply_to=private.message_id)
+            )
+        assert refused.value.code == ErrorCode.NOT_FOUND
+        with pytest.raises(RequestRefused) as missing:
+            await alice.send(send(kind="text", to=["bob"], body="?", in_reply_to=10_000))
+        assert missing.value.code == ErrorCode.NOT_FOUND
+        bob = await session_of(core, "bob")
+        assert [m["body"] for m in await history(bob)] == ["between us"]
+
+
+def test_announcements_and_rickrolls_cannot_be_replies() -> None:
+    for fields in (
+        {"kind": "announcement", "subject": "s", "body": "b"},
+        {"kind": "rickroll", "to": ["bob"]},
+    ):
+        with pytest.raises(RemoteProtocolError) as bad:
+            parse_request({"op": "send", "in_reply_to": 1, **fields})
+        assert bad.value.code == ErrorCode.BAD_REQUEST
+    with pytest.raises(RemoteProtocolError):
+        parse_request({"op": "history", "thread": 0})
+
+
+# -- 1. on the wire ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def web(tmp_path: Path) -> AsyncIterator[RunningBroker]:
+    async with running_broker(make_config(tmp_path, web_port=0)) as running:
+        yield running
+
+
+async def test_tcp_reply_is_pushed_with_its_thread_and_history_filters_by_thread(
+    broker: RunningBroker,
+) -> None:
+    with trio.fail_after(WAIT):
+        async with broker.user("alice") as alice, broker.user("bob") as bob:
+            root = await alice.send_email(["bob"], "Plans", "first")
+            assert (await bob.next_mail())["thread_id"] == root["message_id"]
+            answer = await bob.send_email(
+                ["alice"], "Re: Plans", "second", in_reply_to=root["message_id"]
+            )
+            pushed = await alice.next_mail()
+            assert pushed["message_id"] == answer["message_id"]
+            assert (pushed["thread_id"], pushed["in_reply_to"]) == (
+                root["message_id"],
+                root["message_id"],
+            )
+            items = await alice.history(thread=root["message_id"])
+            assert [i["message_id"] for i in items] == [answer["message_id"], root["message_id"]]
+            with pytest.raises(RequestFailed) as refused:
+                await bob.send_text("alice", "x", in_reply_to=answer["message_id"] + 100)
+            assert refused.value.code == "not_found"
+
+
+async def test_http_send_takes_in_reply_to_and_history_takes_thread(web: RunningBroker) -> None:
+    with trio.fail_after(WAIT):
+        async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
+            tokens = {}
+            for name in ("alice", "bob"):
+                response = await http.post(
+                    "/api/login",
+                    json={"username": name, "password": "password1", "create": True},
+                )
+                tokens[name] = {"Authorization": f"Bearer {response.json()['token']}"}
+            root = await http.post(
+                "/api/emails",
+                json={"to": ["bob"], "subject": "Hi", "body": "one"},
+                headers=tokens["alice"],
+            )
+            root_id = root.json()["message_id"]
+            reply = await http.post(
+                "/api/texts",
+                json={"to": "alice", "body": "two", "in_reply_to": root_id},
+                headers=tokens["bob"],
+            )
+            assert reply.status_code == 200, reply.text
+            found = await http.get(f"/api/history?thread={root_id}", headers=tokens["alice"])
+            items = found.json()["items"]
+            assert [(i["body"], i["thread_id"], i["in_reply_to"]) for i in items] == [
+                ("two", root_id, root_id),
+                ("one", root_id, None),
+            ]
+            refused = await http.post(
+                "/api/texts",
+                json={"to": "bob", "body": "x", "in_reply_to": root_id + 50},
+                headers=tokens["alice"],
+            )
+            assert refused.status_code == 404
+            assert refused.json()["error"]["code"] == "not_found"
+
+
+# -- 1. the CLI --------------------------------------------------------------------------------
+
+
+async def test_cli_reply_all_threads_with_one_re_and_history_shows_the_thread(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    alice = User("alice", tmp_path / "alice", broker.address)
+    bob = User("bob", tmp_path / "bob", broker.address)
+    carol = User("carol", tmp_path / "carol", broker.address)
+    with trio.fail_after(120):
+        for user in (alice, bob, carol):
+            await user.login()
+        sent = (
+            await alice.ok(
+                "send", "--to", "bob,carol", "--subject", "Re: Budget", "--body", "v1", "--json"
+            )
+        ).json_lines()[0]
+        replied = (
+            await bob.ok("reply", "1", "--all", "--json", stdin=b"looks good\n")
+        ).json_lines()
+        assert replied[0]["to"] == ["alice", "carol"]
+        assert replied[0]["subject"] == "Re: Budget"  # not "Re: Re: Budget"
+        assert replied[0]["thread_id"] == sent["message_id"]
+        plain = await carol.ok("reply", "1", "--body", "me too")
+        assert "to alice: Re: Budget" in plain.stdout
+        thread = (
+            await alice.ok("history", "--thread", str(sent["message_id"]), "--json")
+        ).json_lines()
+        assert [(i["body"], i["in_reply_to"]) for i in thread] == [
+            ("me too", sent["message_id"]),
+            ("looks good\n", sent["message_id"]),
+            ("v1", None),
+        ]
+        missing = await bob("reply", "99", "--body", "x")
+        assert missing.returncode == 5 and "no message #99" in missing.stderr
