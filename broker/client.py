@@ -337,6 +337,10 @@ class Client:
     async def mark_read(self, seqs: list[int]) -> int:
         return (await self.request("mark_read", seqs=seqs))["marked"]
 
+    async def mark_unread(self, seqs: list[int]) -> int:
+        marked: int = (await self.request("mark_unread", seqs=seqs))["marked"]
+        return marked
+
     async def who(self) -> list[dict[str, Any]]:
         return (await self.request("who"))["users"]
 

@@ -79,3 +79,21 @@ def reply(seq: int, to_all: bool, body: str | None, as_json: bool, options: Clie
         )
         return
     click.echo(f"Sent email #{result['message_id']} to {', '.join(to)}: {subject}")
+
+
+@click.command()
+@click.argument("seqs", nargs=-1, required=True, type=click.IntRange(min=1))
+@json_option
+@client_options
+def unread(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> None:
+    """Mark messages SEQ... of your mailbox unread again (every session of yours sees it)."""
+
+    async def run() -> int:
+        async with session_client(options) as auth:
+            return await auth.client.mark_unread(list(seqs))
+
+    marked = run_async(run)
+    if as_json:
+        emit_json({"marked": marked, "seqs": list(seqs)})
+        return
+    click.echo(f"Marked {marked} unread.")

@@ -77,9 +77,10 @@ from .export import export  # noqa: E402
 admin.add_command(backup)
 main.add_command(export)
 
-from .mailbox import reply  # noqa: E402
+from .mailbox import reply, unread  # noqa: E402
 
 main.add_command(reply)
+main.add_command(unread)
 
 from .bench import bench  # noqa: E402
 

@@ -20,6 +20,7 @@ from broker.config import Config
 from broker.core import Broker, Session
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
 from broker.protocol import responses as r
+from broker.protocol.events import MailboxEvent
 from tests.conftest import RunningBroker, make_config, running_broker
 from tests.test_session_layer import create_accounts, login, running_core
 
@@ -269,3 +270,111 @@ async def test_cli_reply_all_threads_with_one_re_and_history_shows_the_thread(
         ]
         missing = await bob("reply", "99", "--body", "x")
         assert missing.returncode == 5 and "no message #99" in missing.stderr
+
+
+# -- 6. every session in step ------------------------------------------------------------------
+
+
+async def mailbox_events(outlet: Any, count: int) -> list[MailboxEvent]:
+    """The first `count` mailbox events the outlet got (presence events come at any time)."""
+    while True:
+        found = [e for e in outlet.events if isinstance(e, MailboxEvent)]
+        if len(found) >= count:
+            return found
+        await outlet.wait_for_events(len(outlet.events) + 1)
+
+
+async def test_read_and_unread_reach_every_live_session_of_the_user_only(core: Broker) -> None:
+    from tests.test_session_layer import connection, text
+
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "alice", "bob")
+        alice = await session_of(core, "alice")
+        for n in range(3):
+            await alice.send(text("bob", f"m{n}"))
+        async with (
+            connection(core) as (laptop, laptop_out),
+            connection(core) as (phone, phone_out),
+            connection(core) as (watcher, watcher_out),
+        ):
+            await laptop.handle(login("bob"))
+            await phone.handle(login("bob"))
+            await watcher.handle(login("alice"))
+            await laptop_out.wait_for_mail(3)
+            await phone_out.wait_for_mail(3)
+            marked = await laptop.handle(parse_request({"op": "mark_read", "seqs": [1, 3]}))
+            assert marked == r.MarkReadResult(marked=2)
+            # already read: no change, no event
+            await laptop.handle(parse_request({"op": "mark_read", "seqs": [1]}))
+            again = await phone.handle(parse_request({"op": "mark_unread", "seqs": [3, 2]}))
+            assert again == r.MarkUnreadResult(marked=1)  # 2 was never read
+            for outlet in (laptop_out, phone_out):
+                events = await mailbox_events(outlet, 2)
+                assert events == [
+                    MailboxEvent(change="read", seqs=[1, 3]),
+                    MailboxEvent(change="unread", seqs=[3]),
+                ]
+            assert not [e for e in watcher_out.events if isinstance(e, MailboxEvent)]
+            inbox = await phone.handle(parse_request({"op": "inbox"}))
+            assert isinstance(inbox, r.InboxResult)
+            assert {e.seq: e.read for e in inbox.entries} == {1: True, 2: False, 3: False}
+
+
+async def test_tcp_and_websocket_sessions_hear_a_read_made_over_http(web: RunningBroker) -> None:
+    from tests.test_web_api import live
+
+    with trio.fail_after(WAIT):
+        async with web.user("alice") as alice, web.user("bob") as bob_tcp:
+            await alice.send_text("bob", "one")
+            await alice.send_text("bob", "two")
+            await bob_tcp.next_mail()
+            async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
+                response = await http.post(
+                    "/api/login", json={"username": "bob", "password": "password1"}
+                )
+                token = response.json()["token"]
+                headers = {"Authorization": f"Bearer {token}"}
+                async with live(web, token) as ws:
+                    read = await http.post("/api/read", json={"seqs": [2]}, headers=headers)
+                    assert read.json() == {"marked": 1}
+                    event = await _next_mailbox_event(ws)
+                    assert event == {"event": "mailbox", "change": "read", "seqs": [2]}
+                    back = await http.post("/api/unread", json={"seqs": [2]}, headers=headers)
+                    assert back.json() == {"marked": 1}
+                    assert (await _next_mailbox_event(ws))["change"] == "unread"
+            while (pushed := await bob_tcp.next_event())["event"] != "mailbox":
+                pass
+            assert pushed == {"event": "mailbox", "change": "read", "seqs": [2]}
+            assert (await bob_tcp.next_event())["change"] == "unread"
+
+
+async def _next_mailbox_event(ws: Any) -> dict[str, Any]:
+    from tests.test_web_api import receive_event
+
+    return await receive_event(ws, "mailbox")
+
+
+async def test_a_read_on_one_postgresql_node_reaches_sessions_on_another(
+    pg_url: str, tmp_path: Path
+) -> None:
+    with trio.fail_after(40):
+        async with (
+            running_broker(make_config(tmp_path / "a", db=pg_url)) as a,
+            running_broker(make_config(tmp_path / "b", db=pg_url)) as b,
+            a.user("alice") as alice,
+            a.user("bob") as bob_here,
+            b.user("bob") as bob_there,
+        ):
+            await alice.send_text("bob", "hello")
+            await bob_there.next_mail()
+            await bob_here.next_mail()
+            assert await bob_here.mark_read([1]) == 1
+            while (pushed := await bob_there.next_event())["event"] != "mailbox":
+                pass
+            assert pushed == {"event": "mailbox", "change": "read", "seqs": [1]}
+            while (mine := await bob_here.next_event())["event"] != "mailbox":
+                pass
+            assert mine == pushed
+            # pushed once on its own node, not again when its own notice comes back
+            await bob_here.mark_unread([1])
+            assert (await bob_here.next_event())["change"] == "unread"

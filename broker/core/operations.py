@@ -46,6 +46,8 @@ async def carry_out(
             return inbox
         case requests.MarkRead(seqs=seqs):
             return r.MarkReadResult(marked=await broker.mark_read(user, seqs))
+        case requests.MarkUnread(seqs=seqs):
+            return r.MarkUnreadResult(marked=await broker.mark_read(user, seqs, read=False))
         case requests.Who():
             users = [online_user_view(u) for u in await broker.who()]
             return r.WhoResult(users=msgspec.convert(users, list[r.OnlineUser]))

@@ -35,6 +35,7 @@ from .admin import AccountAdmin
 from .cluster import SharedPresence
 from .cluster_limits import SharedSendRate
 from .commits import CommitQueue, choose_committer
+from .mailbox_sync import MailboxSync
 from .prelogin import PreLoginBudget
 from .presence import LiveSession, OnlineUser, Presence
 from .runner import StoreRunner
@@ -62,6 +63,7 @@ class Broker:
         self.runner = StoreRunner(store)
         self.accounts = Accounts(self.runner, config)
         self.presence = Presence()
+        self.mailbox_sync = MailboxSync(self.runner, self.presence)
         # Several nodes on one database: `who` and presence events span all of them.
         self.shared_presence = (
             SharedPresence(self.runner, self.presence, refresh=config.presence_refresh)
@@ -119,6 +121,7 @@ class Broker:
             )
             if self.runner.store.shares_commits:
                 await nursery.start(self._follow_other_nodes)
+                await nursery.start(self.mailbox_sync.follow_other_nodes)
             if self.shared_presence is not None:
                 nursery.start_soon(self.shared_presence.run)
             task_status.started()
@@ -412,11 +415,19 @@ class Broker:
             request.before_seq,
         )
 
-    async def mark_read(self, user: UserRecord, seqs: Sequence[int]) -> int:
+    async def mark_read(self, user: UserRecord, seqs: Sequence[int], *, read: bool = True) -> int:
+        """Mark entries read (or unread again); every session of the user hears of the change."""
+        store = self.runner.store
         try:
-            return await self.runner.write(self.runner.store.mark_read, user.id, list(seqs))
+            changed = await self.runner.write(
+                partial(store.set_read_state, read=read, node_id=self.mailbox_sync.node_id),
+                user.id,
+                list(seqs),
+            )
         except NotFound:
             raise RequestRefused(ErrorCode.NOT_FOUND, "no such message in your mailbox") from None
+        self.mailbox_sync.changed(user.id, "read" if read else "unread", changed)
+        return len(changed)
 
     async def who(self) -> list[OnlineUser]:
         """Users online on this node or, with a shared database, on any node."""

@@ -57,8 +57,28 @@ class PresenceEvent(_Event, tag="presence"):
     online: bool
 
 
-Event = MailEvent | PresenceEvent
+MailboxChange = Literal["read", "unread", "deleted", "archived", "acked"]
 
-EVENT_TYPES: tuple[type[_Event], ...] = (MailEvent, PresenceEvent)
 
-__all__ = ["EVENT_TYPES", "Entry", "Event", "MailEvent", "PresenceEvent", "Timestamp"]
+class MailboxEvent(_Event, tag="mailbox"):
+    """Entries of this session's user changed, by any of their sessions (on any node): pushed
+    to all of them, so every session shows the same mailbox."""
+
+    change: MailboxChange
+    seqs: list[int]
+
+
+Event = MailEvent | PresenceEvent | MailboxEvent
+
+EVENT_TYPES: tuple[type[_Event], ...] = (MailEvent, PresenceEvent, MailboxEvent)
+
+__all__ = [
+    "EVENT_TYPES",
+    "Entry",
+    "Event",
+    "MailEvent",
+    "MailboxChange",
+    "MailboxEvent",
+    "PresenceEvent",
+    "Timestamp",
+]

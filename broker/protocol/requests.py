@@ -117,6 +117,12 @@ class MarkRead(_Request, tag="mark_read", frozen=True):
     seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
 
 
+class MarkUnread(_Request, tag="mark_unread", frozen=True):
+    """Mark entries unread again (as mark_read, the other way)."""
+
+    seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
+
+
 class Who(_Request, tag="who", frozen=True):
     pass
 
@@ -195,6 +201,7 @@ Request = (
     | Ack
     | Inbox
     | MarkRead
+    | MarkUnread
     | Who
     | History
     | SetPrefs
@@ -379,14 +386,14 @@ def _parse_history(f: _Fields) -> History:
     )
 
 
-def _parse_seqs(f: _Fields) -> MarkRead:
+def _parse_seqs(f: _Fields) -> tuple[int, ...]:
     seqs = f.frame.get("seqs")
     if not isinstance(seqs, list) or not seqs or len(seqs) > MAX_PAGE:
         raise _bad(f"field 'seqs' must be a list of 1 to {MAX_PAGE} sequence numbers")
     # Capped like every other integer field (_Fields.int): the database holds 64-bit integers.
     if not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 2**62 for s in seqs):
         raise _bad("field 'seqs' must hold positive integers")
-    return MarkRead(seqs=tuple(dict.fromkeys(seqs)))
+    return tuple(dict.fromkeys(seqs))
 
 
 def _parse(op: str, f: _Fields) -> Request:
@@ -423,7 +430,9 @@ def _parse(op: str, f: _Fields) -> Request:
                 before_seq=f.int("before_seq", required=False, minimum=1),
             )
         case "mark_read":
-            return _parse_seqs(f)
+            return MarkRead(seqs=_parse_seqs(f))
+        case "mark_unread":
+            return MarkUnread(seqs=_parse_seqs(f))
         case "who":
             return Who()
         case "history":

@@ -60,6 +60,10 @@ class MarkReadResult(Result):
     marked: int
 
 
+class MarkUnreadResult(Result):
+    marked: int  # how many entries were read and are now unread
+
+
 class OnlineUser(Result):
     """One line of `who`."""
 
@@ -190,6 +194,7 @@ RESULT_TYPES: Final[dict[str, type[Result]]] = {
     "send": SendResult,
     "inbox": InboxResult,
     "mark_read": MarkReadResult,
+    "mark_unread": MarkUnreadResult,
     "who": WhoResult,
     "history": HistoryResult,
     "set_prefs": PrefsResult,
@@ -226,6 +231,7 @@ __all__ = [
     "LoginResult",
     "LogoutResult",
     "MarkReadResult",
+    "MarkUnreadResult",
     "OnlineUser",
     "PingResult",
     "PrankRecord",

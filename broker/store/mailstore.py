@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from . import presence_rows
 from .admin import AdminStoreMixin, redeem_invite
 from .database import Engines, make_engines
+from .mailbox_notify import announce_mailbox_change, listen_for_mailbox_changes
 from .models import AuthSession, MailboxEntry, Message, User, utcnow
 from .notify import listen_for_commits
 from .presence_rows import PresenceRow
@@ -326,6 +327,14 @@ class MailStore(AdminStoreMixin):
 
     def mark_read(self, user_id: int, seqs: Sequence[int]) -> int:
         """Mark the user's own entries read. Any seq not in their mailbox: NotFound, no change."""
+        return len(self.set_read_state(user_id, seqs, read=True))
+
+    def set_read_state(
+        self, user_id: int, seqs: Sequence[int], *, read: bool, node_id: str = ""
+    ) -> list[int]:
+        """Mark the user's own entries read (or unread again); the seqs that changed. Any seq
+        not in their mailbox: NotFound, no change. On PostgreSQL the change is announced to the
+        other nodes at commit (`node_id`: this node, which pushes it to its own sessions)."""
         with self.engines.write.begin() as conn:
             found = conn.execute(
                 select(func.count())
@@ -334,16 +343,26 @@ class MailStore(AdminStoreMixin):
             ).scalar_one()
             if found != len(seqs):
                 raise NotFound("no such message in your mailbox")
-            result = conn.execute(
-                update(mailbox)
-                .where(
-                    mailbox.c.user_id == user_id,
-                    mailbox.c.seq.in_(seqs),
-                    mailbox.c.read_at.is_(None),
-                )
-                .values(read_at=utcnow())
+            state = mailbox.c.read_at.is_(None) if read else mailbox.c.read_at.is_not(None)
+            changed = sorted(
+                conn.execute(
+                    update(mailbox)
+                    .where(mailbox.c.user_id == user_id, mailbox.c.seq.in_(seqs), state)
+                    .values(read_at=utcnow() if read else None)
+                    .returning(mailbox.c.seq)
+                ).scalars()
             )
-        return result.rowcount
+            if changed and node_id and self.shares_commits:
+                announce_mailbox_change(
+                    conn, node_id, user_id, "read" if read else "unread", changed
+                )
+        return changed
+
+    def listen_for_mailbox_changes(self, on_change, should_stop, on_listening) -> None:  # type: ignore[no-untyped-def]
+        """Blocking (run it in a thread): every node's mailbox changes (PostgreSQL)."""
+        listen_for_mailbox_changes(
+            self.engines.write, on_change, should_stop, on_listening=on_listening
+        )
 
     def ack_through(self, acks: dict[int, int]) -> None:
         """Record, per user id, the highest sequence number a client has acknowledged."""

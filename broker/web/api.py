@@ -56,6 +56,7 @@ class HttpApi:
             route("/api/rickrolls", self.send_rickroll, "POST"),
             route("/api/inbox", self.inbox, "GET"),
             route("/api/read", self.mark_read, "POST"),
+            route("/api/unread", self.mark_unread, "POST"),
             route("/api/who", self.who, "GET"),
             route("/api/history", self.history, "GET"),
             route("/api/prefs", self.set_prefs, "PUT"),
@@ -173,6 +174,12 @@ class HttpApi:
         body = await self._body(request)
         mark = parse_request({"op": "mark_read", "seqs": body.get("seqs")})
         assert isinstance(mark, requests.MarkRead)
+        return await self._answer(session, mark)
+
+    async def mark_unread(self, request: Request) -> dict[str, Any]:
+        session = await self._session(request)
+        body = await self._body(request)
+        mark = parse_request({"op": "mark_unread", "seqs": body.get("seqs")})
         return await self._answer(session, mark)
 
     async def who(self, request: Request) -> dict[str, Any]:

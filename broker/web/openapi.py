@@ -356,6 +356,7 @@ def openapi_schema() -> dict[str, Any]:
                 )
             },
             "/api/read": {"post": _operation("Mark read", "ReadResult", body="ReadRequest")},
+            "/api/unread": {"post": _operation("Mark unread", "ReadResult", body="ReadRequest")},
             "/api/who": {"get": _operation("Who", "Who")},
             "/api/history": {
                 "get": _operation(
