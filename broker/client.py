@@ -268,6 +268,7 @@ class Client:
         body: str | None = None,
         client_msg_id: str | None = None,
         in_reply_to: int | None = None,
+        require_ack: bool = False,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "kind": kind,
@@ -281,6 +282,8 @@ class Client:
             fields["body"] = body
         if in_reply_to is not None:
             fields["in_reply_to"] = in_reply_to
+        if require_ack:
+            fields["require_ack"] = True
         return await self.request("send", **fields)
 
     async def send_email(self, to: list[str], subject: str, body: str, **kw: Any) -> dict:
@@ -350,8 +353,19 @@ class Client:
             fields["with"] = fields.pop("with_user")
         return (await self.request("history", **fields))["items"]
 
-    async def set_prefs(self, *, prank_opt_out: bool) -> dict[str, Any]:
-        return await self.request("set_prefs", prank_opt_out=prank_opt_out)
+    async def set_prefs(
+        self, *, prank_opt_out: bool | None = None, read_receipts: bool | None = None
+    ) -> dict[str, Any]:
+        fields = {"prank_opt_out": prank_opt_out, "read_receipts": read_receipts}
+        return await self.request("set_prefs", **{k: v for k, v in fields.items() if v is not None})
+
+    async def acknowledge(self, message_id: int) -> dict[str, Any]:
+        """Acknowledge a message of one's mailbox that asks for it."""
+        return await self.request("acknowledge", message_id=message_id)
+
+    async def message_status(self, message_id: int) -> dict[str, Any]:
+        """The delivery ledger of a message one sent (any message, for an admin)."""
+        return await self.request("message_status", message_id=message_id)
 
     # -- account security and administration ---------------------------------------------------
 

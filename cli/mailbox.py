@@ -1,4 +1,4 @@
-"""`mailnet reply`: commands that act on mail already in your mailbox."""
+"""`mailnet reply`, `unread`, `ack`, `status`: commands about mail already sent or received."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import click
 
 from broker.client import Client
 
+from . import output
 from .connect import ClientOptions, client_options, run_async, session_client
 from .output import EXIT_REFUSED, emit_json, fail, json_option
 from .sending import _read_body
@@ -97,3 +98,68 @@ def unread(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> None
         emit_json({"marked": marked, "seqs": list(seqs)})
         return
     click.echo(f"Marked {marked} unread.")
+
+
+@click.command()
+@click.argument("message_id", type=click.IntRange(min=1))
+@json_option
+@client_options
+def ack(message_id: int, as_json: bool, options: ClientOptions) -> None:
+    """Acknowledge MESSAGE_ID, a message in your mailbox that asks for it."""
+
+    async def run() -> dict[str, Any]:
+        async with session_client(options) as auth:
+            return await auth.client.acknowledge(message_id)
+
+    result = run_async(run)
+    if as_json:
+        emit_json(result)
+        return
+    again = "" if result["changed"] else " (already, earlier)"
+    click.echo(f"Acknowledged #{message_id}{again}.")
+
+
+_STATE_WORDS = {
+    "queued": "queued",
+    "delivered": "delivered",
+    "read": "read",
+    "acked": "acknowledged",
+}
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    """'37 of 40 acknowledged; not yet: ...' for a message that asks for it, else counts; then
+    one line per recipient."""
+    total = status["total"]
+    if status["require_ack"]:
+        waiting = [line["username"] for line in status["recipients"] if line["state"] != "acked"]
+        head = f"{status['acked']} of {total} acknowledged"
+        if waiting:
+            head += "; not yet: " + ", ".join(waiting)
+    else:
+        head = f"{status['delivered']} of {total} delivered, {status['read']} read"
+    lines = [f"#{status['message_id']} {status['kind']}: {head}"]
+    for line in status["recipients"]:
+        moment = line["acked_at"] or line["read_at"] or line["delivered_at"]
+        when = f" {output.relative_time(moment)}" if moment else ""
+        lines.append(f"  {line['username']}: {_STATE_WORDS[line['state']]}{when}")
+    return lines
+
+
+@click.command()
+@click.argument("message_id", type=click.IntRange(min=1))
+@json_option
+@client_options
+def status(message_id: int, as_json: bool, options: ClientOptions) -> None:
+    """Who got, read and acknowledged MESSAGE_ID (a message you sent; admins: any)."""
+
+    async def run() -> dict[str, Any]:
+        async with session_client(options) as auth:
+            return await auth.client.message_status(message_id)
+
+    result = run_async(run)
+    if as_json:
+        emit_json(result)
+        return
+    for line in status_lines(result):
+        click.echo(line)

@@ -77,10 +77,12 @@ from .export import export  # noqa: E402
 admin.add_command(backup)
 main.add_command(export)
 
-from .mailbox import reply, unread  # noqa: E402
+from .mailbox import ack, reply, status, unread  # noqa: E402
 
 main.add_command(reply)
 main.add_command(unread)
+main.add_command(ack)
+main.add_command(status)
 
 from .bench import bench  # noqa: E402
 

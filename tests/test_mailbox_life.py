@@ -20,7 +20,7 @@ from broker.config import Config
 from broker.core import Broker, Session
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
 from broker.protocol import responses as r
-from broker.protocol.events import MailboxEvent
+from broker.protocol.events import MailboxEvent, ReceiptEvent
 from tests.conftest import RunningBroker, make_config, running_broker
 from tests.test_session_layer import create_accounts, login, running_core
 
@@ -378,3 +378,211 @@ async def test_a_read_on_one_postgresql_node_reaches_sessions_on_another(
             # pushed once on its own node, not again when its own notice comes back
             await bob_here.mark_unread([1])
             assert (await bob_here.next_event())["change"] == "unread"
+
+
+# -- 3. acknowledged announcements and 2. the sender's ledger -----------------------------------
+
+
+def receipts_of(outlet: Any) -> list[tuple[int, str, str]]:
+    return [
+        (e.message_id, e.username, e.state) for e in outlet.events if isinstance(e, ReceiptEvent)
+    ]
+
+
+async def wait_for_receipts(outlet: Any, count: int) -> list[tuple[int, str, str]]:
+    while len(receipts_of(outlet)) < count:
+        await outlet.wait_for_events(len(outlet.events) + 1)
+    return receipts_of(outlet)
+
+
+async def test_an_announcement_that_requires_ack_shows_who_acknowledged_live(
+    core: Broker,
+) -> None:
+    from tests.test_session_layer import connection
+
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "root", "alice", "bob", "carol")
+        async with (
+            connection(core) as (alice, alice_out),
+            connection(core) as (bob, bob_out),
+        ):
+            await alice.handle(login("alice"))
+            await bob.handle(login("bob"))
+            sent = await alice.send(
+                send(kind="announcement", subject="Fire drill", body="at 3", require_ack=True)
+            )
+            [entry] = await bob_out.wait_for_mail(1)
+            assert entry["require_ack"] is True
+            status = await alice.handle(
+                parse_request({"op": "message_status", "message_id": sent.message_id})
+            )
+            assert isinstance(status, r.MessageStatusResult)
+            assert (status.total, status.acked, status.require_ack) == (3, 0, True)
+            done = await bob.handle(
+                parse_request({"op": "acknowledge", "message_id": sent.message_id})
+            )
+            assert isinstance(done, r.AcknowledgeResult) and done.changed
+            again = await bob.handle(
+                parse_request({"op": "acknowledge", "message_id": sent.message_id})
+            )
+            assert isinstance(again, r.AcknowledgeResult) and not again.changed
+            assert await wait_for_receipts(alice_out, 1) == [(sent.message_id, "bob", "acked")]
+            assert await mailbox_events(bob_out, 1) == [MailboxEvent(change="acked", seqs=[1])]
+            status = await alice.handle(
+                parse_request({"op": "message_status", "message_id": sent.message_id})
+            )
+            assert isinstance(status, r.MessageStatusResult)
+            assert status.acked == 1
+            assert {line.username: line.state for line in status.recipients}["bob"] == "acked"
+            waiting = [line.username for line in status.recipients if line.state != "acked"]
+            assert waiting == ["carol", "root"]
+            # an admin may look too; another recipient may not
+            admin = await session_of(core, "root")
+            seen = await admin.handle(
+                parse_request({"op": "message_status", "message_id": sent.message_id})
+            )
+            assert isinstance(seen, r.MessageStatusResult) and seen.acked == 1
+            carol = await session_of(core, "carol")
+            with pytest.raises(RequestRefused) as refused:
+                await carol.handle(
+                    parse_request({"op": "message_status", "message_id": sent.message_id})
+                )
+            assert refused.value.code == ErrorCode.NOT_FOUND
+            plain = await alice.send(send(kind="text", to=["carol"], body="no ack asked"))
+            with pytest.raises(RequestRefused) as not_asked:
+                await carol.handle(
+                    parse_request({"op": "acknowledge", "message_id": plain.message_id})
+                )
+            assert not_asked.value.code == ErrorCode.BAD_REQUEST
+
+
+async def test_the_ledger_goes_queued_delivered_read_and_honours_no_read_receipts(
+    core: Broker,
+) -> None:
+    from tests.test_session_layer import connection
+
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "alice", "bob", "carol", "dave")
+        dave = await session_of(core, "dave")
+        prefs = await dave.handle(parse_request({"op": "set_prefs", "read_receipts": False}))
+        assert prefs == r.PrefsResult(prank_opt_out=False, read_receipts=False)
+        async with connection(core) as (alice, alice_out):
+            await alice.handle(login("alice"))
+            sent = await alice.send(
+                send(kind="email", to=["bob", "carol", "dave"], subject="Agenda", body="...")
+            )
+
+            async def states() -> dict[str, str]:
+                status = await alice.handle(
+                    parse_request({"op": "message_status", "message_id": sent.message_id})
+                )
+                assert isinstance(status, r.MessageStatusResult)
+                return {line.username: line.state for line in status.recipients}
+
+            assert await states() == {"bob": "queued", "carol": "queued", "dave": "queued"}
+            # bob's client gets it and acknowledges its seq: delivered, once the ack is written
+            async with connection(core) as (bob, bob_out):
+                await bob.handle(login("bob"))
+                await bob_out.wait_for_mail(1)
+                await bob.handle(parse_request({"op": "ack", "seq": 1}))
+                await core.flush_acks()
+            assert (await states())["bob"] == "delivered"
+            carol = await session_of(core, "carol")
+            await carol.handle(parse_request({"op": "mark_read", "seqs": [1]}))
+            assert await wait_for_receipts(alice_out, 1) == [(sent.message_id, "carol", "read")]
+            await dave.handle(parse_request({"op": "mark_read", "seqs": [1]}))
+            assert await states() == {"bob": "delivered", "carol": "read", "dave": "delivered"}
+            status = await alice.handle(
+                parse_request({"op": "message_status", "message_id": sent.message_id})
+            )
+            assert isinstance(status, r.MessageStatusResult)
+            dave_line = next(line for line in status.recipients if line.username == "dave")
+            assert dave_line.read_at is None and dave_line.delivered_at is not None
+            assert (status.delivered, status.read) == (3, 1)
+            assert receipts_of(alice_out) == [(sent.message_id, "carol", "read")]  # none of dave
+
+
+async def test_tcp_acknowledge_pushes_a_receipt_and_status_counts_it(
+    broker: RunningBroker,
+) -> None:
+    with trio.fail_after(WAIT):
+        async with broker.user("root"):
+            pass
+        async with broker.user("alice") as alice, broker.user("bob") as bob:
+            sent = await alice.announce("Drill", "at 3", require_ack=True)
+            entry = await bob.next_mail()
+            assert entry["require_ack"] is True
+            done = await bob.acknowledge(sent["message_id"])
+            assert done["changed"] is True
+            while (receipt := await alice.next_event())["event"] != "receipt":
+                pass
+            assert (receipt["message_id"], receipt["username"], receipt["state"]) == (
+                sent["message_id"],
+                "bob",
+                "acked",
+            )
+            status = await alice.message_status(sent["message_id"])
+            assert (status["total"], status["acked"]) == (2, 1)
+            with pytest.raises(RequestFailed) as refused:
+                await bob.message_status(sent["message_id"])
+            assert refused.value.code == "not_found"
+
+
+async def test_http_acknowledge_and_status_and_read_receipts_pref(web: RunningBroker) -> None:
+    with trio.fail_after(WAIT):
+        async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
+            auth = {}
+            for name in ("alice", "bob"):
+                response = await http.post(
+                    "/api/login", json={"username": name, "password": "password1", "create": True}
+                )
+                auth[name] = {"Authorization": f"Bearer {response.json()['token']}"}
+            prefs = await http.put("/api/prefs", json={"read_receipts": False}, headers=auth["bob"])
+            assert prefs.json() == {"prank_opt_out": False, "read_receipts": False}
+            sent = await http.post(
+                "/api/announcements",
+                json={"subject": "Sign", "body": "the form", "require_ack": True},
+                headers=auth["alice"],
+            )
+            message_id = sent.json()["message_id"]
+            await http.post("/api/read", json={"seqs": [1]}, headers=auth["bob"])
+            status = await http.get(f"/api/status?message_id={message_id}", headers=auth["alice"])
+            [line] = status.json()["recipients"]
+            assert (line["username"], line["state"], line["read_at"]) == ("bob", "delivered", None)
+            acked = await http.post(
+                "/api/acknowledge", json={"message_id": message_id}, headers=auth["bob"]
+            )
+            assert acked.json()["changed"] is True
+            status = await http.get(f"/api/status?message_id={message_id}", headers=auth["alice"])
+            assert status.json()["acked"] == 1
+            hidden = await http.get(f"/api/status?message_id={message_id}", headers=auth["bob"])
+            assert hidden.status_code == 404
+
+
+async def test_cli_announce_require_ack_then_ack_and_status(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    root = User("root", tmp_path / "root", broker.address)
+    alice = User("alice", tmp_path / "alice", broker.address)
+    bob = User("bob", tmp_path / "bob", broker.address)
+    with trio.fail_after(120):
+        for user in (root, alice, bob):
+            await user.login()
+        sent = (
+            await alice.ok(
+                "announce", "--require-ack", "--subject", "Drill", "--body", "at 3", "--json"
+            )
+        ).json_lines()[0]
+        message_id = str(sent["message_id"])
+        before = await alice.ok("status", message_id)
+        assert "0 of 2 acknowledged; not yet: bob, root" in before.stdout
+        assert "Acknowledged #" in (await bob.ok("ack", message_id)).stdout
+        after = await alice.ok("status", message_id)
+        assert "1 of 2 acknowledged; not yet: root" in after.stdout
+        assert "bob: acknowledged" in after.stdout
+        ledger = (await root.ok("status", message_id, "--json")).json_lines()[0]
+        assert ledger["acked"] == 1
+        refused = await bob("status", message_id)
+        assert refused.returncode == 5
+        prefs = await bob.ok("prefs", "--no-read-receipts", "--json")
+        assert prefs.json_lines()[0]["read_receipts"] is False

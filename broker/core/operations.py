@@ -57,8 +57,12 @@ async def carry_out(
             if cut:
                 history.truncated = True
             return history
-        case requests.SetPrefs(prank_opt_out=value):
-            return _typed(r.PrefsResult, await broker.set_prefs(user, value))
+        case requests.SetPrefs(prank_opt_out=value, read_receipts=receipts):
+            return _typed(r.PrefsResult, await broker.set_prefs(user, value, receipts))
+        case requests.Acknowledge(message_id=message_id):
+            return await broker.ledger.acknowledge(user, message_id)
+        case requests.MessageStatus(message_id=message_id):
+            return await broker.ledger.status(user, message_id)
         case requests.Block(username=name):
             return _typed(r.BlockResult, await admin.block(user, name))
         case requests.Unblock(username=name):

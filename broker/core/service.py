@@ -35,6 +35,7 @@ from .admin import AccountAdmin
 from .cluster import SharedPresence
 from .cluster_limits import SharedSendRate
 from .commits import CommitQueue, choose_committer
+from .ledger import Ledger
 from .mailbox_sync import MailboxSync
 from .prelogin import PreLoginBudget
 from .presence import LiveSession, OnlineUser, Presence
@@ -64,6 +65,7 @@ class Broker:
         self.accounts = Accounts(self.runner, config)
         self.presence = Presence()
         self.mailbox_sync = MailboxSync(self.runner, self.presence)
+        self.ledger = Ledger(self.runner, self.mailbox_sync)
         # Several nodes on one database: `who` and presence events span all of them.
         self.shared_presence = (
             SharedPresence(self.runner, self.presence, refresh=config.presence_refresh)
@@ -395,6 +397,7 @@ class Broker:
             body=body,
             client_msg_id=request.client_msg_id,
             in_reply_to=request.in_reply_to,
+            require_ack=request.require_ack,
         )
 
     def _deliver(self, outcomes: Sequence[SendOutcome]) -> None:
@@ -427,6 +430,8 @@ class Broker:
         except NotFound:
             raise RequestRefused(ErrorCode.NOT_FOUND, "no such message in your mailbox") from None
         self.mailbox_sync.changed(user.id, "read" if read else "unread", changed)
+        if read and changed:
+            await self.ledger.read(user, changed)
         return len(changed)
 
     async def who(self) -> list[OnlineUser]:
@@ -459,9 +464,19 @@ class Broker:
         )
         return await self.runner.read(self.runner.store.history, user.id, query)
 
-    async def set_prefs(self, user: UserRecord, prank_opt_out: bool) -> dict[str, Any]:
-        await self.runner.write(self.runner.store.set_prank_opt_out, user.id, prank_opt_out)
-        return {"prank_opt_out": prank_opt_out}
+    async def set_prefs(
+        self, user: UserRecord, prank_opt_out: bool | None, read_receipts: bool | None = None
+    ) -> dict[str, Any]:
+        """Set the preferences given (None: unchanged); all of them as they now are."""
+        store = self.runner.store
+        if prank_opt_out is not None:
+            await self.runner.write(store.set_prank_opt_out, user.id, prank_opt_out)
+        if read_receipts is not None:
+            await self.runner.write(store.set_read_receipts, user.id, read_receipts)
+        fresh = await self.runner.read(store.user_by_id, user.id)
+        assert fresh is not None
+        receipts = await self.runner.read(store.read_receipts_enabled, user.id)
+        return {"prank_opt_out": fresh.prank_opt_out, "read_receipts": receipts}
 
     async def me(self, user: UserRecord) -> dict[str, Any]:
         fresh = await self.runner.read(self.runner.store.user_by_id, user.id)

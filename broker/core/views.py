@@ -48,6 +48,7 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
         "direction": entry.direction,
         "thread_id": entry.thread_id or entry.message_id,
         "in_reply_to": entry.in_reply_to,
+        "require_ack": entry.require_ack,
     }
 
 

@@ -38,6 +38,7 @@ class Entry(msgspec.Struct, kw_only=True):
     # message it replies to. Absent from brokers before threads: a client reads them as None.
     thread_id: int | None = None
     in_reply_to: int | None = None
+    require_ack: bool = False  # the sender asks for an `acknowledge`
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="event"):
@@ -68,9 +69,19 @@ class MailboxEvent(_Event, tag="mailbox"):
     seqs: list[int]
 
 
-Event = MailEvent | PresenceEvent | MailboxEvent
+class ReceiptEvent(_Event, tag="receipt"):
+    """To a message's sender: one recipient's entry was delivered, read (unless they turned
+    read receipts off) or acknowledged."""
 
-EVENT_TYPES: tuple[type[_Event], ...] = (MailEvent, PresenceEvent, MailboxEvent)
+    message_id: int
+    username: str
+    state: Literal["delivered", "read", "acked"]
+    at: Timestamp
+
+
+Event = MailEvent | PresenceEvent | MailboxEvent | ReceiptEvent
+
+EVENT_TYPES: tuple[type[_Event], ...] = (MailEvent, PresenceEvent, MailboxEvent, ReceiptEvent)
 
 __all__ = [
     "EVENT_TYPES",
@@ -80,5 +91,6 @@ __all__ = [
     "MailboxChange",
     "MailboxEvent",
     "PresenceEvent",
+    "ReceiptEvent",
     "Timestamp",
 ]

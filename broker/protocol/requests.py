@@ -101,6 +101,8 @@ class Send(_Request, tag="send", frozen=True):
     )
     # A reply: the id of a message the sender can see in their own history (else not_found).
     in_reply_to: PositiveInt | None = None
+    # Ask every recipient to acknowledge it (`acknowledge`); email and announcement only.
+    require_ack: bool = False
 
 
 class Ack(_Request, tag="ack", frozen=True):
@@ -144,7 +146,22 @@ class History(_Request, tag="history", frozen=True):
 
 
 class SetPrefs(_Request, tag="set_prefs", frozen=True):
-    prank_opt_out: bool
+    """At least one preference; the ones left out keep their value."""
+
+    prank_opt_out: bool | None = None
+    read_receipts: bool | None = None  # False: senders see "delivered", never "read"
+
+
+class Acknowledge(_Request, tag="acknowledge", frozen=True):
+    """Acknowledge a message in one's mailbox that asks for it (announce --require-ack)."""
+
+    message_id: PositiveInt
+
+
+class MessageStatus(_Request, tag="message_status", frozen=True):
+    """The delivery ledger of a message: its sender's or an admin's only."""
+
+    message_id: PositiveInt
 
 
 # -- account security and administration (docs/security.md) ---------------------------------
@@ -205,6 +222,8 @@ Request = (
     | Who
     | History
     | SetPrefs
+    | Acknowledge
+    | MessageStatus
     | ChangePassword
     | Block
     | Unblock
@@ -354,6 +373,9 @@ def _parse_send(f: _Fields) -> Send:
     in_reply_to = f.int("in_reply_to", required=False, minimum=1)
     if in_reply_to is not None and kind in ("announcement", "rickroll"):
         raise _bad(f"a {kind} cannot be a reply")
+    require_ack = f.bool("require_ack")
+    if require_ack and kind not in ("email", "announcement"):
+        raise _bad(f"a {kind} cannot ask to be acknowledged")
     return Send(
         kind=kind,
         to=to,
@@ -361,6 +383,7 @@ def _parse_send(f: _Fields) -> Send:
         body=body,
         client_msg_id=client_msg_id,
         in_reply_to=in_reply_to,
+        require_ack=require_ack,
     )
 
 
@@ -438,10 +461,19 @@ def _parse(op: str, f: _Fields) -> Request:
         case "history":
             return _parse_history(f)
         case "set_prefs":
-            value = f.frame.get("prank_opt_out")
-            if not isinstance(value, bool):
-                raise _bad("field 'prank_opt_out' must be true or false")
-            return SetPrefs(prank_opt_out=value)
+            prefs = {}
+            for name in ("prank_opt_out", "read_receipts"):
+                value = f.frame.get(name)
+                if value is not None and not isinstance(value, bool):
+                    raise _bad(f"field '{name}' must be true or false")
+                prefs[name] = value
+            if all(value is None for value in prefs.values()):
+                raise _bad("field 'prank_opt_out' or 'read_receipts' must be true or false")
+            return SetPrefs(**prefs)
+        case "acknowledge":
+            return Acknowledge(message_id=f.int("message_id", minimum=1))
+        case "message_status":
+            return MessageStatus(message_id=f.int("message_id", minimum=1))
         case "change_password":
             return ChangePassword(
                 old_password=f.str("old_password", max_chars=200, allow_empty=True),

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from . import presence_rows
 from .admin import AdminStoreMixin, redeem_invite
 from .database import Engines, make_engines
+from .ledger import LedgerStoreMixin
 from .mailbox_notify import announce_mailbox_change, listen_for_mailbox_changes
 from .models import AuthSession, MailboxEntry, Message, User, utcnow
 from .notify import listen_for_commits
@@ -90,6 +91,7 @@ _ENTRY_COLUMNS = (
     _sender.c.username.label("sender"),
     messages.c.in_reply_to,
     messages.c.thread_id,
+    messages.c.require_ack,
 )
 
 
@@ -107,6 +109,7 @@ def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
         direction=direction,
         in_reply_to=row.in_reply_to,
         thread_id=row.thread_id,
+        require_ack=bool(row.require_ack),
     )
 
 
@@ -114,7 +117,7 @@ def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
 # SQLAlchemy's row processing (its DATETIME parsing above all) costs more than the query.
 _ENTRIES_AFTER_SQL = (
     "SELECT b.seq, b.read_at, m.id, m.kind, m.recipients, m.subject, m.body, m.created_at,"
-    " s.username, m.in_reply_to, m.thread_id FROM mailbox AS b"
+    " s.username, m.in_reply_to, m.thread_id, m.require_ack FROM mailbox AS b"
     " JOIN messages AS m ON m.id = b.message_id"
     " JOIN users AS s ON s.id = m.sender_id"
     " WHERE b.user_id = ? AND b.seq > ? ORDER BY b.seq LIMIT ?"
@@ -151,6 +154,7 @@ def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[E
         sender,
         in_reply_to,
         thread_id,
+        require_ack,
     ) in rows:
         sent_at = stamps.get(created_at)
         if sent_at is None:
@@ -169,12 +173,13 @@ def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[E
                 "in",
                 in_reply_to,
                 thread_id,
+                bool(require_ack),
             )
         )
     return entries
 
 
-class MailStore(AdminStoreMixin):
+class MailStore(AdminStoreMixin, LedgerStoreMixin):
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
 
@@ -366,8 +371,22 @@ class MailStore(AdminStoreMixin):
 
     def ack_through(self, acks: dict[int, int]) -> None:
         """Record, per user id, the highest sequence number a client has acknowledged."""
+        now = utcnow()
         with self.engines.write.begin() as conn:
             for user_id, seq in acks.items():
+                # The sender's ledger: the entries this ack moves past are delivered. One
+                # indexed range (user_id, seq) per user, read before acked_seq moves.
+                conn.execute(
+                    update(mailbox)
+                    .where(
+                        mailbox.c.user_id == user_id,
+                        mailbox.c.seq <= seq,
+                        mailbox.c.seq
+                        > select(users.c.acked_seq).where(users.c.id == user_id).scalar_subquery(),
+                        mailbox.c.delivered_at.is_(None),
+                    )
+                    .values(delivered_at=now)
+                )
                 conn.execute(
                     update(users)
                     .where(users.c.id == user_id, users.c.acked_seq < seq, users.c.last_seq >= seq)
@@ -391,6 +410,7 @@ class MailStore(AdminStoreMixin):
                 _sender.c.username.label("sender"),
                 messages.c.in_reply_to,
                 messages.c.thread_id,
+                messages.c.require_ack,
             )
             .select_from(messages)
             .join(_sender, _sender.c.id == messages.c.sender_id)

@@ -44,6 +44,7 @@ class EntryRecord(NamedTuple):
     # A reply's parent, and the first message of its thread (None: it starts its own thread).
     in_reply_to: int | None = None
     thread_id: int | None = None
+    require_ack: bool = False  # the sender asks its recipients to acknowledge it
 
 
 class SendIntent(NamedTuple):
@@ -55,6 +56,7 @@ class SendIntent(NamedTuple):
     body: str
     client_msg_id: str | None
     in_reply_to: int | None = None  # a message id the sender can see; the batch checks it
+    require_ack: bool = False
 
 
 class Delivery(NamedTuple):
@@ -103,13 +105,14 @@ def deliveries_of(
     are pushed: unread, incoming. The group commit and the writer process's outcomes both build
     them here, for every message, so the named tuples are made with tuple.__new__ (their own
     __new__ is a Python function; the writer's equality test pins the field order)."""
-    kind, sender, recipients, subject, body, in_reply_to = (
+    kind, sender, recipients, subject, body, in_reply_to, require_ack = (
         intent.kind,
         intent.sender,
         intent.recipients,
         intent.subject,
         intent.body,
         intent.in_reply_to,
+        intent.require_ack,
     )
     return tuple(
         [
@@ -133,6 +136,7 @@ def deliveries_of(
                             "in",
                             in_reply_to,
                             thread_id,
+                            require_ack,
                         ),
                     ),
                 ),

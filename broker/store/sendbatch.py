@@ -309,8 +309,9 @@ class SendBatch:
         return [_Target(*row) for row in self.conn.execute(query)]
 
     def _insert_messages(self, intents: list[SendIntent], thread_of: list[int | None]) -> list[int]:
-        # Only a batch holding a reply writes the thread columns (NULL by default).
-        replies = any(t is not None for t in thread_of)
+        # Only a batch holding a reply or an acknowledged send writes the columns they need
+        # (NULL or a server default otherwise).
+        replies = any(t is not None for t in thread_of) or any(i.require_ack for i in intents)
         rows = [
             {
                 "kind": i.kind,
@@ -327,6 +328,7 @@ class SendBatch:
             for row, intent, thread_id in zip(rows, intents, thread_of, strict=True):
                 row["in_reply_to"] = intent.in_reply_to
                 row["thread_id"] = thread_id
+                row["require_ack"] = intent.require_ack
         if self.sqlite:
             [(first,)] = self._raw("SELECT coalesce(max(id), 0) FROM messages", ())
             ids = list(range(first + 1, first + 1 + len(rows)))
@@ -348,9 +350,9 @@ class SendBatch:
                 for r, message_id in zip(rows, ids, strict=True)
             ]
             if replies:
-                columns += ", in_reply_to, thread_id"
+                columns += ", in_reply_to, thread_id, require_ack"
                 values = [
-                    (*v, r["in_reply_to"], r["thread_id"])
+                    (*v, r["in_reply_to"], r["thread_id"], r["require_ack"])
                     for v, r in zip(values, rows, strict=True)
                 ]
             self._insert_rows("messages", columns, values)

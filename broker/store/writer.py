@@ -135,6 +135,7 @@ class WriterProcess:
                 i.body,
                 i.client_msg_id,
                 i.in_reply_to,
+                i.require_ack,
             )
             for i in intents
         ]

@@ -57,6 +57,8 @@ class HttpApi:
             route("/api/inbox", self.inbox, "GET"),
             route("/api/read", self.mark_read, "POST"),
             route("/api/unread", self.mark_unread, "POST"),
+            route("/api/acknowledge", self.acknowledge, "POST"),
+            route("/api/status", self.message_status, "GET"),
             route("/api/who", self.who, "GET"),
             route("/api/history", self.history, "GET"),
             route("/api/prefs", self.set_prefs, "PUT"),
@@ -182,6 +184,19 @@ class HttpApi:
         mark = parse_request({"op": "mark_unread", "seqs": body.get("seqs")})
         return await self._answer(session, mark)
 
+    async def acknowledge(self, request: Request) -> dict[str, Any]:
+        session = await self._session(request)
+        body = await self._body(request)
+        ack = parse_request({"op": "acknowledge", "message_id": body.get("message_id")})
+        return await self._answer(session, ack)
+
+    async def message_status(self, request: Request) -> dict[str, Any]:
+        session = await self._session(request)
+        status = parse_request(
+            {"op": "message_status", "message_id": query_int(request, "message_id")}
+        )
+        return await self._answer(session, status)
+
     async def who(self, request: Request) -> dict[str, Any]:
         return await self._answer(await self._session(request), requests.Who())
 
@@ -207,6 +222,12 @@ class HttpApi:
     async def set_prefs(self, request: Request) -> dict[str, Any]:
         session = await self._session(request)
         body = await self._body(request)
-        prefs = parse_request({"op": "set_prefs", "prank_opt_out": body.get("prank_opt_out")})
+        prefs = parse_request(
+            {
+                "op": "set_prefs",
+                "prank_opt_out": body.get("prank_opt_out"),
+                "read_receipts": body.get("read_receipts"),
+            }
+        )
         assert isinstance(prefs, requests.SetPrefs)
         return await self._answer(session, prefs)

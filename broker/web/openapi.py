@@ -305,8 +305,59 @@ SCHEMAS: dict[str, Any] = {
     },
     "Prefs": {
         "type": "object",
-        "required": ["prank_opt_out"],
-        "properties": {"prank_opt_out": {"type": "boolean"}},
+        "properties": {
+            "prank_opt_out": {"type": "boolean"},
+            "read_receipts": {
+                "type": "boolean",
+                "description": "false: senders see your mail delivered, never read.",
+            },
+        },
+        "description": "At least one of the two; one left out keeps its value.",
+    },
+    "AcknowledgeRequest": {
+        "type": "object",
+        "required": ["message_id"],
+        "properties": {"message_id": {"type": "integer", "minimum": 1, "maximum": MAX_INT}},
+    },
+    "AcknowledgeResult": {
+        "type": "object",
+        "required": ["message_id", "acked_at", "changed"],
+        "properties": {
+            "message_id": {"type": "integer"},
+            "acked_at": {"type": "string", "format": "date-time"},
+            "changed": {"type": "boolean"},
+        },
+    },
+    "MessageStatus": {
+        "type": "object",
+        "required": ["message_id", "total", "delivered", "read", "acked", "recipients"],
+        "properties": {
+            "message_id": {"type": "integer"},
+            "kind": {"type": "string", "enum": list(KINDS)},
+            "subject": {"type": ["string", "null"]},
+            "sent_at": {"type": "string", "format": "date-time"},
+            "require_ack": {"type": "boolean"},
+            "total": {"type": "integer"},
+            "delivered": {"type": "integer"},
+            "read": {"type": "integer"},
+            "acked": {"type": "integer"},
+            "recipients": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "username": {"type": "string"},
+                        "state": {
+                            "type": "string",
+                            "enum": ["queued", "delivered", "read", "acked"],
+                        },
+                        "delivered_at": {"type": ["string", "null"], "format": "date-time"},
+                        "read_at": {"type": ["string", "null"], "format": "date-time"},
+                        "acked_at": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -402,6 +453,22 @@ def openapi_schema() -> dict[str, Any]:
                 )
             },
             "/api/prefs": {"put": _operation("Set prefs", "Prefs", body="Prefs")},
+            "/api/acknowledge": {
+                "post": _operation("Acknowledge", "AcknowledgeResult", body="AcknowledgeRequest")
+            },
+            "/api/status": {
+                "get": _operation(
+                    "Message status",
+                    "MessageStatus",
+                    parameters=[
+                        _query(
+                            "message_id",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+                            "A message you sent (any message, for an admin).",
+                        )
+                    ],
+                )
+            },
             "/api/invite": {"get": _operation("Invite", "Invite")},
         },
         "components": {

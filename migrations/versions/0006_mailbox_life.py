@@ -1,11 +1,13 @@
-"""mailbox life: replies and threads
+"""mailbox life: replies and threads, the delivery ledger, acknowledged announcements
 
 Revision ID: 0006
 Revises: 0005
 
 `messages.in_reply_to` (the message a reply answers) and `messages.thread_id` (its thread's
-first message; NULL for a message that starts its own thread). Both are NULL for every
-ordinary send, so the group commit writes nothing more for them. Columns are added and dropped
+first message; NULL for a message that starts its own thread); `messages.require_ack`;
+`mailbox.delivered_at` and `mailbox.acked_at` (the sender's ledger); `users.read_receipts`.
+Every new column is NULL or a server default for an ordinary send, so the group commit writes
+nothing more for them. Columns are added and dropped
 with plain ALTER TABLE (no batch copy), so SQLite keeps the search triggers on `messages`.
 """
 
@@ -24,9 +26,23 @@ def upgrade() -> None:
     op.add_column("messages", sa.Column("in_reply_to", sa.BigInteger(), nullable=True))
     op.add_column("messages", sa.Column("thread_id", sa.BigInteger(), nullable=True))
     op.create_index(op.f("ix_messages_thread_id"), "messages", ["thread_id"], unique=False)
+    op.add_column(
+        "messages",
+        sa.Column("require_ack", sa.Boolean(), server_default=sa.false(), nullable=False),
+    )
+    op.add_column("mailbox", sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("mailbox", sa.Column("acked_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "users",
+        sa.Column("read_receipts", sa.Boolean(), server_default=sa.true(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("users", "read_receipts")
+    op.drop_column("mailbox", "acked_at")
+    op.drop_column("mailbox", "delivered_at")
+    op.drop_column("messages", "require_ack")
     op.drop_index(op.f("ix_messages_thread_id"), table_name="messages")
     op.drop_column("messages", "thread_id")
     op.drop_column("messages", "in_reply_to")
