@@ -330,11 +330,18 @@ class Client:
             self._acked_seq = seq
 
     async def inbox(
-        self, *, unread_only: bool = False, limit: int = 50, before_seq: int | None = None
+        self,
+        *,
+        unread_only: bool = False,
+        limit: int = 50,
+        before_seq: int | None = None,
+        archived: bool = False,
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {"unread_only": unread_only, "limit": limit}
         if before_seq is not None:
             fields["before_seq"] = before_seq
+        if archived:
+            fields["archived"] = True
         return await self.request("inbox", **fields)
 
     async def mark_read(self, seqs: list[int]) -> int:
@@ -343,6 +350,23 @@ class Client:
     async def mark_unread(self, seqs: list[int]) -> int:
         marked: int = (await self.request("mark_unread", seqs=seqs))["marked"]
         return marked
+
+    async def delete(self, seqs: list[int]) -> int:
+        """Delete entries of one's own mailbox (one's copy only)."""
+        deleted: int = (await self.request("delete", seqs=seqs))["deleted"]
+        return deleted
+
+    async def archive(self, seqs: list[int]) -> int:
+        archived: int = (await self.request("archive", seqs=seqs))["archived"]
+        return archived
+
+    async def admin_retention(
+        self, kind: str | None = None, days: int | None = None
+    ) -> dict[str, int]:
+        """Set the retention of a kind (days None: for ever); the rules, by kind."""
+        fields = {k: v for k, v in {"kind": kind, "days": days}.items() if v is not None}
+        rules: dict[str, int] = (await self.request("admin_retention", **fields))["rules"]
+        return rules
 
     async def who(self) -> list[dict[str, Any]]:
         return (await self.request("who"))["users"]

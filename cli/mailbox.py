@@ -1,4 +1,5 @@
-"""`mailnet reply`, `unread`, `ack`, `status`: commands about mail already sent or received."""
+"""`mailnet reply`, `unread`, `ack`, `status`, `delete`, `archive`, `admin retention`: commands
+about mail already sent or received."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Any
 import click
 
 from broker.client import Client
+from broker.protocol import KINDS
+from broker.protocol.requests import MAX_RETENTION_DAYS
 
 from . import output
 from .connect import ClientOptions, client_options, run_async, session_client
-from .output import EXIT_REFUSED, emit_json, fail, json_option
+from .output import EXIT_REFUSED, EXIT_USAGE, emit_json, fail, json_option
 from .sending import _read_body
 
 MAX_SUBJECT_CHARS = 200
@@ -39,7 +42,7 @@ def reply_recipients(entry: dict[str, Any], me: str, *, to_all: bool) -> list[st
 
 async def entry_by_seq(client: Client, seq: int) -> dict[str, Any]:
     """The entry at `seq` in the user's own mailbox (CliError when there is none)."""
-    page = await client.inbox(limit=1, before_seq=seq + 1)
+    page = await client.inbox(limit=1, before_seq=seq + 1, archived=True)
     entries = page["entries"]
     if not entries or entries[0]["seq"] != seq:
         fail(f"no message #{seq} in your mailbox", EXIT_REFUSED)
@@ -163,3 +166,70 @@ def status(message_id: int, as_json: bool, options: ClientOptions) -> None:
         return
     for line in status_lines(result):
         click.echo(line)
+
+
+@click.command()
+@click.argument("seqs", nargs=-1, required=True, type=click.IntRange(min=1))
+@json_option
+@client_options
+def delete(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> None:
+    """Delete messages SEQ... from your mailbox (your copy only; senders keep theirs)."""
+
+    async def run() -> int:
+        async with session_client(options) as auth:
+            return await auth.client.delete(list(seqs))
+
+    deleted = run_async(run)
+    if as_json:
+        emit_json({"deleted": deleted, "seqs": list(seqs)})
+        return
+    click.echo(f"Deleted {deleted}.")
+
+
+@click.command()
+@click.argument("seqs", nargs=-1, required=True, type=click.IntRange(min=1))
+@json_option
+@client_options
+def archive(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> None:
+    """Archive messages SEQ...: kept, but out of `inbox` (see them with `inbox --archived`)."""
+
+    async def run() -> int:
+        async with session_client(options) as auth:
+            return await auth.client.archive(list(seqs))
+
+    archived = run_async(run)
+    if as_json:
+        emit_json({"archived": archived, "seqs": list(seqs)})
+        return
+    click.echo(f"Archived {archived}.")
+
+
+@click.command("retention")
+@click.option("--kind", type=click.Choice(KINDS), help="The kind of message the rule is for.")
+@click.option("--days", type=click.IntRange(1, MAX_RETENTION_DAYS), help="Keep it this many days.")
+@click.option("--forever", is_flag=True, help="Keep this kind for ever (remove its rule).")
+@json_option
+@client_options
+def retention(
+    kind: str | None, days: int | None, forever: bool, as_json: bool, options: ClientOptions
+) -> None:
+    """Show or set how long mail of each kind is kept (admins). Only mail a client of its owner
+    has received is ever removed; a kind without a rule is kept for ever."""
+    if kind is not None and (days is None) == (not forever):
+        fail("with --kind, give --days N or --forever", EXIT_USAGE)
+    if kind is None and (days is not None or forever):
+        fail("--days and --forever need --kind", EXIT_USAGE)
+
+    async def run() -> dict[str, int]:
+        async with session_client(options) as auth:
+            return await auth.client.admin_retention(kind, days)
+
+    rules = run_async(run)
+    if as_json:
+        emit_json({"rules": rules})
+        return
+    if not rules:
+        click.echo("Every kind of mail is kept for ever.")
+    for name in KINDS:
+        if name in rules:
+            click.echo(f"{name}: kept {rules[name]} days")

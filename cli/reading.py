@@ -23,16 +23,24 @@ from .session_file import save_session
 @click.option("--unread", is_flag=True, help="Only unread mail.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--before", type=click.IntRange(min=1), metavar="SEQ", help="Page: mail before SEQ.")
+@click.option("--archived", is_flag=True, help="Include archived mail (hidden otherwise).")
 @json_option
 @client_options
 def inbox(
-    unread: bool, limit: int, before: int | None, as_json: bool, options: ClientOptions
+    unread: bool,
+    limit: int,
+    before: int | None,
+    archived: bool,
+    as_json: bool,
+    options: ClientOptions,
 ) -> None:
     """List your mail, newest first (* marks unread)."""
 
     async def run() -> dict[str, Any]:
         async with session_client(options) as auth:
-            return await auth.client.inbox(unread_only=unread, limit=limit, before_seq=before)
+            return await auth.client.inbox(
+                unread_only=unread, limit=limit, before_seq=before, archived=archived
+            )
 
     result = run_async(run)
     entries = result["entries"]
@@ -53,7 +61,7 @@ async def find_entries(client: Any, seqs: list[int]) -> list[dict[str, Any]]:
     """Each of the user's mailbox entries with these seqs, looked up through the inbox."""
     found = []
     for seq in seqs:
-        page = await client.inbox(limit=1, before_seq=seq + 1)
+        page = await client.inbox(limit=1, before_seq=seq + 1, archived=True)
         entries = [entry for entry in page["entries"] if entry["seq"] == seq]
         if not entries:
             fail(f"no message #{seq} in your mailbox", EXIT_REFUSED)

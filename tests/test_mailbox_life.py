@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -586,3 +587,177 @@ async def test_cli_announce_require_ack_then_ack_and_status(
         assert refused.returncode == 5
         prefs = await bob.ok("prefs", "--no-read-receipts", "--json")
         assert prefs.json_lines()[0]["read_receipts"] is False
+
+
+# -- 5. deletion, archiving and retention -------------------------------------------------------
+
+
+async def test_delete_and_archive_touch_only_the_users_copy_and_reach_their_sessions(
+    core: Broker,
+) -> None:
+    from tests.test_session_layer import connection, text
+
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "alice", "bob", "carol")
+        alice = await session_of(core, "alice")
+        await alice.send(send(kind="email", to=["bob", "carol"], subject="s", body="shared"))
+        await alice.send(text("bob", "two"))
+        await alice.send(text("bob", "three"))
+        async with connection(core) as (bob, bob_out):
+            await bob.handle(login("bob"))
+            await bob_out.wait_for_mail(3)
+            deleted = await bob.handle(parse_request({"op": "delete", "seqs": [1]}))
+            assert deleted == r.DeleteResult(deleted=1)
+            archived = await bob.handle(parse_request({"op": "archive", "seqs": [2, 3]}))
+            assert archived == r.ArchiveResult(archived=2)
+            assert await mailbox_events(bob_out, 2) == [
+                MailboxEvent(change="deleted", seqs=[1]),
+                MailboxEvent(change="archived", seqs=[2, 3]),
+            ]
+            with pytest.raises(RequestRefused) as gone:
+                await bob.handle(parse_request({"op": "delete", "seqs": [1]}))
+            assert gone.value.code == ErrorCode.NOT_FOUND
+            inbox = await bob.handle(parse_request({"op": "inbox"}))
+            assert isinstance(inbox, r.InboxResult) and inbox.entries == []
+            everything = await bob.handle(parse_request({"op": "inbox", "archived": True}))
+            assert isinstance(everything, r.InboxResult)
+            assert [e.seq for e in everything.entries] == [3, 2]
+        carol = await session_of(core, "carol")
+        kept = await carol.handle(parse_request({"op": "inbox"}))
+        assert isinstance(kept, r.InboxResult) and [e.body for e in kept.entries] == ["shared"]
+        assert [m["body"] for m in await history(alice)] == ["three", "two", "shared"]
+
+
+async def test_the_retention_sweep_removes_only_old_acknowledged_entries_of_the_kind(
+    core: Broker,
+) -> None:
+    from sqlalchemy import update
+
+    from broker.store.models import Message
+    from tests.test_session_layer import connection, text
+
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "root", "alice", "bob")
+        alice, bob = await session_of(core, "alice"), await session_of(core, "bob")
+        with pytest.raises(RequestRefused) as forbidden:
+            await alice.handle(
+                parse_request({"op": "admin_retention", "kind": "announcement", "days": 30})
+            )
+        assert forbidden.value.code == ErrorCode.FORBIDDEN
+        root = await session_of(core, "root")
+        rules = await root.handle(
+            parse_request({"op": "admin_retention", "kind": "announcement", "days": 30})
+        )
+        assert rules == r.AdminRetentionResult(rules={"announcement": 30})
+        old = await alice.send(send(kind="announcement", subject="old", body="expired"))
+        await alice.send(send(kind="announcement", subject="new", body="fresh"))
+        await alice.send(text("bob", "a text, no rule"))
+        store = core.runner.store
+        with store.engines.write.begin() as conn:  # every message is 40 days old but one
+            conn.execute(
+                update(Message.__table__)
+                .where(Message.__table__.c.subject != "new")
+                .values(created_at=datetime.now(UTC) - timedelta(days=40))
+            )
+        # no client of anyone's has acknowledged anything: nothing is removed
+        assert await core.retention.sweep() == 0
+        async with connection(core) as (live, live_out):
+            await live.handle(login("bob"))
+            await live_out.wait_for_mail(3)
+            await live.handle(parse_request({"op": "ack", "seq": 3}))
+            await core.flush_acks()
+            # bob's old announcement goes; the new one and the old text (no rule) stay; root's
+            # old announcement stays too: no client of root's ever received it
+            assert await core.retention.sweep() == 1
+            assert await mailbox_events(live_out, 1) == [MailboxEvent(change="deleted", seqs=[1])]
+        assert core.retention.swept_total == {"announcement": 1}
+        left = await bob.handle(parse_request({"op": "inbox"}))
+        assert isinstance(left, r.InboxResult)
+        assert [e.body for e in left.entries] == ["a text, no rule", "fresh"]
+        roots = await root.handle(parse_request({"op": "inbox"}))
+        assert isinstance(roots, r.InboxResult)
+        assert old.message_id in [e.message_id for e in roots.entries]
+        forever = await root.handle(
+            parse_request({"op": "admin_retention", "kind": "announcement"})
+        )
+        assert forever == r.AdminRetentionResult(rules={})
+
+
+async def test_deleting_does_not_make_room_in_a_full_mailbox(tmp_path: Path) -> None:
+    """Quotas stay loud: a full mailbox refuses until its owner's client takes the mail."""
+    from tests.test_session_layer import text
+
+    with trio.fail_after(WAIT):
+        async with running_core(make_config(tmp_path, mailbox_quota=2)) as core:
+            await create_accounts(core, "alice", "bob")
+            alice, bob = await session_of(core, "alice"), await session_of(core, "bob")
+            await alice.send(text("bob", "1"))
+            await alice.send(text("bob", "2"))
+            await bob.handle(parse_request({"op": "delete", "seqs": [1, 2]}))
+            with pytest.raises(RequestRefused) as full:
+                await alice.send(text("bob", "3"))
+            assert full.value.code == ErrorCode.QUOTA_EXCEEDED
+
+
+async def test_cli_delete_archive_inbox_archived_and_admin_retention(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    root = User("root", tmp_path / "root", broker.address)
+    alice = User("alice", tmp_path / "alice", broker.address)
+    with trio.fail_after(120):
+        for user in (root, alice):
+            await user.login()
+        for word in ("one", "two", "three"):
+            await root.ok("text", "alice", word)
+        assert "Deleted 1." in (await alice.ok("delete", "1")).stdout
+        assert "Archived 1." in (await alice.ok("archive", "2")).stdout
+        shown = (await alice.ok("inbox", "--json")).json_lines()
+        assert [e["body"] for e in shown] == ["three"]
+        everything = (await alice.ok("inbox", "--archived", "--json")).json_lines()
+        assert [e["body"] for e in everything] == ["three", "two"]
+        assert (await alice("delete", "1")).returncode == 5
+        set_rule = await root.ok("admin", "retention", "--kind", "announcement", "--days", "30")
+        assert "announcement: kept 30 days" in set_rule.stdout
+        rules = (await root.ok("admin", "retention", "--json")).json_lines()[0]
+        assert rules == {"rules": {"announcement": 30}}
+        assert (await alice("admin", "retention", "--kind", "text", "--days", "1")).returncode == 5
+        assert (await root("admin", "retention", "--kind", "text")).returncode == 2
+
+
+async def test_delete_and_archive_over_http_reach_the_websocket_and_tcp(
+    web: RunningBroker,
+) -> None:
+    from tests.test_web_api import live
+
+    with trio.fail_after(WAIT):
+        async with web.user("alice") as alice, web.user("bob") as bob_tcp:
+            for word in ("one", "two"):
+                await alice.send_text("bob", word)
+            await bob_tcp.next_mail()
+            async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
+                response = await http.post(
+                    "/api/login", json={"username": "bob", "password": "password1"}
+                )
+                token = response.json()["token"]
+                headers = {"Authorization": f"Bearer {token}"}
+                async with live(web, token) as ws:
+                    gone = await http.post("/api/delete", json={"seqs": [1]}, headers=headers)
+                    assert gone.json() == {"deleted": 1}
+                    assert await _next_mailbox_event(ws) == {
+                        "event": "mailbox",
+                        "change": "deleted",
+                        "seqs": [1],
+                    }
+                    put = await http.post("/api/archive", json={"seqs": [2]}, headers=headers)
+                    assert put.json() == {"archived": 1}
+                    assert (await _next_mailbox_event(ws))["change"] == "archived"
+                inbox = await http.get("/api/inbox", headers=headers)
+                assert inbox.json()["entries"] == []
+                archived = await http.get("/api/inbox?archived=true", headers=headers)
+                assert [e["seq"] for e in archived.json()["entries"]] == [2]
+            changes = []
+            while len(changes) < 2:
+                event = await bob_tcp.next_event()
+                if event["event"] == "mailbox":
+                    changes.append(event["change"])
+            assert changes == ["deleted", "archived"]

@@ -46,6 +46,13 @@ async def carry_out(
             return inbox
         case requests.MarkRead(seqs=seqs):
             return r.MarkReadResult(marked=await broker.mark_read(user, seqs))
+        case requests.Delete(seqs=seqs):
+            return r.DeleteResult(deleted=await broker.retention.delete(user, seqs))
+        case requests.Archive(seqs=seqs):
+            return r.ArchiveResult(archived=await broker.retention.archive(user, seqs))
+        case requests.AdminRetention(kind=kind, days=days):
+            rules = await broker.retention.rules(user, kind, days)
+            return r.AdminRetentionResult(rules=rules)
         case requests.MarkUnread(seqs=seqs):
             return r.MarkUnreadResult(marked=await broker.mark_read(user, seqs, read=False))
         case requests.Who():

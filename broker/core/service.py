@@ -39,6 +39,7 @@ from .ledger import Ledger
 from .mailbox_sync import MailboxSync
 from .prelogin import PreLoginBudget
 from .presence import LiveSession, OnlineUser, Presence
+from .retention import Retention
 from .runner import StoreRunner
 from .throttle import SendRateLimiter
 from .views import RICKROLL_BODY, RICKROLL_SUBJECT
@@ -88,6 +89,7 @@ class Broker:
         if self.shared_send_rate is not None:
             self.send_limits = self.shared_send_rate
         self.admin = AccountAdmin(self.runner, self.accounts, self.presence)
+        self.retention = Retention(self.runner, self.mailbox_sync, self.admin)
         # What connections that have not logged in may buffer, all transports together.
         self.prelogin = PreLoginBudget(config.pre_login_buffer_bytes)
         self._pending_acks: dict[int, int] = {}
@@ -118,6 +120,7 @@ class Broker:
             self._nursery = nursery  # for sends waiting on a shared rate lease
             nursery.start_soon(self.commits.run)
             nursery.start_soon(self._flush_acks_forever)
+            nursery.start_soon(self.retention.sweep_forever, self.config.retention_sweep)
             nursery.start_soon(
                 self.admin.end_revoked_sessions_forever, self.config.revoked_session_check
             )
@@ -416,6 +419,7 @@ class Broker:
             request.unread_only,
             request.limit,
             request.before_seq,
+            request.archived,
         )
 
     async def mark_read(self, user: UserRecord, seqs: Sequence[int], *, read: bool = True) -> int:
@@ -491,5 +495,14 @@ class Broker:
         }
 
 
-def _inbox(store: MailStore, user_id: int, unread_only: bool, limit: int, before_seq: int | None):  # type: ignore[no-untyped-def]
-    return store.inbox(user_id, unread_only=unread_only, limit=limit, before_seq=before_seq)
+def _inbox(  # type: ignore[no-untyped-def]
+    store: MailStore,
+    user_id: int,
+    unread_only: bool,
+    limit: int,
+    before_seq: int | None,
+    archived: bool = False,
+):
+    return store.inbox(
+        user_id, unread_only=unread_only, limit=limit, before_seq=before_seq, archived=archived
+    )

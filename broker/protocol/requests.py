@@ -113,6 +113,7 @@ class Inbox(_Request, tag="inbox", frozen=True):
     unread_only: bool = False
     limit: PageSize = 50
     before_seq: PositiveInt | None = None
+    archived: bool = False  # include archived entries (hidden by default)
 
 
 class MarkRead(_Request, tag="mark_read", frozen=True):
@@ -121,6 +122,18 @@ class MarkRead(_Request, tag="mark_read", frozen=True):
 
 class MarkUnread(_Request, tag="mark_unread", frozen=True):
     """Mark entries unread again (as mark_read, the other way)."""
+
+    seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
+
+
+class Delete(_Request, tag="delete", frozen=True):
+    """Remove entries from one's own mailbox (the message stays for everyone else)."""
+
+    seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
+
+
+class Archive(_Request, tag="archive", frozen=True):
+    """Archive entries of one's own mailbox: kept, but out of the inbox."""
 
     seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
 
@@ -209,6 +222,17 @@ class AdminInvite(_Request, tag="admin_invite", frozen=True):
     pass
 
 
+MAX_RETENTION_DAYS: Final = 36_500
+
+
+class AdminRetention(_Request, tag="admin_retention", frozen=True):
+    """Set how many days mailbox entries of a kind are kept (`days` null: for ever); without
+    `kind`, only list the rules."""
+
+    kind: Kind | None = None
+    days: Annotated[int, Meta(ge=1, le=MAX_RETENTION_DAYS)] | None = None
+
+
 Request = (
     Login
     | Resume
@@ -219,6 +243,8 @@ Request = (
     | Inbox
     | MarkRead
     | MarkUnread
+    | Delete
+    | Archive
     | Who
     | History
     | SetPrefs
@@ -234,6 +260,7 @@ Request = (
     | AdminSessions
     | AdminAudit
     | AdminInvite
+    | AdminRetention
 )
 
 
@@ -451,11 +478,16 @@ def _parse(op: str, f: _Fields) -> Request:
                 unread_only=f.bool("unread_only"),
                 limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 50,
                 before_seq=f.int("before_seq", required=False, minimum=1),
+                archived=f.bool("archived"),
             )
         case "mark_read":
             return MarkRead(seqs=_parse_seqs(f))
         case "mark_unread":
             return MarkUnread(seqs=_parse_seqs(f))
+        case "delete":
+            return Delete(seqs=_parse_seqs(f))
+        case "archive":
+            return Archive(seqs=_parse_seqs(f))
         case "who":
             return Who()
         case "history":
@@ -504,6 +536,14 @@ def _parse(op: str, f: _Fields) -> Request:
             )
         case "admin_invite":
             return AdminInvite()
+        case "admin_retention":
+            kind = f.str("kind", required=False, max_chars=20)
+            if kind is not None and kind not in KINDS:
+                raise _bad(f"field 'kind' must be one of {', '.join(KINDS)}")
+            days = f.int("days", required=False, minimum=1, maximum=MAX_RETENTION_DAYS)
+            if kind is None and days is not None:
+                raise _bad("field 'days' needs a 'kind'")
+            return AdminRetention(kind=kind, days=days)
     raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op[:40]!r}")
 
 

@@ -64,6 +64,18 @@ class MarkUnreadResult(Result):
     marked: int  # how many entries were read and are now unread
 
 
+class DeleteResult(Result):
+    deleted: int
+
+
+class ArchiveResult(Result):
+    archived: int  # how many were not archived yet
+
+
+class AdminRetentionResult(Result):
+    rules: dict[str, int]  # kind -> days kept; a kind not listed is kept for ever
+
+
 class OnlineUser(Result):
     """One line of `who`."""
 
@@ -225,6 +237,9 @@ RESULT_TYPES: Final[dict[str, type[Result]]] = {
     "inbox": InboxResult,
     "mark_read": MarkReadResult,
     "mark_unread": MarkUnreadResult,
+    "delete": DeleteResult,
+    "archive": ArchiveResult,
+    "admin_retention": AdminRetentionResult,
     "who": WhoResult,
     "history": HistoryResult,
     "set_prefs": PrefsResult,
@@ -249,13 +264,16 @@ __all__ = [
     "AdminAuditResult",
     "AdminInviteResult",
     "AdminKickResult",
+    "AdminRetentionResult",
     "AdminSessionsResult",
     "AdminSetDisabledResult",
     "AdminUsersResult",
+    "ArchiveResult",
     "AuditAction",
     "BlockResult",
     "BlockedUser",
     "ChangePasswordResult",
+    "DeleteResult",
     "Failure",
     "HistoryResult",
     "InboxResult",

@@ -29,6 +29,7 @@ from .records import (
     SendOutcome,
     UserRecord,
 )
+from .retention import RetentionStoreMixin
 from .search import apply_search
 from .sendbatch import SendBatch
 
@@ -179,7 +180,7 @@ def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[E
     return entries
 
 
-class MailStore(AdminStoreMixin, LedgerStoreMixin):
+class MailStore(AdminStoreMixin, LedgerStoreMixin, RetentionStoreMixin):
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
 
@@ -306,9 +307,18 @@ class MailStore(AdminStoreMixin, LedgerStoreMixin):
             return [_entry(row) for row in conn.execute(query)]
 
     def inbox(
-        self, user_id: int, *, unread_only: bool, limit: int, before_seq: int | None
+        self,
+        user_id: int,
+        *,
+        unread_only: bool,
+        limit: int,
+        before_seq: int | None,
+        archived: bool = False,
     ) -> tuple[list[EntryRecord], int]:
+        """The newest entries first; archived ones only when `archived` is true."""
         query = self._entries_query(user_id).order_by(mailbox.c.seq.desc()).limit(limit)
+        if not archived:
+            query = query.where(mailbox.c.archived_at.is_(None))
         if unread_only:
             query = query.where(mailbox.c.read_at.is_(None))
         if before_seq is not None:

@@ -125,6 +125,19 @@ class MailboxEntry(Base):
     # acknowledged by the owner (a message that asks for it). NULL costs a send nothing.
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Archived by its owner: out of the inbox unless asked for (`inbox` with `archived`).
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RetentionRule(Base):
+    """How long mailbox entries of one kind are kept (set by an admin). The broker's sweep
+    removes older entries only once their owner's client has acknowledged them."""
+
+    __tablename__ = "retention_rules"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    days: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Block(Base):

@@ -58,6 +58,9 @@ class HttpApi:
             route("/api/read", self.mark_read, "POST"),
             route("/api/unread", self.mark_unread, "POST"),
             route("/api/acknowledge", self.acknowledge, "POST"),
+            route("/api/delete", self.delete, "POST"),
+            route("/api/archive", self.archive, "POST"),
+            route("/api/retention", self.retention, "POST"),
             route("/api/status", self.message_status, "GET"),
             route("/api/who", self.who, "GET"),
             route("/api/history", self.history, "GET"),
@@ -166,6 +169,7 @@ class HttpApi:
                 "unread_only": query_bool(request, "unread"),
                 "limit": query_int(request, "limit"),
                 "before_seq": query_int(request, "before_seq"),
+                "archived": query_bool(request, "archived"),
             }
         )
         assert isinstance(inbox, requests.Inbox)
@@ -183,6 +187,25 @@ class HttpApi:
         body = await self._body(request)
         mark = parse_request({"op": "mark_unread", "seqs": body.get("seqs")})
         return await self._answer(session, mark)
+
+    async def _seqs_op(self, request: Request, op: str) -> dict[str, Any]:
+        session = await self._session(request)
+        body = await self._body(request)
+        return await self._answer(session, parse_request({"op": op, "seqs": body.get("seqs")}))
+
+    async def delete(self, request: Request) -> dict[str, Any]:
+        return await self._seqs_op(request, "delete")
+
+    async def archive(self, request: Request) -> dict[str, Any]:
+        return await self._seqs_op(request, "archive")
+
+    async def retention(self, request: Request) -> dict[str, Any]:
+        session = await self._session(request)
+        body = await self._body(request)
+        rule = parse_request(
+            {"op": "admin_retention", "kind": body.get("kind"), "days": body.get("days")}
+        )
+        return await self._answer(session, rule)
 
     async def acknowledge(self, request: Request) -> dict[str, Any]:
         session = await self._session(request)

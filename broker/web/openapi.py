@@ -314,6 +314,32 @@ SCHEMAS: dict[str, Any] = {
         },
         "description": "At least one of the two; one left out keeps its value.",
     },
+    "Deleted": {
+        "type": "object",
+        "required": ["deleted"],
+        "properties": {"deleted": {"type": "integer"}},
+    },
+    "Archived": {
+        "type": "object",
+        "required": ["archived"],
+        "properties": {"archived": {"type": "integer"}},
+    },
+    "RetentionRequest": {
+        "type": "object",
+        "properties": {
+            "kind": {"type": ["string", "null"], "enum": [*KINDS, None]},
+            "days": {"type": ["integer", "null"], "minimum": 1, "maximum": 36500},
+        },
+        "description": "Admins: set the days a kind is kept (days null: for ever); "
+        "without kind, only list the rules.",
+    },
+    "RetentionRules": {
+        "type": "object",
+        "required": ["rules"],
+        "properties": {
+            "rules": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+    },
     "AcknowledgeRequest": {
         "type": "object",
         "required": ["message_id"],
@@ -397,6 +423,7 @@ def openapi_schema() -> dict[str, Any]:
                     "Inbox",
                     parameters=[
                         _query("unread", {"type": "boolean"}, "Only unread entries."),
+                        _query("archived", {"type": "boolean"}, "Include archived entries."),
                         _query("limit", LIMIT, "Page size."),
                         _query(
                             "before_seq",
@@ -453,6 +480,11 @@ def openapi_schema() -> dict[str, Any]:
                 )
             },
             "/api/prefs": {"put": _operation("Set prefs", "Prefs", body="Prefs")},
+            "/api/delete": {"post": _operation("Delete", "Deleted", body="ReadRequest")},
+            "/api/archive": {"post": _operation("Archive", "Archived", body="ReadRequest")},
+            "/api/retention": {
+                "post": _operation("Retention", "RetentionRules", body="RetentionRequest")
+            },
             "/api/acknowledge": {
                 "post": _operation("Acknowledge", "AcknowledgeResult", body="AcknowledgeRequest")
             },

@@ -5,7 +5,8 @@ Revises: 0005
 
 `messages.in_reply_to` (the message a reply answers) and `messages.thread_id` (its thread's
 first message; NULL for a message that starts its own thread); `messages.require_ack`;
-`mailbox.delivered_at` and `mailbox.acked_at` (the sender's ledger); `users.read_receipts`.
+`mailbox.delivered_at` and `mailbox.acked_at` (the sender's ledger); `users.read_receipts`;
+`mailbox.archived_at` and the `retention_rules` table (retention per kind).
 Every new column is NULL or a server default for an ordinary send, so the group commit writes
 nothing more for them. Columns are added and dropped
 with plain ALTER TABLE (no batch copy), so SQLite keeps the search triggers on `messages`.
@@ -36,9 +37,19 @@ def upgrade() -> None:
         "users",
         sa.Column("read_receipts", sa.Boolean(), server_default=sa.true(), nullable=False),
     )
+    op.add_column("mailbox", sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_table(
+        "retention_rules",
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("days", sa.Integer(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("kind", name=op.f("pk_retention_rules")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("retention_rules")
+    op.drop_column("mailbox", "archived_at")
     op.drop_column("users", "read_receipts")
     op.drop_column("mailbox", "acked_at")
     op.drop_column("mailbox", "delivered_at")
