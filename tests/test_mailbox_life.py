@@ -21,7 +21,7 @@ from broker.config import Config
 from broker.core import Broker, Session
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
 from broker.protocol import responses as r
-from broker.protocol.events import MailboxEvent, ReceiptEvent
+from broker.protocol.events import MailboxEvent, ReceiptEvent, Receipts
 from tests.conftest import RunningBroker, make_config, running_broker
 from tests.test_session_layer import create_accounts, login, running_core
 
@@ -581,6 +581,8 @@ async def test_cli_announce_require_ack_then_ack_and_status(
         after = await alice.ok("status", message_id)
         assert "1 of 2 acknowledged; not yet: root" in after.stdout
         assert "bob: acknowledged" in after.stdout
+        sent_list = await alice.ok("history", "--kind", "announcement")
+        assert "STATUS" in sent_list.stdout and "1/2 acked" in sent_list.stdout
         ledger = (await root.ok("status", message_id, "--json")).json_lines()[0]
         assert ledger["acked"] == 1
         refused = await bob("status", message_id)
@@ -761,3 +763,26 @@ async def test_delete_and_archive_over_http_reach_the_websocket_and_tcp(
                 if event["event"] == "mailbox":
                     changes.append(event["change"])
             assert changes == ["deleted", "archived"]
+
+
+async def test_history_marks_what_the_user_sent_with_the_ledger_counts(core: Broker) -> None:
+    from tests.test_session_layer import connection
+
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "alice", "bob", "carol")
+        alice = await session_of(core, "alice")
+        await alice.send(send(kind="email", to=["bob", "carol"], subject="s", body="to both"))
+        async with connection(core) as (bob, bob_out):
+            await bob.handle(login("bob"))
+            await bob_out.wait_for_mail(1)
+            await bob.handle(parse_request({"op": "ack", "seq": 1}))
+            await core.flush_acks()
+        carol = await session_of(core, "carol")
+        await carol.handle(parse_request({"op": "mark_read", "seqs": [1]}))
+        answer = await alice.handle(parse_request({"op": "history"}))
+        assert isinstance(answer, r.HistoryResult)
+        [item] = answer.items
+        assert item.receipts == Receipts(total=2, delivered=2, read=1, acked=0)
+        received = await carol.handle(parse_request({"op": "history"}))
+        assert isinstance(received, r.HistoryResult)
+        assert received.items[0].receipts is None  # only the sender sees the marks

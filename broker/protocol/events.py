@@ -21,6 +21,16 @@ Timestamp = Annotated[
 ]
 
 
+class Receipts(msgspec.Struct, kw_only=True):
+    """How far a message the user sent got: of `total` recipients, how many have it delivered,
+    read (as far as their read receipts tell) and acknowledged."""
+
+    total: int
+    delivered: int
+    read: int
+    acked: int
+
+
 class Entry(msgspec.Struct, kw_only=True):
     """A mailbox entry as its owner sees it: in `mail` events, `inbox` and `history` pages."""
 
@@ -39,6 +49,8 @@ class Entry(msgspec.Struct, kw_only=True):
     thread_id: int | None = None
     in_reply_to: int | None = None
     require_ack: bool = False  # the sender asks for an `acknowledge`
+    # Only on history items the user sent (`direction` out): the delivery ledger's counts.
+    receipts: Receipts | None = None
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="event"):
@@ -92,5 +104,6 @@ __all__ = [
     "MailboxEvent",
     "PresenceEvent",
     "ReceiptEvent",
+    "Receipts",
     "Timestamp",
 ]

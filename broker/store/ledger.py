@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, and_, case, func, or_, select, update
 
 from .database import Engines
 from .mailbox_notify import announce_mailbox_change
@@ -62,6 +62,36 @@ class MessageLedger:
 class ReadReceipt:
     message_id: int
     sender_id: int
+
+
+def receipt_counts(conn, message_ids: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:  # type: ignore[no-untyped-def]
+    """Per message: (recipients, delivered, read, acknowledged), as message_ledger counts
+    them (read only where the recipient allows read receipts). One grouped query."""
+    if not message_ids:
+        return {}
+    delivered = or_(
+        mailbox.c.delivered_at.is_not(None),
+        mailbox.c.read_at.is_not(None),
+        mailbox.c.acked_at.is_not(None),
+        mailbox.c.seq <= users.c.acked_seq,
+    )
+    read = or_(
+        and_(mailbox.c.read_at.is_not(None), users.c.read_receipts.is_(True)),
+        mailbox.c.acked_at.is_not(None),
+    )
+    rows = conn.execute(
+        select(
+            mailbox.c.message_id,
+            func.count(),
+            func.sum(case((delivered, 1), else_=0)),
+            func.sum(case((read, 1), else_=0)),
+            func.sum(case((mailbox.c.acked_at.is_not(None), 1), else_=0)),
+        )
+        .join(users, users.c.id == mailbox.c.user_id)
+        .where(mailbox.c.message_id.in_(list(message_ids)))
+        .group_by(mailbox.c.message_id)
+    )
+    return {row[0]: (int(row[1]), int(row[2]), int(row[3]), int(row[4])) for row in rows}
 
 
 class LedgerStoreMixin:

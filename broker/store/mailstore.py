@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from . import presence_rows
 from .admin import AdminStoreMixin, redeem_invite
 from .database import Engines, make_engines
-from .ledger import LedgerStoreMixin
+from .ledger import LedgerStoreMixin, receipt_counts
 from .mailbox_notify import announce_mailbox_change, listen_for_mailbox_changes
 from .models import AuthSession, MailboxEntry, Message, User, utcnow
 from .notify import listen_for_commits
@@ -482,10 +482,21 @@ class MailStore(AdminStoreMixin, LedgerStoreMixin, RetentionStoreMixin):
         if query.offset:
             stmt = stmt.offset(query.offset)
         with self.engines.read.connect() as conn:
-            return [
+            entries = [
                 _entry(row, direction="out" if row.sender_id == user_id else "in")
                 for row in conn.execute(stmt)
             ]
+            # The sender's marks: how far each sent message got, one query for the page.
+            sent = [e.message_id for e in entries if e.direction == "out"]
+            counts = receipt_counts(conn, sent) if sent else {}
+        if not counts:
+            return entries
+        return [
+            e._replace(receipts=counts.get(e.message_id, (0, 0, 0, 0)))
+            if e.direction == "out"
+            else e
+            for e in entries
+        ]
 
     @property
     def shares_commits(self) -> bool:

@@ -45,6 +45,8 @@ class EntryRecord(NamedTuple):
     in_reply_to: int | None = None
     thread_id: int | None = None
     require_ack: bool = False  # the sender asks its recipients to acknowledge it
+    # In its sender's history: (recipients, delivered, read, acknowledged) from the ledger.
+    receipts: tuple[int, int, int, int] | None = None
 
 
 class SendIntent(NamedTuple):
@@ -137,6 +139,7 @@ def deliveries_of(
                             in_reply_to,
                             thread_id,
                             require_ack,
+                            None,
                         ),
                     ),
                 ),
