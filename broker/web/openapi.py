@@ -306,13 +306,17 @@ SCHEMAS: dict[str, Any] = {
     "Prefs": {
         "type": "object",
         "properties": {
-            "prank_opt_out": {"type": "boolean"},
+            "prank_opt_out": {"type": ["boolean", "null"]},
             "read_receipts": {
-                "type": "boolean",
+                "type": ["boolean", "null"],
                 "description": "false: senders see your mail delivered, never read.",
             },
         },
-        "description": "At least one of the two; one left out keeps its value.",
+        # At least one of the two as a boolean; one left out (or null) keeps its value.
+        "anyOf": [
+            {"required": ["prank_opt_out"], "properties": {"prank_opt_out": {"type": "boolean"}}},
+            {"required": ["read_receipts"], "properties": {"read_receipts": {"type": "boolean"}}},
+        ],
     },
     "Deleted": {
         "type": "object",
