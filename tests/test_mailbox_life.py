@@ -786,3 +786,26 @@ async def test_history_marks_what_the_user_sent_with_the_ledger_counts(core: Bro
         received = await carol.handle(parse_request({"op": "history"}))
         assert isinstance(received, r.HistoryResult)
         assert received.items[0].receipts is None  # only the sender sees the marks
+
+
+async def test_a_receipt_reaches_the_sender_on_another_postgresql_node(
+    pg_url: str, tmp_path: Path
+) -> None:
+    with trio.fail_after(40):
+        async with (
+            running_broker(make_config(tmp_path / "a", db=pg_url)) as a,
+            running_broker(make_config(tmp_path / "b", db=pg_url)) as b,
+            a.user("alice") as alice,
+            b.user("bob") as bob,
+        ):
+            sent = await alice.announce("Sign", "the form", require_ack=True)
+            await bob.next_mail()
+            await bob.mark_read([1])
+            await bob.acknowledge(sent["message_id"])
+            states = []
+            while len(states) < 2:
+                event = await alice.next_event()
+                if event["event"] == "receipt":
+                    assert (event["message_id"], event["username"]) == (sent["message_id"], "bob")
+                    states.append(event["state"])
+            assert states == ["read", "acked"]

@@ -8,7 +8,6 @@ from datetime import datetime
 
 from broker.protocol import ErrorCode, RequestRefused
 from broker.protocol import responses as r
-from broker.protocol.events import ReceiptEvent
 from broker.store import UserRecord
 from broker.store.ledger import LedgerLine, NotAcknowledgeable, NotInMailbox
 
@@ -26,15 +25,15 @@ class Ledger:
         self.runner = runner
         self.sync = sync
 
-    def _receipt(self, sender_id: int, message_id: int, username: str, state: str) -> None:
-        event = ReceiptEvent(
-            message_id=message_id,
-            username=username,
-            state=state,  # type: ignore[arg-type]
-            at=iso(datetime.now().astimezone()),
-        )
-        for session in self.sync.presence.sessions_of(sender_id):
-            session.offer_event(event)
+    async def _receipts(self, receipts: list[tuple[int, int, str, str]]) -> None:
+        """(sender id, message id, state, recipient name): pushed to the senders' sessions on
+        this node at once, and on the others (PostgreSQL) through a notice."""
+        for sender_id, message_id, state, username in receipts:
+            self.sync.receipt(sender_id, message_id, username, state)
+        if receipts and self.runner.store.shares_commits:
+            await self.runner.write(
+                self.runner.store.announce_receipts, self.sync.node_id, receipts
+            )
 
     async def acknowledge(self, user: UserRecord, message_id: int) -> r.AcknowledgeResult:
         store = self.runner.store
@@ -52,7 +51,7 @@ class Ledger:
             ) from None
         if done.changed:
             self.sync.changed(user.id, "acked", [done.seq])
-            self._receipt(done.sender_id, message_id, user.username, "acked")
+            await self._receipts([(done.sender_id, message_id, "acked", user.username)])
         return r.AcknowledgeResult(
             message_id=message_id, acked_at=iso(done.at), changed=done.changed
         )
@@ -60,8 +59,9 @@ class Ledger:
     async def read(self, user: UserRecord, seqs: list[int]) -> None:
         """Tell the senders of entries the user just read (unless they turned receipts off)."""
         receipts = await self.runner.read(self.runner.store.read_receipts_for, user.id, seqs)
-        for receipt in receipts:
-            self._receipt(receipt.sender_id, receipt.message_id, user.username, "read")
+        await self._receipts(
+            [(receipt.sender_id, receipt.message_id, "read", user.username) for receipt in receipts]
+        )
 
     async def status(self, user: UserRecord, message_id: int) -> r.MessageStatusResult:
         ledger = await self.runner.read(self.runner.store.message_ledger, message_id)

@@ -9,15 +9,18 @@ import logging
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from functools import partial
 
 import trio
 
-from broker.protocol.events import MailboxChange, MailboxEvent
+from broker.protocol.events import MailboxChange, MailboxEvent, ReceiptEvent
 from broker.store.mailbox_notify import MailboxChange as ChangeNotice
+from broker.store.mailbox_notify import ReceiptNotice
 
 from .presence import Presence
 from .runner import StoreRunner
+from .views import iso
 
 log = logging.getLogger("mailnet.mailbox")
 
@@ -38,8 +41,23 @@ class MailboxSync:
         for session in self.presence.sessions_of(user_id):
             session.offer_event(MailboxEvent(change=change, seqs=list(seqs)))
 
-    def _noticed(self, notice: ChangeNotice) -> None:
-        if notice.node_id != self.node_id:
+    def receipt(self, sender_id: int, message_id: int, username: str, state: str) -> None:
+        """Push a receipt to every live session of the message's sender on this node."""
+        event = ReceiptEvent(
+            message_id=message_id,
+            username=username,
+            state=state,  # type: ignore[arg-type]
+            at=iso(datetime.now(UTC)),
+        )
+        for session in self.presence.sessions_of(sender_id):
+            session.offer_event(event)
+
+    def _noticed(self, notice: ChangeNotice | ReceiptNotice) -> None:
+        if notice.node_id == self.node_id:
+            return  # pushed here already
+        if isinstance(notice, ReceiptNotice):
+            self.receipt(notice.sender_id, notice.message_id, notice.username, notice.state)
+        else:
             self.changed(notice.user_id, notice.change, notice.seqs)  # type: ignore[arg-type]
 
     async def follow_other_nodes(

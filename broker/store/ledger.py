@@ -12,7 +12,7 @@ from typing import cast
 from sqlalchemy import Table, and_, case, func, or_, select, update
 
 from .database import Engines
-from .mailbox_notify import announce_mailbox_change
+from .mailbox_notify import announce_mailbox_change, announce_receipt
 from .models import MailboxEntry, Message, User, utcnow
 
 users = cast(Table, User.__table__)
@@ -194,6 +194,14 @@ class LedgerStoreMixin:
                 .where(mailbox.c.user_id == user_id, mailbox.c.seq.in_(list(seqs)))
             ).all()
         return [ReadReceipt(row.id, row.sender_id) for row in rows if row.sender_id != user_id]
+
+    def announce_receipts(self, node_id: str, receipts: list[tuple[int, int, str, str]]) -> None:
+        """Tell the other nodes (PostgreSQL) of receipts: (sender id, message id, state, name)."""
+        if not receipts or not self.shares_commits:
+            return
+        with self.engines.write.begin() as conn:
+            for sender_id, message_id, state, username in receipts:
+                announce_receipt(conn, node_id, sender_id, message_id, state, username)
 
     def set_read_receipts(self, user_id: int, value: bool) -> None:
         with self.engines.write.begin() as conn:

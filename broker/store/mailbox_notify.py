@@ -45,8 +45,36 @@ def announce_mailbox_change(
         conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": head + ",".join(chunk)})
 
 
-def parse_mailbox_change(payload: str) -> MailboxChange | None:
+class ReceiptNotice(NamedTuple):
+    """A recipient read or acknowledged a message: for its sender's sessions on every node."""
+
+    node_id: str
+    sender_id: int
+    message_id: int
+    state: str
+    username: str
+
+
+def announce_receipt(
+    conn: Connection, node_id: str, sender_id: int, message_id: int, state: str, username: str
+) -> None:
+    """Queue a NOTIFY (sent at commit) as 'node|sender|receipt|message:state:username'."""
+    payload = f"{node_id}|{sender_id}|receipt|{message_id}:{state}:{username}"
+    conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+
+
+def _parse_receipt(parts: list[str]) -> ReceiptNotice | None:
+    message_id, _, rest = parts[3].partition(":")
+    state, _, username = rest.partition(":")
+    if not message_id.isdigit() or state not in ("delivered", "read", "acked") or not username:
+        return None
+    return ReceiptNotice(parts[0], int(parts[1]), int(message_id), state, username)
+
+
+def parse_mailbox_change(payload: str) -> MailboxChange | ReceiptNotice | None:
     parts = payload.split("|")
+    if len(parts) == 4 and parts[1].isdigit() and parts[2] == "receipt":
+        return _parse_receipt(parts)
     if len(parts) != 4 or not parts[1].isdigit() or parts[2] not in CHANGES:
         return None
     seqs = tuple(int(s) for s in parts[3].split(",") if s.isdigit())
@@ -55,7 +83,7 @@ def parse_mailbox_change(payload: str) -> MailboxChange | None:
 
 def listen_for_mailbox_changes(
     engine: Engine,
-    on_change: Callable[[MailboxChange], None],
+    on_change: Callable[[MailboxChange | ReceiptNotice], None],
     should_stop: Callable[[], bool],
     *,
     on_listening: Callable[[], None] = lambda: None,
