@@ -327,6 +327,8 @@ class Client:
         subject: str | None = None,
         body: str | None = None,
         client_msg_id: str | None = None,
+        in_reply_to: int | None = None,
+        require_ack: bool = False,
     ) -> dict[str, Any]:
         send = requests.Send(
             kind=kind,  # type: ignore[arg-type]  # any text: the broker names what it refuses
@@ -334,6 +336,8 @@ class Client:
             subject=subject,
             body=body or "",
             client_msg_id=client_msg_id or uuid.uuid4().hex,
+            in_reply_to=in_reply_to,
+            require_ack=require_ack,
         )
         return await self._ask(send)
 
@@ -383,13 +387,41 @@ class Client:
             self._acked_seq = seq
 
     async def inbox(
-        self, *, unread_only: bool = False, limit: int = 50, before_seq: int | None = None
+        self,
+        *,
+        unread_only: bool = False,
+        limit: int = 50,
+        before_seq: int | None = None,
+        archived: bool = False,
     ) -> dict[str, Any]:
-        inbox = requests.Inbox(unread_only=unread_only, limit=limit, before_seq=before_seq)
+        inbox = requests.Inbox(
+            unread_only=unread_only, limit=limit, before_seq=before_seq, archived=archived
+        )
         return await self._ask(inbox)
 
     async def mark_read(self, seqs: list[int]) -> int:
         return (await self.call(requests.MarkRead(seqs=tuple(seqs)), MarkReadResult)).marked
+
+    async def mark_unread(self, seqs: list[int]) -> int:
+        marked: int = (await self.request("mark_unread", seqs=seqs))["marked"]
+        return marked
+
+    async def delete(self, seqs: list[int]) -> int:
+        """Delete entries of one's own mailbox (one's copy only)."""
+        deleted: int = (await self.request("delete", seqs=seqs))["deleted"]
+        return deleted
+
+    async def archive(self, seqs: list[int]) -> int:
+        archived: int = (await self.request("archive", seqs=seqs))["archived"]
+        return archived
+
+    async def admin_retention(
+        self, kind: str | None = None, days: int | None = None
+    ) -> dict[str, int]:
+        """Set the retention of a kind (days None: for ever); the rules, by kind."""
+        fields = {k: v for k, v in {"kind": kind, "days": days}.items() if v is not None}
+        rules: dict[str, int] = (await self.request("admin_retention", **fields))["rules"]
+        return rules
 
     async def who(self) -> list[dict[str, Any]]:
         response = await self._ask(requests.Who())
@@ -407,6 +439,7 @@ class Client:
         before_id: int | None = None,
         query: str | None = None,
         offset: int = 0,
+        thread: int | None = None,
     ) -> list[dict[str, Any]]:
         """Mail sent and received, newest first; `since` an ISO date or date-time (text);
         `query` in the search language (then best match first), paged by `offset`."""
@@ -424,12 +457,24 @@ class Client:
             before_id=before_id,
             query=query,
             offset=offset,
+            thread=thread,
         )
         items: list[dict[str, Any]] = (await self._ask(request))["items"]
         return items
 
-    async def set_prefs(self, *, prank_opt_out: bool) -> dict[str, Any]:
-        return await self._ask(requests.SetPrefs(prank_opt_out=prank_opt_out))
+    async def set_prefs(
+        self, *, prank_opt_out: bool | None = None, read_receipts: bool | None = None
+    ) -> dict[str, Any]:
+        prefs = requests.SetPrefs(prank_opt_out=prank_opt_out, read_receipts=read_receipts)
+        return await self._ask(prefs)
+
+    async def acknowledge(self, message_id: int) -> dict[str, Any]:
+        """Acknowledge a message of one's mailbox that asks for it."""
+        return await self._ask(requests.Acknowledge(message_id=message_id))
+
+    async def message_status(self, message_id: int) -> dict[str, Any]:
+        """The delivery ledger of a message one sent (any message, for an admin)."""
+        return await self._ask(requests.MessageStatus(message_id=message_id))
 
     # -- account security and administration ---------------------------------------------------
 

@@ -58,6 +58,9 @@ class Config:
     # span all nodes); the rows expire after three of these, so a node that dies without
     # cleaning up has its users go offline that much later.
     presence_refresh: float = 5.0
+    # How often the broker removes mailbox entries past the retention an admin set for their
+    # kind (`mailnet admin retention`); only entries already acknowledged by their owner.
+    retention_sweep: float = 3600.0
     bcrypt_rounds: int = 12
     max_in_flight_per_connection: int = 256
     # Where SQLite group commits run: "process" (a child process beside the broker, so

@@ -196,19 +196,42 @@ def logout(options: ClientOptions) -> None:
     default=None,
     help="Accept rick-rolls, or refuse them.",
 )
+@click.option(
+    "--read-receipts/--no-read-receipts",
+    "read_receipts",
+    default=None,
+    help="Let senders see when you read their mail, or only that it was delivered.",
+)
 @json_option
 @client_options
-def prefs(allow_pranks: bool | None, as_json: bool, options: ClientOptions) -> None:
+def prefs(
+    allow_pranks: bool | None, read_receipts: bool | None, as_json: bool, options: ClientOptions
+) -> None:
     """Set your preferences."""
-    if allow_pranks is None:
-        fail("nothing to set: give --allow-pranks or --no-pranks", EXIT_USAGE)
+    if allow_pranks is None and read_receipts is None:
+        fail(
+            "nothing to set: give --allow-pranks/--no-pranks or --read-receipts/--no-read-receipts",
+            EXIT_USAGE,
+        )
 
     async def run() -> dict[str, Any]:
         async with session_client(options) as auth:
-            return await auth.client.set_prefs(prank_opt_out=not allow_pranks)
+            return await auth.client.set_prefs(
+                prank_opt_out=None if allow_pranks is None else not allow_pranks,
+                read_receipts=read_receipts,
+            )
 
     result = run_async(run)
     if as_json:
         emit_json(result)
         return
-    output.echo("Pranks are now refused." if result["prank_opt_out"] else "Pranks are now allowed.")
+    if allow_pranks is not None:
+        output.echo(
+            "Pranks are now refused." if result["prank_opt_out"] else "Pranks are now allowed."
+        )
+    if read_receipts is not None:
+        output.echo(
+            "Senders now see when you read their mail."
+            if result["read_receipts"]
+            else "Senders now see only that their mail was delivered, not when you read it."
+        )

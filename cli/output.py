@@ -206,6 +206,24 @@ def entry_table(entries: Sequence[dict[str, Any]]) -> str:
     return table(rows, ["SEQ", "KIND", "FROM", "WHEN", "SUBJECT / TEXT"])
 
 
+def receipt_mark(item: dict[str, Any]) -> str:
+    """How far a sent message got: 'read', '2/3 read', '1/40 acked' ('' for received mail)."""
+    receipts = item.get("receipts")
+    if not receipts or not receipts["total"]:
+        return ""
+    total = receipts["total"]
+    if item.get("require_ack"):
+        return f"{receipts['acked']}/{total} acked"
+    for state in ("read", "delivered"):
+        if receipts[state]:
+            return (
+                state
+                if total == 1 and receipts[state] == 1
+                else f"{receipts[state]}/{total} {state}"
+            )
+    return "queued"
+
+
 def history_table(items: Sequence[dict[str, Any]]) -> str:
     rows = [
         [
@@ -217,7 +235,12 @@ def history_table(items: Sequence[dict[str, Any]]) -> str:
         ]
         for item in items
     ]
-    return table(rows, ["ID", "KIND", "WITH", "WHEN", "SUBJECT / TEXT"])
+    headers = ["ID", "KIND", "WITH", "WHEN", "SUBJECT / TEXT"]
+    if any(receipt_mark(item) for item in items):  # marks on what the user sent
+        for row, item in zip(rows, items, strict=True):
+            row.insert(3, receipt_mark(item))
+        headers.insert(3, "STATUS")
+    return table(rows, headers)
 
 
 def entry_full(entry: dict[str, Any]) -> str:

@@ -31,16 +31,24 @@ from .session_file import save_session
 @click.option("--unread", is_flag=True, help="Only unread mail.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--before", type=click.IntRange(min=1), metavar="SEQ", help="Page: mail before SEQ.")
+@click.option("--archived", is_flag=True, help="Include archived mail (hidden otherwise).")
 @json_option
 @client_options
 def inbox(
-    unread: bool, limit: int, before: int | None, as_json: bool, options: ClientOptions
+    unread: bool,
+    limit: int,
+    before: int | None,
+    archived: bool,
+    as_json: bool,
+    options: ClientOptions,
 ) -> None:
     """List your mail, newest first (* marks unread)."""
 
     async def run() -> dict[str, Any]:
         async with session_client(options) as auth:
-            return await auth.client.inbox(unread_only=unread, limit=limit, before_seq=before)
+            return await auth.client.inbox(
+                unread_only=unread, limit=limit, before_seq=before, archived=archived
+            )
 
     result = run_async(run)
     entries = result["entries"]
@@ -61,7 +69,7 @@ async def find_entries(client: Any, seqs: list[int]) -> list[dict[str, Any]]:
     """Each of the user's mailbox entries with these seqs, looked up through the inbox."""
     found = []
     for seq in seqs:
-        page = await client.inbox(limit=1, before_seq=seq + 1)
+        page = await client.inbox(limit=1, before_seq=seq + 1, archived=True)
         entries = [entry for entry in page["entries"] if entry["seq"] == seq]
         if not entries:
             fail(f"no message #{seq} in your mailbox", EXIT_REFUSED)
@@ -144,6 +152,9 @@ def parse_since(value: str) -> str:
 @click.option("--since", metavar="DATE", help="ISO date/date-time, or relative: 30m, 2h, 7d.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--before-id", type=click.IntRange(min=1), help="Page: messages older than this id.")
+@click.option(
+    "--thread", type=click.IntRange(min=1), metavar="ID", help="Only this thread (its thread_id)."
+)
 @json_option
 @client_options
 def history(
@@ -153,6 +164,7 @@ def history(
     since: str | None,
     limit: int,
     before_id: int | None,
+    thread: int | None,
     as_json: bool,
     options: ClientOptions,
 ) -> None:
@@ -168,6 +180,7 @@ def history(
                 since=since_iso,
                 limit=limit,
                 before_id=before_id,
+                thread=thread,
             )
 
     items = run_async(run)
@@ -266,8 +279,8 @@ def search(
             emit_json(item)
         return
     if not items:
-        click.echo("Nothing found.")
+        output.echo("Nothing found.")
         return
-    click.echo(output.history_table(items))
+    output.echo(output.history_table(items))
     if len(items) == limit:
-        click.echo(f"\nMore: add --page {page + 1}")
+        output.echo(f"\nMore: add --page {page + 1}")

@@ -99,11 +99,21 @@ def text(
 @click.command()
 @click.option("--subject", required=True, help="One-line subject.")
 @click.option("--body", help="The body; read from stdin when omitted.")
+@click.option(
+    "--require-ack",
+    is_flag=True,
+    help="Ask everyone to acknowledge it (`mailnet ack ID`); see who did with `mailnet status ID`.",
+)
 @client_id_option
 @json_option
 @client_options
 def announce(
-    subject: str, body: str | None, client_id: str | None, as_json: bool, options: ClientOptions
+    subject: str,
+    body: str | None,
+    require_ack: bool,
+    client_id: str | None,
+    as_json: bool,
+    options: ClientOptions,
 ) -> None:
     """Send an announcement to every user, online or not."""
     check_subject(subject)
@@ -111,7 +121,9 @@ def announce(
 
     async def run() -> dict[str, Any]:
         async with session_client(options) as auth:
-            return await auth.client.announce(subject, message, client_msg_id=client_id)
+            return await auth.client.announce(
+                subject, message, client_msg_id=client_id, require_ack=require_ack
+            )
 
     _sent(run_async(run), "announcement", [], as_json)
 

@@ -13,6 +13,9 @@ from broker.client import RequestFailed
 WAIT = 10
 RICKROLL_URL = "https://www.youtube.com/watch?v=dQw4w9WgXcQ"
 ENTRY_FIELDS = {
+    "thread_id",
+    "in_reply_to",
+    "require_ack",
     "seq",
     "message_id",
     "kind",

@@ -298,7 +298,7 @@ async def test_rickroll_hides_its_sender_and_respects_the_opt_out(web):
         assert all(item["sender"] is None for item in history)
 
         prefs = await client.put("/api/prefs", headers=bearer(bob), json={"prank_opt_out": True})
-        assert prefs.json() == {"prank_opt_out": True}
+        assert prefs.json() == {"prank_opt_out": True, "read_receipts": True}
         assert (await client.get("/api/me", headers=bearer(bob))).json()["prank_opt_out"] is True
         refused = await client.post("/api/rickrolls", headers=bearer(alice), json={"to": "bob"})
         assert refused.status_code == 403
@@ -494,6 +494,12 @@ async def test_the_openapi_schema_lists_every_api_route(web):
         "/api/rickrolls",
         "/api/inbox",
         "/api/read",
+        "/api/unread",
+        "/api/acknowledge",
+        "/api/delete",
+        "/api/archive",
+        "/api/retention",
+        "/api/status",
         "/api/who",
         "/api/history",
         "/api/prefs",

@@ -38,7 +38,14 @@ def fresh_store(path: Path) -> MailStore:
     return store
 
 
-def intent(sender: str, kind: str, to: tuple[str, ...], cid: str | None, body: str = "hi"):
+def intent(
+    sender: str,
+    kind: str,
+    to: tuple[str, ...],
+    cid: str | None,
+    body: str = "hi",
+    in_reply_to: int | None = None,
+):
     return SendIntent(
         sender_id=USERS.index(sender) + 1,
         sender=sender,
@@ -47,6 +54,7 @@ def intent(sender: str, kind: str, to: tuple[str, ...], cid: str | None, body: s
         subject="s" if kind in ("email", "announcement") else None,
         body=body,
         client_msg_id=cid,
+        in_reply_to=in_reply_to,
     )
 
 
@@ -66,6 +74,11 @@ BATCHES = [
         intent("erin", "text", ("alice",), "e1", body="x" * 1000),
         intent("carol", "text", ("alice",), "c1"),  # alice's mailbox is now full (quota 3)
     ],
+    [
+        intent("bob", "text", ("carol",), "b3", in_reply_to=2),  # a reply (message 7)
+        intent("erin", "text", ("carol",), "e2", in_reply_to=2),  # erin never saw message 2
+    ],
+    [intent("carol", "text", ("dave",), "c2", in_reply_to=7)],  # a reply to the reply
 ]
 
 
@@ -101,18 +114,22 @@ def test_the_child_gives_the_outcomes_store_sends_gives(tmp_path: Path) -> None:
             sent_at = {d.entry.sent_at for o in got for d in o.deliveries}
             assert len(sent_at) == 1  # one commit, one timestamp
         kinds = {o.error_code for batch in BATCHES for o in here.store_sends(batch, 3)}
-        assert {"unknown_recipient", "prank_refused", "quota_exceeded"} <= kinds
+        assert {"unknown_recipient", "prank_refused", "quota_exceeded", "not_found"} <= kinds
     finally:
         writer.close()
         here.close()
-    dump = "SELECT * FROM messages ORDER BY id"
+    dump = (  # all but created_at
+        "SELECT id, kind, sender_id, recipients, subject, body, client_msg_id, in_reply_to,"
+        " thread_id FROM messages ORDER BY id"
+    )
     with (
         closing(sqlite3.connect(tmp_path / "here.db")) as a,
         closing(sqlite3.connect(tmp_path / "there.db")) as b,
     ):
-        rows_here = [r[:-1] for r in a.execute(dump)]  # all but created_at
-        rows_there = [r[:-1] for r in b.execute(dump)]
-    assert len(rows_there) == 6
+        rows_here = list(a.execute(dump))
+        rows_there = list(b.execute(dump))
+    assert len(rows_there) == 8
+    assert rows_there[6][-2:] == (2, 2) and rows_there[7][-2:] == (7, 2)  # the thread of 2
     assert rows_there == rows_here[: len(rows_there)]
     there.close()
 

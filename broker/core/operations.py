@@ -46,6 +46,15 @@ async def carry_out(
             return inbox
         case requests.MarkRead(seqs=seqs):
             return r.MarkReadResult(marked=await broker.mark_read(user, seqs))
+        case requests.Delete(seqs=seqs):
+            return r.DeleteResult(deleted=await broker.retention.delete(user, seqs))
+        case requests.Archive(seqs=seqs):
+            return r.ArchiveResult(archived=await broker.retention.archive(user, seqs))
+        case requests.AdminRetention(kind=kind, days=days):
+            rules = await broker.retention.rules(user, kind, days)
+            return r.AdminRetentionResult(rules=rules)
+        case requests.MarkUnread(seqs=seqs):
+            return r.MarkUnreadResult(marked=await broker.mark_read(user, seqs, read=False))
         case requests.Who():
             users = [online_user_view(u) for u in await broker.who()]
             return r.WhoResult(users=msgspec.convert(users, list[r.OnlineUser]))
@@ -55,8 +64,12 @@ async def carry_out(
             if cut:
                 history.truncated = True
             return history
-        case requests.SetPrefs(prank_opt_out=value):
-            return _typed(r.PrefsResult, await broker.set_prefs(user, value))
+        case requests.SetPrefs(prank_opt_out=value, read_receipts=receipts):
+            return _typed(r.PrefsResult, await broker.set_prefs(user, value, receipts))
+        case requests.Acknowledge(message_id=message_id):
+            return await broker.ledger.acknowledge(user, message_id)
+        case requests.MessageStatus(message_id=message_id):
+            return await broker.ledger.status(user, message_id)
         case requests.Block(username=name):
             return _typed(r.BlockResult, await admin.block(user, name))
         case requests.Unblock(username=name):

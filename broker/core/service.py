@@ -37,9 +37,12 @@ from .admin import AccountAdmin
 from .cluster import SharedPresence
 from .cluster_limits import SharedSendRate
 from .commits import CommitQueue, choose_committer
+from .ledger import Ledger
+from .mailbox_sync import MailboxSync
 from .metrics import BrokerMetrics
 from .prelogin import PreLoginBudget
 from .presence import LiveSession, OnlineUser, Presence
+from .retention import Retention
 from .runner import StoreRunner
 from .throttle import SendRateLimiter
 from .views import RICKROLL_BODY, RICKROLL_SUBJECT
@@ -66,6 +69,8 @@ class Broker:
         self.runner = StoreRunner(store)
         self.accounts = Accounts(self.runner, config)
         self.presence = Presence()
+        self.mailbox_sync = MailboxSync(self.runner, self.presence)
+        self.ledger = Ledger(self.runner, self.mailbox_sync)
         # Several nodes on one database: `who` and presence events span all of them.
         self.shared_presence = (
             SharedPresence(
@@ -99,6 +104,7 @@ class Broker:
         self.admin.node_name = config.node
         if self.shared_presence is not None:
             self.admin.other_nodes = self.shared_presence.fresh_rows
+        self.retention = Retention(self.runner, self.mailbox_sync, self.admin)
         # What connections that have not logged in may buffer, all transports together.
         self.prelogin = PreLoginBudget(config.pre_login_buffer_bytes)
         self._pending_acks: dict[int, int] = {}
@@ -140,11 +146,13 @@ class Broker:
             nursery.start_soon(self.commits.run)
             nursery.start_soon(self.presence.announce_forever)
             nursery.start_soon(self._flush_acks_forever)
+            nursery.start_soon(self.retention.sweep_forever, self.config.retention_sweep)
             nursery.start_soon(
                 self.admin.end_revoked_sessions_forever, self.config.revoked_session_check
             )
             if self.runner.store.shares_commits:
                 await nursery.start(self._follow_other_nodes)
+                await nursery.start(self.mailbox_sync.follow_other_nodes)
             if self.shared_presence is not None:
                 nursery.start_soon(self.shared_presence.run)
             task_status.started()
@@ -457,6 +465,8 @@ class Broker:
             subject=subject,
             body=body,
             client_msg_id=request.client_msg_id,
+            in_reply_to=request.in_reply_to,
+            require_ack=request.require_ack,
         )
 
     def _deliver(self, outcomes: Sequence[SendOutcome]) -> None:
@@ -475,13 +485,24 @@ class Broker:
             request.unread_only,
             request.limit,
             request.before_seq,
+            request.archived,
         )
 
-    async def mark_read(self, user: UserRecord, seqs: Sequence[int]) -> int:
+    async def mark_read(self, user: UserRecord, seqs: Sequence[int], *, read: bool = True) -> int:
+        """Mark entries read (or unread again); every session of the user hears of the change."""
+        store = self.runner.store
         try:
-            return await self.runner.write(self.runner.store.mark_read, user.id, list(seqs))
+            changed = await self.runner.write(
+                partial(store.set_read_state, read=read, node_id=self.mailbox_sync.node_id),
+                user.id,
+                list(seqs),
+            )
         except NotFound:
             raise RequestRefused(ErrorCode.NOT_FOUND, "no such message in your mailbox") from None
+        self.mailbox_sync.changed(user.id, "read" if read else "unread", changed)
+        if read and changed:
+            await self.ledger.read(user, changed)
+        return len(changed)
 
     async def who(self) -> list[OnlineUser]:
         """Users online on this node or, with a shared database, on any node."""
@@ -508,13 +529,24 @@ class Broker:
             before_id=request.before_id,
             query=None if request.query is None else parse_search(request.query),
             offset=request.offset,
+            thread_id=request.thread,
             username=user.username,
         )
         return await self.runner.read(self.runner.store.history, user.id, query)
 
-    async def set_prefs(self, user: UserRecord, prank_opt_out: bool) -> dict[str, Any]:
-        await self.runner.write(self.runner.store.set_prank_opt_out, user.id, prank_opt_out)
-        return {"prank_opt_out": prank_opt_out}
+    async def set_prefs(
+        self, user: UserRecord, prank_opt_out: bool | None, read_receipts: bool | None = None
+    ) -> dict[str, Any]:
+        """Set the preferences given (None: unchanged); all of them as they now are."""
+        store = self.runner.store
+        if prank_opt_out is not None:
+            await self.runner.write(store.set_prank_opt_out, user.id, prank_opt_out)
+        if read_receipts is not None:
+            await self.runner.write(store.set_read_receipts, user.id, read_receipts)
+        fresh = await self.runner.read(store.user_by_id, user.id)
+        assert fresh is not None
+        receipts = await self.runner.read(store.read_receipts_enabled, user.id)
+        return {"prank_opt_out": fresh.prank_opt_out, "read_receipts": receipts}
 
     async def me(self, user: UserRecord) -> dict[str, Any]:
         fresh = await self.runner.read(self.runner.store.user_by_id, user.id)
@@ -529,5 +561,14 @@ class Broker:
         }
 
 
-def _inbox(store: MailStore, user_id: int, unread_only: bool, limit: int, before_seq: int | None):  # type: ignore[no-untyped-def]
-    return store.inbox(user_id, unread_only=unread_only, limit=limit, before_seq=before_seq)
+def _inbox(  # type: ignore[no-untyped-def]
+    store: MailStore,
+    user_id: int,
+    unread_only: bool,
+    limit: int,
+    before_seq: int | None,
+    archived: bool = False,
+):
+    return store.inbox(
+        user_id, unread_only=unread_only, limit=limit, before_seq=before_seq, archived=archived
+    )

@@ -37,7 +37,7 @@ def iso(moment: datetime) -> str:
 def entry_view(entry: EntryRecord) -> dict[str, Any]:
     """An entry as its owner may see it: a received rick-roll never reveals its sender."""
     hidden = entry.kind == "rickroll" and entry.direction == "in"
-    return {
+    view: dict[str, Any] = {
         "seq": entry.seq,
         "message_id": entry.message_id,
         "kind": entry.kind,
@@ -48,7 +48,14 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
         "sent_at": iso(entry.sent_at),
         "read": entry.read,
         "direction": entry.direction,
+        "thread_id": entry.thread_id or entry.message_id,
+        "in_reply_to": entry.in_reply_to,
+        "require_ack": entry.require_ack,
     }
+    if entry.receipts is not None:  # a history item the user sent
+        total, delivered, read, acked = entry.receipts
+        view["receipts"] = {"total": total, "delivered": delivered, "read": read, "acked": acked}
+    return view
 
 
 def mail_event(entry: EntryRecord) -> dict[str, Any]:

@@ -21,6 +21,16 @@ Timestamp = Annotated[
 ]
 
 
+class Receipts(msgspec.Struct, kw_only=True):
+    """How far a message the user sent got: of `total` recipients, how many have it delivered,
+    read (as far as their read receipts tell) and acknowledged."""
+
+    total: int
+    delivered: int
+    read: int
+    acked: int
+
+
 class Entry(msgspec.Struct, kw_only=True):
     """A mailbox entry as its owner sees it: in `mail` events, `inbox` and `history` pages."""
 
@@ -34,6 +44,13 @@ class Entry(msgspec.Struct, kw_only=True):
     sent_at: Timestamp
     read: bool
     direction: Literal["in", "out"]
+    # Its thread (the id of the thread's first message; its own id when it starts one) and the
+    # message it replies to. Absent from brokers before threads: a client reads them as None.
+    thread_id: int | None = None
+    in_reply_to: int | None = None
+    require_ack: bool = False  # the sender asks for an `acknowledge`
+    # Only on history items the user sent (`direction` out): the delivery ledger's counts.
+    receipts: Receipts | None = None
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="event"):
@@ -61,16 +78,47 @@ class PresenceBatchEvent(_Event, tag="presence_batch"):
     offline: list[str]
 
 
-Event = MailEvent | PresenceEvent | PresenceBatchEvent
+MailboxChange = Literal["read", "unread", "deleted", "archived", "acked"]
 
-EVENT_TYPES: tuple[type[_Event], ...] = (MailEvent, PresenceEvent, PresenceBatchEvent)
+
+class MailboxEvent(_Event, tag="mailbox"):
+    """Entries of this session's user changed, by any of their sessions (on any node): pushed
+    to all of them, so every session shows the same mailbox."""
+
+    change: MailboxChange
+    seqs: list[int]
+
+
+class ReceiptEvent(_Event, tag="receipt"):
+    """To a message's sender: one recipient's entry was delivered, read (unless they turned
+    read receipts off) or acknowledged."""
+
+    message_id: int
+    username: str
+    state: Literal["delivered", "read", "acked"]
+    at: Timestamp
+
+
+Event = MailEvent | PresenceEvent | PresenceBatchEvent | MailboxEvent | ReceiptEvent
+
+EVENT_TYPES: tuple[type[_Event], ...] = (
+    MailEvent,
+    PresenceEvent,
+    PresenceBatchEvent,
+    MailboxEvent,
+    ReceiptEvent,
+)
 
 __all__ = [
     "EVENT_TYPES",
     "Entry",
     "Event",
     "MailEvent",
+    "MailboxChange",
+    "MailboxEvent",
     "PresenceBatchEvent",
     "PresenceEvent",
+    "ReceiptEvent",
+    "Receipts",
     "Timestamp",
 ]

@@ -109,6 +109,10 @@ class Send(_Request, tag="send", frozen=True):
     subject: Annotated[str, ONE_LINE, Meta(max_length=MAX_SUBJECT_CHARS)] | None = None
     body: Annotated[str, NO_NUL, Meta(max_length=MAX_BODY_CHARS)] = ""
     client_msg_id: Annotated[str, TEXT, Meta(max_length=MAX_CLIENT_MSG_ID_CHARS)] | None = None
+    # A reply: the id of a message the sender can see in their own history (else not_found).
+    in_reply_to: PositiveInt | None = None
+    # Ask every recipient to acknowledge it (`acknowledge`); email and announcement only.
+    require_ack: bool = False
 
 
 class Ack(_Request, tag="ack", frozen=True):
@@ -119,9 +123,28 @@ class Inbox(_Request, tag="inbox", frozen=True):
     unread_only: bool = False
     limit: PageSize = 50
     before_seq: PositiveInt | None = None
+    archived: bool = False  # include archived entries (hidden by default)
 
 
 class MarkRead(_Request, tag="mark_read", frozen=True):
+    seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
+
+
+class MarkUnread(_Request, tag="mark_unread", frozen=True):
+    """Mark entries unread again (as mark_read, the other way)."""
+
+    seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
+
+
+class Delete(_Request, tag="delete", frozen=True):
+    """Remove entries from one's own mailbox (the message stays for everyone else)."""
+
+    seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
+
+
+class Archive(_Request, tag="archive", frozen=True):
+    """Archive entries of one's own mailbox: kept, but out of the inbox."""
+
     seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
 
 
@@ -141,10 +164,27 @@ class History(_Request, tag="history", frozen=True):
     query: Annotated[str, Meta(max_length=MAX_QUERY_CHARS)] | None = None
     # Paging through ranked results (a query with words); before_id pages by message id.
     offset: Annotated[int, Meta(ge=0, le=MAX_SEARCH_OFFSET)] = 0
+    # Only the messages of one thread (a thread_id, as entries carry it).
+    thread: PositiveInt | None = None
 
 
 class SetPrefs(_Request, tag="set_prefs", frozen=True):
-    prank_opt_out: bool
+    """At least one preference; the ones left out keep their value."""
+
+    prank_opt_out: bool | None = None
+    read_receipts: bool | None = None  # False: senders see "delivered", never "read"
+
+
+class Acknowledge(_Request, tag="acknowledge", frozen=True):
+    """Acknowledge a message in one's mailbox that asks for it (announce --require-ack)."""
+
+    message_id: PositiveInt
+
+
+class MessageStatus(_Request, tag="message_status", frozen=True):
+    """The delivery ledger of a message: its sender's or an admin's only."""
+
+    message_id: PositiveInt
 
 
 # -- account security and administration (docs/security.md) ---------------------------------
@@ -195,6 +235,17 @@ class AdminInvite(_Request, tag="admin_invite", frozen=True):
     pass
 
 
+MAX_RETENTION_DAYS: Final = 36_500
+
+
+class AdminRetention(_Request, tag="admin_retention", frozen=True):
+    """Set how many days mailbox entries of a kind are kept (`days` null: for ever); without
+    `kind`, only list the rules."""
+
+    kind: Kind | None = None
+    days: Annotated[int, Meta(ge=1, le=MAX_RETENTION_DAYS)] | None = None
+
+
 Request = (
     Login
     | Resume
@@ -204,9 +255,14 @@ Request = (
     | Ack
     | Inbox
     | MarkRead
+    | MarkUnread
+    | Delete
+    | Archive
     | Who
     | History
     | SetPrefs
+    | Acknowledge
+    | MessageStatus
     | ChangePassword
     | Block
     | Unblock
@@ -217,6 +273,7 @@ Request = (
     | AdminSessions
     | AdminAudit
     | AdminInvite
+    | AdminRetention
 )
 
 
@@ -354,7 +411,21 @@ def _parse_send(f: _Fields) -> Send:
     else:
         body = f.str("body", max_chars=MAX_BODY_CHARS)
     client_msg_id = f.str("client_msg_id", required=False, max_chars=MAX_CLIENT_MSG_ID_CHARS)
-    return Send(kind=kind, to=to, subject=subject, body=body, client_msg_id=client_msg_id)
+    in_reply_to = f.int("in_reply_to", required=False, minimum=1)
+    if in_reply_to is not None and kind in ("announcement", "rickroll"):
+        raise _bad(f"a {kind} cannot be a reply")
+    require_ack = f.bool("require_ack")
+    if require_ack and kind not in ("email", "announcement"):
+        raise _bad(f"a {kind} cannot ask to be acknowledged")
+    return Send(
+        kind=kind,
+        to=to,
+        subject=subject,
+        body=body,
+        client_msg_id=client_msg_id,
+        in_reply_to=in_reply_to,
+        require_ack=require_ack,
+    )
 
 
 def _parse_history(f: _Fields) -> History:
@@ -375,17 +446,18 @@ def _parse_history(f: _Fields) -> History:
         before_id=f.int("before_id", required=False, minimum=1),
         query=query,
         offset=f.int("offset", required=False, minimum=0, maximum=MAX_SEARCH_OFFSET) or 0,
+        thread=f.int("thread", required=False, minimum=1),
     )
 
 
-def _parse_seqs(f: _Fields) -> MarkRead:
+def _parse_seqs(f: _Fields) -> tuple[int, ...]:
     seqs = f.frame.get("seqs")
     if not isinstance(seqs, list) or not seqs or len(seqs) > MAX_PAGE:
         raise _bad(f"field 'seqs' must be a list of 1 to {MAX_PAGE} sequence numbers")
     # Capped like every other integer field (_Fields.int): the database holds 64-bit integers.
     if not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 2**62 for s in seqs):
         raise _bad("field 'seqs' must hold positive integers")
-    return MarkRead(seqs=tuple(dict.fromkeys(seqs)))
+    return tuple(dict.fromkeys(seqs))
 
 
 def _parse(op: str, f: _Fields) -> Request:
@@ -422,18 +494,34 @@ def _parse(op: str, f: _Fields) -> Request:
                 unread_only=f.bool("unread_only"),
                 limit=f.int("limit", required=False, minimum=1, maximum=MAX_PAGE) or 50,
                 before_seq=f.int("before_seq", required=False, minimum=1),
+                archived=f.bool("archived"),
             )
         case "mark_read":
-            return _parse_seqs(f)
+            return MarkRead(seqs=_parse_seqs(f))
+        case "mark_unread":
+            return MarkUnread(seqs=_parse_seqs(f))
+        case "delete":
+            return Delete(seqs=_parse_seqs(f))
+        case "archive":
+            return Archive(seqs=_parse_seqs(f))
         case "who":
             return Who()
         case "history":
             return _parse_history(f)
         case "set_prefs":
-            value = f.frame.get("prank_opt_out")
-            if not isinstance(value, bool):
-                raise _bad("field 'prank_opt_out' must be true or false")
-            return SetPrefs(prank_opt_out=value)
+            prefs = {}
+            for name in ("prank_opt_out", "read_receipts"):
+                value = f.frame.get(name)
+                if value is not None and not isinstance(value, bool):
+                    raise _bad(f"field '{name}' must be true or false")
+                prefs[name] = value
+            if all(value is None for value in prefs.values()):
+                raise _bad("field 'prank_opt_out' or 'read_receipts' must be true or false")
+            return SetPrefs(**prefs)
+        case "acknowledge":
+            return Acknowledge(message_id=f.int("message_id", minimum=1))
+        case "message_status":
+            return MessageStatus(message_id=f.int("message_id", minimum=1))
         case "change_password":
             return ChangePassword(
                 old_password=f.str("old_password", max_chars=200, allow_empty=True),
@@ -464,6 +552,14 @@ def _parse(op: str, f: _Fields) -> Request:
             )
         case "admin_invite":
             return AdminInvite()
+        case "admin_retention":
+            kind = f.str("kind", required=False, max_chars=20)
+            if kind is not None and kind not in KINDS:
+                raise _bad(f"field 'kind' must be one of {', '.join(KINDS)}")
+            days = f.int("days", required=False, minimum=1, maximum=MAX_RETENTION_DAYS)
+            if kind is None and days is not None:
+                raise _bad("field 'days' needs a 'kind'")
+            return AdminRetention(kind=kind, days=days)
     raise RemoteProtocolError(ErrorCode.UNKNOWN_OP, f"unknown operation {op[:40]!r}")
 
 

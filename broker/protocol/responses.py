@@ -64,6 +64,22 @@ class MarkReadResult(Result):
     marked: int
 
 
+class MarkUnreadResult(Result):
+    marked: int  # how many entries were read and are now unread
+
+
+class DeleteResult(Result):
+    deleted: int
+
+
+class ArchiveResult(Result):
+    archived: int  # how many were not archived yet
+
+
+class AdminRetentionResult(Result):
+    rules: dict[str, int]  # kind -> days kept; a kind not listed is kept for ever
+
+
 class OnlineUser(Result):
     """One line of `who`."""
 
@@ -84,6 +100,36 @@ class HistoryResult(Result):
 
 class PrefsResult(Result):
     prank_opt_out: bool
+    read_receipts: bool
+
+
+class AcknowledgeResult(Result):
+    message_id: int
+    acked_at: Timestamp
+    changed: bool  # false: acknowledged before (acked_at is that time)
+
+
+class LedgerLine(Result):
+    """One recipient of a message in `message_status`."""
+
+    username: str
+    state: Literal["queued", "delivered", "read", "acked"]
+    delivered_at: Timestamp | None
+    read_at: Timestamp | None  # null too when the recipient turned read receipts off
+    acked_at: Timestamp | None
+
+
+class MessageStatusResult(Result):
+    message_id: int
+    kind: Literal["email", "text", "announcement", "rickroll"]
+    subject: str | None
+    sent_at: Timestamp
+    require_ack: bool
+    total: int
+    delivered: int  # delivered, read or acknowledged
+    read: int  # read or acknowledged (as far as read receipts tell)
+    acked: int
+    recipients: list[LedgerLine]
 
 
 class ChangePasswordResult(Result):
@@ -198,9 +244,15 @@ RESULT_TYPES: Final[dict[str, type[Result]]] = {
     "send": SendResult,
     "inbox": InboxResult,
     "mark_read": MarkReadResult,
+    "mark_unread": MarkUnreadResult,
+    "delete": DeleteResult,
+    "archive": ArchiveResult,
+    "admin_retention": AdminRetentionResult,
     "who": WhoResult,
     "history": HistoryResult,
     "set_prefs": PrefsResult,
+    "acknowledge": AcknowledgeResult,
+    "message_status": MessageStatusResult,
     "change_password": ChangePasswordResult,
     "block": BlockResult,
     "unblock": UnblockResult,
@@ -216,24 +268,31 @@ RESULT_TYPES: Final[dict[str, type[Result]]] = {
 __all__ = [
     "RESULT_TYPES",
     "Account",
+    "AcknowledgeResult",
     "AdminAuditResult",
     "AdminInviteResult",
     "AdminKickResult",
+    "AdminRetentionResult",
     "AdminSessionsResult",
     "AdminSetDisabledResult",
     "AdminUsersResult",
+    "ArchiveResult",
     "AuditAction",
     "BlockResult",
     "BlockedUser",
     "ChangePasswordResult",
+    "DeleteResult",
     "Failure",
     "HistoryResult",
     "InboxResult",
+    "LedgerLine",
     "ListBlocksResult",
     "LiveSessionInfo",
     "LoginResult",
     "LogoutResult",
     "MarkReadResult",
+    "MarkUnreadResult",
+    "MessageStatusResult",
     "OnlineUser",
     "PingResult",
     "PrankRecord",

@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .events import Event, MailEvent, PresenceEvent
+from .events import Event, MailboxEvent, MailEvent, PresenceEvent, ReceiptEvent
 from .framing import _ENCODER
 from .requests import Request
 from .responses import Failure, Result
@@ -150,7 +150,7 @@ def decode_failure(frame: dict[str, Any]) -> Failure:
         raise _unexpected("error frame", exc) from None
 
 
-_EVENT_DECODER: Final[Any] = MailEvent | PresenceEvent
+_EVENT_DECODER: Final[Any] = MailEvent | PresenceEvent | MailboxEvent | ReceiptEvent
 
 
 def decode_event(frame: dict[str, Any]) -> Event:

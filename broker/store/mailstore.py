@@ -18,6 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from . import presence_rows
 from .admin import AdminStoreMixin, redeem_invite
 from .database import Engines, make_engines
+from .ledger import LedgerStoreMixin, receipt_counts
+from .mailbox_notify import announce_mailbox_change, listen_for_mailbox_changes
 from .models import AuthSession, ClusterCertificate, MailboxEntry, Message, User, utcnow
 from .notify import listen_for_commits
 from .presence_rows import PresenceRow
@@ -28,6 +30,7 @@ from .records import (
     SendOutcome,
     UserRecord,
 )
+from .retention import RetentionStoreMixin
 from .search import apply_search
 from .sendbatch import SendBatch
 
@@ -81,6 +84,9 @@ _ENTRY_COLUMNS = (
     messages.c.body,
     messages.c.created_at,
     _sender.c.username.label("sender"),
+    messages.c.in_reply_to,
+    messages.c.thread_id,
+    messages.c.require_ack,
 )
 
 
@@ -96,6 +102,9 @@ def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
         sent_at=row.created_at,
         read=row.read_at is not None,
         direction=direction,
+        in_reply_to=row.in_reply_to,
+        thread_id=row.thread_id,
+        require_ack=bool(row.require_ack),
     )
 
 
@@ -103,7 +112,7 @@ def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
 # SQLAlchemy's row processing (its DATETIME parsing above all) costs more than the query.
 _ENTRIES_AFTER_SQL = (
     "SELECT b.seq, b.read_at, m.id, m.kind, m.recipients, m.subject, m.body, m.created_at,"
-    " s.username FROM mailbox AS b"
+    " s.username, m.in_reply_to, m.thread_id, m.require_ack FROM mailbox AS b"
     " JOIN messages AS m ON m.id = b.message_id"
     " JOIN users AS s ON s.id = m.sender_id"
     " WHERE b.user_id = ? AND b.seq > ? ORDER BY b.seq LIMIT ?"
@@ -128,7 +137,20 @@ def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[E
     # view renders it once too (see core.views.iso).
     stamps: dict[object, datetime] = {}
     entries = []
-    for seq, read_at, message_id, kind, recipients, subject, body, created_at, sender in rows:
+    for (
+        seq,
+        read_at,
+        message_id,
+        kind,
+        recipients,
+        subject,
+        body,
+        created_at,
+        sender,
+        in_reply_to,
+        thread_id,
+        require_ack,
+    ) in rows:
         sent_at = stamps.get(created_at)
         if sent_at is None:
             sent_at = stamps[created_at] = _sqlite_utc(created_at)
@@ -144,12 +166,15 @@ def _raw_entries_after(conn, user_id: int, after_seq: int, limit: int) -> list[E
                 sent_at,
                 read_at is not None,
                 "in",
+                in_reply_to,
+                thread_id,
+                bool(require_ack),
             )
         )
     return entries
 
 
-class MailStore(AdminStoreMixin):
+class MailStore(AdminStoreMixin, LedgerStoreMixin, RetentionStoreMixin):
     def __init__(self, engines: Engines) -> None:
         self.engines = engines
 
@@ -281,9 +306,18 @@ class MailStore(AdminStoreMixin):
             return [_entry(row) for row in conn.execute(query)]
 
     def inbox(
-        self, user_id: int, *, unread_only: bool, limit: int, before_seq: int | None
+        self,
+        user_id: int,
+        *,
+        unread_only: bool,
+        limit: int,
+        before_seq: int | None,
+        archived: bool = False,
     ) -> tuple[list[EntryRecord], int]:
+        """The newest entries first; archived ones only when `archived` is true."""
         query = self._entries_query(user_id).order_by(mailbox.c.seq.desc()).limit(limit)
+        if not archived:
+            query = query.where(mailbox.c.archived_at.is_(None))
         if unread_only:
             query = query.where(mailbox.c.read_at.is_(None))
         if before_seq is not None:
@@ -307,6 +341,14 @@ class MailStore(AdminStoreMixin):
 
     def mark_read(self, user_id: int, seqs: Sequence[int]) -> int:
         """Mark the user's own entries read. Any seq not in their mailbox: NotFound, no change."""
+        return len(self.set_read_state(user_id, seqs, read=True))
+
+    def set_read_state(
+        self, user_id: int, seqs: Sequence[int], *, read: bool, node_id: str = ""
+    ) -> list[int]:
+        """Mark the user's own entries read (or unread again); the seqs that changed. Any seq
+        not in their mailbox: NotFound, no change. On PostgreSQL the change is announced to the
+        other nodes at commit (`node_id`: this node, which pushes it to its own sessions)."""
         with self.engines.write.begin() as conn:
             found = conn.execute(
                 select(func.count())
@@ -315,22 +357,46 @@ class MailStore(AdminStoreMixin):
             ).scalar_one()
             if found != len(seqs):
                 raise NotFound("no such message in your mailbox")
-            result = conn.execute(
-                update(mailbox)
-                .where(
-                    mailbox.c.user_id == user_id,
-                    mailbox.c.seq.in_(seqs),
-                    mailbox.c.read_at.is_(None),
-                )
-                .values(read_at=utcnow())
+            state = mailbox.c.read_at.is_(None) if read else mailbox.c.read_at.is_not(None)
+            changed = sorted(
+                conn.execute(
+                    update(mailbox)
+                    .where(mailbox.c.user_id == user_id, mailbox.c.seq.in_(seqs), state)
+                    .values(read_at=utcnow() if read else None)
+                    .returning(mailbox.c.seq)
+                ).scalars()
             )
-        return result.rowcount
+            if changed and node_id and self.shares_commits:
+                announce_mailbox_change(
+                    conn, node_id, user_id, "read" if read else "unread", changed
+                )
+        return changed
+
+    def listen_for_mailbox_changes(self, on_change, should_stop, on_listening) -> None:  # type: ignore[no-untyped-def]
+        """Blocking (run it in a thread): every node's mailbox changes (PostgreSQL)."""
+        listen_for_mailbox_changes(
+            self.engines.write, on_change, should_stop, on_listening=on_listening
+        )
 
     def ack_through(self, acks: dict[int, int]) -> None:
         """Record, per user id, the highest sequence number a client has acknowledged."""
+        now = utcnow()
         with self.engines.write.begin() as conn:
             # In id order, as group commits lock users rows: nodes never deadlock on them.
             for user_id, seq in sorted(acks.items()):
+                # The sender's ledger: the entries this ack moves past are delivered. One
+                # indexed range (user_id, seq) per user, read before acked_seq moves.
+                conn.execute(
+                    update(mailbox)
+                    .where(
+                        mailbox.c.user_id == user_id,
+                        mailbox.c.seq <= seq,
+                        mailbox.c.seq
+                        > select(users.c.acked_seq).where(users.c.id == user_id).scalar_subquery(),
+                        mailbox.c.delivered_at.is_(None),
+                    )
+                    .values(delivered_at=now)
+                )
                 conn.execute(
                     update(users)
                     .where(users.c.id == user_id, users.c.acked_seq < seq, users.c.last_seq >= seq)
@@ -352,6 +418,9 @@ class MailStore(AdminStoreMixin):
                 messages.c.created_at,
                 messages.c.sender_id,
                 _sender.c.username.label("sender"),
+                messages.c.in_reply_to,
+                messages.c.thread_id,
+                messages.c.require_ack,
             )
             .select_from(messages)
             .join(_sender, _sender.c.id == messages.c.sender_id)
@@ -379,6 +448,9 @@ class MailStore(AdminStoreMixin):
                     ),
                 )
             )
+        if query.thread_id is not None:
+            thread = query.thread_id
+            stmt = stmt.where(or_(messages.c.id == thread, messages.c.thread_id == thread))
         if query.kind is not None:
             stmt = stmt.where(messages.c.kind == query.kind)
         if query.search:
@@ -410,10 +482,21 @@ class MailStore(AdminStoreMixin):
         if query.offset:
             stmt = stmt.offset(query.offset)
         with self.engines.read.connect() as conn:
-            return [
+            entries = [
                 _entry(row, direction="out" if row.sender_id == user_id else "in")
                 for row in conn.execute(stmt)
             ]
+            # The sender's marks: how far each sent message got, one query for the page.
+            sent = [e.message_id for e in entries if e.direction == "out"]
+            counts = receipt_counts(conn, sent) if sent else {}
+        if not counts:
+            return entries
+        return [
+            e._replace(receipts=counts.get(e.message_id, (0, 0, 0, 0)))
+            if e.direction == "out"
+            else e
+            for e in entries
+        ]
 
     @property
     def shares_commits(self) -> bool:

@@ -17,6 +17,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -63,6 +65,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), default="user")
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     prank_opt_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    # False: senders see this user's mail as "delivered", never "read".
+    read_receipts: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Highest mailbox sequence number given out, and the highest one acknowledged by a client.
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     acked_seq: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -95,6 +99,12 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     client_msg_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A reply: the message it answers, and its thread's first message (NULL: this message
+    # starts its own thread, whose id is its own). NULL costs a send nothing.
+    in_reply_to: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    thread_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    # The sender asks each recipient to acknowledge it (announce --require-ack).
+    require_ack: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class MailboxEntry(Base):
@@ -111,6 +121,23 @@ class MailboxEntry(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The sender's ledger: handed to a client of the owner (its ack moved past this seq), and
+    # acknowledged by the owner (a message that asks for it). NULL costs a send nothing.
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Archived by its owner: out of the inbox unless asked for (`inbox` with `archived`).
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class RetentionRule(Base):
+    """How long mailbox entries of one kind are kept (set by an admin). The broker's sweep
+    removes older entries only once their owner's client has acknowledged them."""
+
+    __tablename__ = "retention_rules"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    days: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Block(Base):

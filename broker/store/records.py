@@ -41,6 +41,12 @@ class EntryRecord(NamedTuple):
     sent_at: datetime
     read: bool
     direction: str
+    # A reply's parent, and the first message of its thread (None: it starts its own thread).
+    in_reply_to: int | None = None
+    thread_id: int | None = None
+    require_ack: bool = False  # the sender asks its recipients to acknowledge it
+    # In its sender's history: (recipients, delivered, read, acknowledged) from the ledger.
+    receipts: tuple[int, int, int, int] | None = None
 
 
 class SendIntent(NamedTuple):
@@ -51,6 +57,8 @@ class SendIntent(NamedTuple):
     subject: str | None
     body: str
     client_msg_id: str | None
+    in_reply_to: int | None = None  # a message id the sender can see; the batch checks it
+    require_ack: bool = False
 
 
 class Delivery(NamedTuple):
@@ -81,6 +89,7 @@ class HistoryQuery:
     before_id: int | None = None
     query: SearchQuery | None = None
     offset: int = 0
+    thread_id: int | None = None  # only the messages of this thread
     username: str = ""  # the searching user's name (the full-text index's `people` token)
 
 
@@ -92,17 +101,20 @@ def deliveries_of(
     message_id: int,
     sent_at: datetime,
     targets: Iterable[tuple[int, str, int]],
+    thread_id: int | None = None,
 ) -> tuple[Delivery, ...]:
     """The entries a stored send gives its recipients, one per (user id, name, seq), as they
     are pushed: unread, incoming. The group commit and the writer process's outcomes both build
     them here, for every message, so the named tuples are made with tuple.__new__ (their own
     __new__ is a Python function; the writer's equality test pins the field order)."""
-    kind, sender, recipients, subject, body = (
+    kind, sender, recipients, subject, body, in_reply_to, require_ack = (
         intent.kind,
         intent.sender,
         intent.recipients,
         intent.subject,
         intent.body,
+        intent.in_reply_to,
+        intent.require_ack,
     )
     return tuple(
         [
@@ -124,6 +136,10 @@ def deliveries_of(
                             sent_at,
                             False,
                             "in",
+                            in_reply_to,
+                            thread_id,
+                            require_ack,
+                            None,
                         ),
                     ),
                 ),

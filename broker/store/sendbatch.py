@@ -97,6 +97,7 @@ class SendBatch:
             recipients = {u.username: u for u in everyone if u.username in names}
         else:
             recipients = self._lock_users_by_name(names)
+        threads = self._reply_threads()
         to_store: list[tuple[int, SendIntent, list[_Target]]] = []
         first_of_key: dict[tuple[int, str], int] = {}
         added: dict[int, int] = defaultdict(int)  # entries this batch gives each mailbox
@@ -107,6 +108,14 @@ class SendBatch:
                 continue
             if key is not None and key in first_of_key:
                 continue  # resolved after insert, to the first copy's id
+            if intent.in_reply_to is not None and (
+                (intent.sender_id, intent.in_reply_to) not in threads
+            ):
+                outcomes[index] = SendOutcome(
+                    error_code="not_found",
+                    error_message=f"no message {intent.in_reply_to} in your history to reply to",
+                )
+                continue
             if intent.kind == "announcement":
                 if everyone is None:
                     everyone = self._all_users()
@@ -147,12 +156,23 @@ class SendBatch:
                 added[target.id] += 1
             to_store.append((index, intent, targets))
         if to_store:
-            inserted = self._insert_messages([intent for _, intent, _ in to_store])
+
+            def threads_of(stored: list[tuple[int, SendIntent, list[_Target]]]) -> list[int | None]:
+                return [
+                    None
+                    if intent.in_reply_to is None
+                    else threads[(intent.sender_id, intent.in_reply_to)]
+                    for _, intent, _ in stored
+                ]
+
+            intents = [intent for _, intent, _ in to_store]
+            inserted = self._insert_messages(intents, threads_of(to_store))
             to_store, message_ids = self._drop_committed_elsewhere(to_store, inserted, outcomes)
+            thread_of = threads_of(to_store)  # of the messages stored here (others' won)
             seqs = self._allocate_seqs([targets for _, _, targets in to_store])
             rows = []
-            for (index, intent, targets), message_id, batch_seqs in zip(
-                to_store, message_ids, seqs, strict=True
+            for (index, intent, targets), message_id, batch_seqs, thread_id in zip(
+                to_store, message_ids, seqs, thread_of, strict=True
             ):
                 delivered = [
                     (target.id, target.username, seq)
@@ -164,7 +184,7 @@ class SendBatch:
                 ]
                 outcomes[index] = SendOutcome(
                     message_id=message_id,
-                    deliveries=deliveries_of(intent, message_id, self.now, delivered),
+                    deliveries=deliveries_of(intent, message_id, self.now, delivered, thread_id),
                 )
             if rows and self.sqlite:
                 self._insert_rows(
@@ -183,6 +203,38 @@ class SendBatch:
                 assert first is not None
                 outcomes[index] = SendOutcome(message_id=first.message_id, duplicate=True)
         return [o for o in outcomes if o is not None]
+
+    def _reply_threads(self) -> dict[tuple[int, int], int]:
+        """(sender id, parent id) -> the thread's first message, for each reply of the batch
+        whose parent the sender can see (sent it, or has it in their mailbox). Replies are
+        rare: a batch without one reads nothing."""
+        wanted = {(i.sender_id, i.in_reply_to) for i in self.intents if i.in_reply_to is not None}
+        if not wanted:
+            return {}
+        parent_ids = sorted({parent for _, parent in wanted})
+        sender_ids = sorted({sender for sender, _ in wanted})
+        parents = {
+            row.id: (row.sender_id, row.thread_id or row.id)
+            for row in self.conn.execute(
+                select(messages.c.id, messages.c.sender_id, messages.c.thread_id).where(
+                    messages.c.id.in_(parent_ids)
+                )
+            )
+        }
+        held = {
+            (row.user_id, row.message_id)
+            for row in self.conn.execute(
+                select(mailbox.c.user_id, mailbox.c.message_id).where(
+                    mailbox.c.message_id.in_(parent_ids), mailbox.c.user_id.in_(sender_ids)
+                )
+            )
+        }
+        threads: dict[tuple[int, int], int] = {}
+        for sender_id, parent_id in wanted:
+            found = parents.get(parent_id)
+            if found is not None and (found[0] == sender_id or (sender_id, parent_id) in held):
+                threads[(sender_id, parent_id)] = found[1]
+        return threads
 
     def _existing_ids(self) -> dict[tuple[int, str], int]:
         if self.sqlite:
@@ -320,7 +372,12 @@ class SendBatch:
             outcomes[index] = SendOutcome(message_id=winners[key], duplicate=True)
         return kept, ids
 
-    def _insert_messages(self, intents: list[SendIntent]) -> list[int | None]:
+    def _insert_messages(
+        self, intents: list[SendIntent], thread_of: list[int | None]
+    ) -> list[int | None]:
+        # Only a batch holding a reply or an acknowledged send writes the columns they need
+        # (NULL or a server default otherwise).
+        replies = any(t is not None for t in thread_of) or any(i.require_ack for i in intents)
         rows = [
             {
                 "kind": i.kind,
@@ -333,29 +390,38 @@ class SendBatch:
             }
             for i in intents
         ]
+        if replies:
+            for row, intent, thread_id in zip(rows, intents, thread_of, strict=True):
+                row["in_reply_to"] = intent.in_reply_to
+                row["thread_id"] = thread_id
+                row["require_ack"] = intent.require_ack
         if self.sqlite:
             [(first,)] = self._raw("SELECT coalesce(max(id), 0) FROM messages", ())
             ids = list(range(first + 1, first + 1 + len(rows)))
             # The timestamp goes through its column type once, not once per row.
             created_at = messages.c.created_at.type._cached_bind_processor(self.conn.dialect)
             stamp = created_at(self.now) if created_at else self.now
-            self._insert_rows(
-                "messages",
-                "id, kind, sender_id, recipients, subject, body, client_msg_id, created_at",
-                [
-                    (
-                        message_id,
-                        r["kind"],
-                        r["sender_id"],
-                        r["recipients"],
-                        r["subject"],
-                        r["body"],
-                        r["client_msg_id"],
-                        stamp,
-                    )
-                    for r, message_id in zip(rows, ids, strict=True)
-                ],
-            )
+            columns = "id, kind, sender_id, recipients, subject, body, client_msg_id, created_at"
+            values: list[tuple[Any, ...]] = [
+                (
+                    message_id,
+                    r["kind"],
+                    r["sender_id"],
+                    r["recipients"],
+                    r["subject"],
+                    r["body"],
+                    r["client_msg_id"],
+                    stamp,
+                )
+                for r, message_id in zip(rows, ids, strict=True)
+            ]
+            if replies:
+                columns += ", in_reply_to, thread_id, require_ack"
+                values = [
+                    (*v, r["in_reply_to"], r["thread_id"], r["require_ack"])
+                    for v, r in zip(values, rows, strict=True)
+                ]
+            self._insert_rows("messages", columns, values)
             return [*ids]
         if self.conn.dialect.name == "postgresql":
             return self._insert_messages_pg(intents, rows)

@@ -40,7 +40,9 @@ from .records import SendIntent, SendOutcome, deliveries_of
 log = logging.getLogger("mailnet.store.writer")
 
 # (message_id, duplicate, error_code, error_message, ((user_id, username, seq), ...))
-_Compact = tuple[int | None, bool, str | None, str | None, tuple[tuple[int, str, int], ...]]
+_Compact = tuple[
+    int | None, bool, str | None, str | None, tuple[tuple[int, str, int], ...], int | None
+]
 # What the child answers for a batch: the commit's timestamp and one _Compact per intent.
 Committed = tuple[datetime | None, list[_Compact]]
 
@@ -125,7 +127,17 @@ class WriterProcess:
         Turn it into outcomes with `outcomes` (pure Python: the broker does that on its own
         thread while the child commits the next batch)."""
         packed = [
-            (i.sender_id, i.sender, i.kind, i.recipients, i.subject, i.body, i.client_msg_id)
+            (
+                i.sender_id,
+                i.sender,
+                i.kind,
+                i.recipients,
+                i.subject,
+                i.body,
+                i.client_msg_id,
+                i.in_reply_to,
+                i.require_ack,
+            )
             for i in intents
         ]
         with self._lock:
@@ -170,7 +182,7 @@ def _outcomes(
     intents: Sequence[SendIntent], sent_at: datetime | None, compact: list[_Compact]
 ) -> list[SendOutcome]:
     outcomes = []
-    for intent, (message_id, duplicate, error_code, error_message, targets) in zip(
+    for intent, (message_id, duplicate, error_code, error_message, targets, thread_id) in zip(
         intents, compact, strict=True
     ):
         if error_code is not None or duplicate or not targets:
@@ -184,7 +196,7 @@ def _outcomes(
             )
             continue
         assert message_id is not None and sent_at is not None
-        deliveries = deliveries_of(intent, message_id, sent_at, targets)
+        deliveries = deliveries_of(intent, message_id, sent_at, targets, thread_id)
         outcomes.append(_new(SendOutcome, (message_id, False, deliveries, None, None)))
     return outcomes
 
@@ -194,8 +206,10 @@ def _compact(outcomes: Sequence[SendOutcome]) -> Committed:
     compact: list[_Compact] = []
     for outcome in outcomes:
         targets = []
+        thread_id = None
         for delivery in outcome.deliveries:
             entry = delivery.entry
+            thread_id = entry.thread_id
             assert entry.seq is not None
             sent_at = entry.sent_at  # one timestamp per batch
             targets.append((delivery.user_id, delivery.username, entry.seq))
@@ -206,6 +220,7 @@ def _compact(outcomes: Sequence[SendOutcome]) -> Committed:
                 outcome.error_code,
                 outcome.error_message,
                 tuple(targets),
+                thread_id,
             )
         )
     return sent_at, compact

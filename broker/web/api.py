@@ -56,6 +56,12 @@ class HttpApi:
             route("/api/rickrolls", self.send_rickroll, "POST"),
             route("/api/inbox", self.inbox, "GET"),
             route("/api/read", self.mark_read, "POST"),
+            route("/api/unread", self.mark_unread, "POST"),
+            route("/api/acknowledge", self.acknowledge, "POST"),
+            route("/api/delete", self.delete, "POST"),
+            route("/api/archive", self.archive, "POST"),
+            route("/api/retention", self.retention, "POST"),
+            route("/api/status", self.message_status, "GET"),
             route("/api/who", self.who, "GET"),
             route("/api/history", self.history, "GET"),
             route("/api/prefs", self.set_prefs, "PUT"),
@@ -163,6 +169,7 @@ class HttpApi:
                 "unread_only": query_bool(request, "unread"),
                 "limit": query_int(request, "limit"),
                 "before_seq": query_int(request, "before_seq"),
+                "archived": query_bool(request, "archived"),
             }
         )
         assert isinstance(inbox, requests.Inbox)
@@ -174,6 +181,44 @@ class HttpApi:
         mark = parse_request({"op": "mark_read", "seqs": body.get("seqs")})
         assert isinstance(mark, requests.MarkRead)
         return await self._answer(session, mark)
+
+    async def mark_unread(self, request: Request) -> dict[str, Any]:
+        session = await self._session(request)
+        body = await self._body(request)
+        mark = parse_request({"op": "mark_unread", "seqs": body.get("seqs")})
+        return await self._answer(session, mark)
+
+    async def _seqs_op(self, request: Request, op: str) -> dict[str, Any]:
+        session = await self._session(request)
+        body = await self._body(request)
+        return await self._answer(session, parse_request({"op": op, "seqs": body.get("seqs")}))
+
+    async def delete(self, request: Request) -> dict[str, Any]:
+        return await self._seqs_op(request, "delete")
+
+    async def archive(self, request: Request) -> dict[str, Any]:
+        return await self._seqs_op(request, "archive")
+
+    async def retention(self, request: Request) -> dict[str, Any]:
+        session = await self._session(request)
+        body = await self._body(request)
+        rule = parse_request(
+            {"op": "admin_retention", "kind": body.get("kind"), "days": body.get("days")}
+        )
+        return await self._answer(session, rule)
+
+    async def acknowledge(self, request: Request) -> dict[str, Any]:
+        session = await self._session(request)
+        body = await self._body(request)
+        ack = parse_request({"op": "acknowledge", "message_id": body.get("message_id")})
+        return await self._answer(session, ack)
+
+    async def message_status(self, request: Request) -> dict[str, Any]:
+        session = await self._session(request)
+        status = parse_request(
+            {"op": "message_status", "message_id": query_int(request, "message_id")}
+        )
+        return await self._answer(session, status)
 
     async def who(self, request: Request) -> dict[str, Any]:
         return await self._answer(await self._session(request), requests.Who())
@@ -191,6 +236,7 @@ class HttpApi:
                 "before_id": query_int(request, "before_id"),
                 "query": query_str(request, "q"),
                 "offset": query_int(request, "offset"),
+                "thread": query_int(request, "thread"),
             }
         )
         assert isinstance(history, requests.History)
@@ -199,6 +245,12 @@ class HttpApi:
     async def set_prefs(self, request: Request) -> dict[str, Any]:
         session = await self._session(request)
         body = await self._body(request)
-        prefs = parse_request({"op": "set_prefs", "prank_opt_out": body.get("prank_opt_out")})
+        prefs = parse_request(
+            {
+                "op": "set_prefs",
+                "prank_opt_out": body.get("prank_opt_out"),
+                "read_receipts": body.get("read_receipts"),
+            }
+        )
         assert isinstance(prefs, requests.SetPrefs)
         return await self._answer(session, prefs)

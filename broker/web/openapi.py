@@ -15,9 +15,15 @@ import msgspec
 from broker.protocol import requests
 from broker.protocol.events import MailEvent, PresenceEvent
 from broker.protocol.responses import (
+    AcknowledgeResult,
+    AdminRetentionResult,
+    ArchiveResult,
+    DeleteResult,
     HistoryResult,
     InboxResult,
     MarkReadResult,
+    MarkUnreadResult,
+    MessageStatusResult,
     PrefsResult,
     SendResult,
     WhoResult,
@@ -25,6 +31,7 @@ from broker.protocol.responses import (
 from broker.protocol.search import MAX_QUERY_CHARS
 
 from .schemas import (
+    AcknowledgeRequest,
     AnnouncementRequest,
     Auth,
     EmailRequest,
@@ -37,6 +44,7 @@ from .schemas import (
     PrefsRequest,
     ReadRequest,
     ReadyEvent,
+    RetentionRequest,
     RickrollRequest,
     TextRequest,
     WebLoginResult,
@@ -100,11 +108,13 @@ def _operation(
     return operation
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _query(
+    name: str, schema: dict[str, Any], description: str, *, required: bool = False
+) -> dict[str, Any]:
     return {
         "name": name,
         "in": "query",
-        "required": False,
+        "required": required,
         "schema": schema,
         "description": description,
     }
@@ -130,6 +140,7 @@ def _paths() -> dict[str, Any]:
                 InboxResult,
                 parameters=[
                     _query("unread", {"type": "boolean"}, "Only unread entries."),
+                    _query("archived", {"type": "boolean"}, "Include archived entries."),
                     _query("limit", limit, "Page size."),
                     _query(
                         "before_seq",
@@ -157,6 +168,11 @@ def _paths() -> dict[str, Any]:
                     ),
                     _query("since", {"type": "string", "format": "date"}, "ISO date or date-time."),
                     _query(
+                        "thread",
+                        _schema(requests.PositiveInt),
+                        "Only the messages of this thread (an entry's thread_id).",
+                    ),
+                    _query(
                         "q",
                         {"type": "string", "maxLength": MAX_QUERY_CHARS},
                         "A search (docs/protocol.md, the search language): words, "
@@ -179,6 +195,29 @@ def _paths() -> dict[str, Any]:
         },
         "/api/prefs": {"put": _operation("Set prefs", PrefsResult, body=PrefsRequest)},
         "/api/invite": {"get": _operation("Invite", Invite)},
+        "/api/unread": {"post": _operation("Mark unread", MarkUnreadResult, body=ReadRequest)},
+        "/api/delete": {"post": _operation("Delete", DeleteResult, body=ReadRequest)},
+        "/api/archive": {"post": _operation("Archive", ArchiveResult, body=ReadRequest)},
+        "/api/acknowledge": {
+            "post": _operation("Acknowledge", AcknowledgeResult, body=AcknowledgeRequest)
+        },
+        "/api/status": {
+            "get": _operation(
+                "Message status",
+                MessageStatusResult,
+                parameters=[
+                    _query(
+                        "message_id",
+                        _schema(requests.PositiveInt),
+                        "A message you sent (any message, for an admin).",
+                        required=True,
+                    )
+                ],
+            )
+        },
+        "/api/retention": {
+            "post": _operation("Retention", AdminRetentionResult, body=RetentionRequest)
+        },
     }
 
 
@@ -202,6 +241,14 @@ _COMPONENT_TYPES = (
     PrefsRequest,
     PrefsResult,
     Invite,
+    MarkUnreadResult,
+    DeleteResult,
+    ArchiveResult,
+    AcknowledgeRequest,
+    AcknowledgeResult,
+    MessageStatusResult,
+    RetentionRequest,
+    AdminRetentionResult,
 )
 # The WebSocket's messages (OpenAPI has no words for a WebSocket: see x-websocket).
 _SOCKET_CLIENT = (Auth, requests.Ack, requests.Ping)

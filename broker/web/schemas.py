@@ -20,10 +20,12 @@ from broker.protocol.requests import (
     MAX_INVITE_CHARS,
     MAX_PAGE,
     MAX_RECIPIENTS,
+    MAX_RETENTION_DAYS,
     MAX_SUBJECT_CHARS,
     MAX_TOKEN_CHARS,
     TEXT,
     Ack,
+    Kind,
     Ping,
     PositiveInt,
     Seq,
@@ -97,23 +99,34 @@ class Me(msgspec.Struct, kw_only=True):
     last_seq: int
 
 
+InReplyTo = Annotated[
+    PositiveInt | None,
+    Meta(description="A reply: the id of a message in the sender's history (keeps its thread)."),
+]
+RequireAck = Annotated[bool, Meta(description="Ask every recipient to acknowledge it.")]
+
+
 class EmailRequest(msgspec.Struct, kw_only=True):
     to: Recipients
     subject: Subject
     body: Body
     client_msg_id: ClientMsgId = None
+    in_reply_to: InReplyTo = None
+    require_ack: RequireAck = False
 
 
 class TextRequest(msgspec.Struct, kw_only=True):
     to: OneRecipient
     body: Body
     client_msg_id: ClientMsgId = None
+    in_reply_to: InReplyTo = None
 
 
 class AnnouncementRequest(msgspec.Struct, kw_only=True):
     subject: Subject
     body: Body
     client_msg_id: ClientMsgId = None
+    require_ack: RequireAck = False
 
 
 class RickrollRequest(msgspec.Struct, kw_only=True):
@@ -126,7 +139,19 @@ class ReadRequest(msgspec.Struct, kw_only=True):
 
 
 class PrefsRequest(msgspec.Struct, kw_only=True):
-    prank_opt_out: bool
+    prank_opt_out: bool | None = None
+    read_receipts: Annotated[
+        bool | None, Meta(description="false: senders see 'delivered', never 'read'.")
+    ] = None
+
+
+class AcknowledgeRequest(msgspec.Struct, kw_only=True):
+    message_id: PositiveInt
+
+
+class RetentionRequest(msgspec.Struct, kw_only=True):
+    kind: Kind | None = None
+    days: Annotated[int, Meta(ge=1, le=MAX_RETENTION_DAYS)] | None = None
 
 
 class Error(msgspec.Struct, kw_only=True):

@@ -1,0 +1,94 @@
+"""Every session of a user in step: a change to their mailbox (read, unread, deleted, archived,
+acked) made by one session is pushed as a `mailbox` event to all of that user's live sessions,
+on this node at once and, with a shared PostgreSQL database, on the other nodes through the
+change's NOTIFY (broker/store/mailbox_notify.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import partial
+
+import trio
+
+from broker.protocol.events import MailboxChange, MailboxEvent, ReceiptEvent
+from broker.store.mailbox_notify import MailboxChange as ChangeNotice
+from broker.store.mailbox_notify import ReceiptNotice
+
+from .presence import Presence
+from .runner import StoreRunner
+from .views import iso
+
+log = logging.getLogger("mailnet.mailbox")
+
+LISTEN_WAIT = 10.0  # how long start-up waits for LISTEN before going on without it
+
+
+class MailboxSync:
+    def __init__(self, runner: StoreRunner, presence: Presence) -> None:
+        self.runner = runner
+        self.presence = presence
+        # Names this node in its change notices, so it does not push its own changes twice.
+        self.node_id = uuid.uuid4().hex
+
+    def changed(self, user_id: int, change: MailboxChange, seqs: Sequence[int]) -> None:
+        """Push the change to every live session of the user on this node."""
+        if not seqs:
+            return
+        for session in self.presence.sessions_of(user_id):
+            session.offer_event(MailboxEvent(change=change, seqs=list(seqs)))
+
+    def receipt(self, sender_id: int, message_id: int, username: str, state: str) -> None:
+        """Push a receipt to every live session of the message's sender on this node."""
+        event = ReceiptEvent(
+            message_id=message_id,
+            username=username,
+            state=state,  # type: ignore[arg-type]
+            at=iso(datetime.now(UTC)),
+        )
+        for session in self.presence.sessions_of(sender_id):
+            session.offer_event(event)
+
+    def _noticed(self, notice: ChangeNotice | ReceiptNotice) -> None:
+        if notice.node_id == self.node_id:
+            return  # pushed here already
+        if isinstance(notice, ReceiptNotice):
+            self.receipt(notice.sender_id, notice.message_id, notice.username, notice.state)
+        else:
+            self.changed(notice.user_id, notice.change, notice.seqs)  # type: ignore[arg-type]
+
+    async def follow_other_nodes(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Push the changes other nodes make (PostgreSQL); started once LISTEN is in force."""
+        stop = threading.Event()
+        listening = trio.Event()
+
+        def in_trio(fn, *args) -> None:  # type: ignore[no-untyped-def]
+            try:
+                trio.from_thread.run_sync(fn, *args)
+            except trio.RunFinishedError:
+                stop.set()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(
+                        trio.to_thread.run_sync,
+                        self.runner.store.listen_for_mailbox_changes,
+                        lambda notice: in_trio(self._noticed, notice),
+                        stop.is_set,
+                        lambda: in_trio(listening.set),
+                        abandon_on_cancel=True,
+                    )
+                )
+                with trio.move_on_after(LISTEN_WAIT):
+                    await listening.wait()
+                if not listening.is_set():
+                    log.warning("not yet listening for other nodes' mailbox changes")
+                task_status.started()
+        finally:
+            stop.set()
