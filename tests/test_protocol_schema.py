@@ -119,7 +119,14 @@ def test_every_documented_event_and_unanswering_error_validates() -> None:
         text = line.removeprefix("← ")
         if text.startswith(('{"event"', '{"re": null')):
             shown.append(json.loads(text))
-    assert {frame.get("event") for frame in shown} == {"mail", "presence", "presence_batch", None}
+    assert {frame.get("event") for frame in shown} == {
+        "mail",
+        "presence",
+        "presence_batch",
+        "mailbox",
+        "receipt",
+        None,
+    }
     for frame in shown:
         check_answer(None, frame)
 
@@ -250,6 +257,15 @@ async def test_real_frames_exchanged_with_a_live_broker_validate(tmp_path: Path)
             await bob.call(rq.Inbox(unread_only=True, limit=2))
             await bob.call(rq.MarkRead(seqs=(1, 2)))
             await bob.call(rq.MarkRead(seqs=(99,)))
+            await bob.call(rq.MarkUnread(seqs=(1,)))
+            drill = rq.Send(kind="announcement", subject="Drill", body="ack it", require_ack=True)
+            drill_id = (await alice.call(drill))["message_id"]
+            await bob.drain()
+            await bob.call(rq.Acknowledge(message_id=drill_id))
+            await alice.call(rq.MessageStatus(message_id=drill_id))
+            await bob.call(rq.Archive(seqs=(2,)))
+            await bob.call(rq.Delete(seqs=(3,)))
+            await alice.call(rq.AdminRetention(kind="announcement", days=30))
             await bob.call(rq.Who())
             await bob.call(rq.History(with_user="alice", kind="email", search="noon"))
             await alice.call(rq.History(limit=2))
@@ -294,7 +310,8 @@ async def test_real_frames_exchanged_with_a_live_broker_validate(tmp_path: Path)
         check_answer(op, frame)
     answered_ops = {op for op, frame in received if op is not None and frame.get("ok")}
     assert answered_ops == {op for op, ops in OPERATIONS.items() if ops["response"]}
-    assert {frame["event"] for _, frame in received if "event" in frame} == {"mail", "presence"}
+    events = {frame["event"] for _, frame in received if "event" in frame}
+    assert events == {"mail", "presence", "mailbox", "receipt"}
     codes = {frame["error"]["code"] for _, frame in received if frame.get("ok") is False}
     assert {"unknown_recipient", "bad_request", "unknown_op", "bad_frame", "not_found"} <= codes
     assert {"forbidden", "already_authenticated", "rate_limited", "session_ended"} <= codes

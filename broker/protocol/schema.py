@@ -118,6 +118,14 @@ def _refine_history(schema: dict[str, Any]) -> None:
     }
 
 
+def _refine_set_prefs(schema: dict[str, Any]) -> None:
+    """set_prefs changes at least one preference (a boolean; null counts as absent)."""
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"type": "boolean"}}}
+        for name in ("prank_opt_out", "read_receipts")
+    ]
+
+
 def _response_schema(result: dict[str, Any]) -> dict[str, Any]:
     envelope = {
         "re": {
@@ -142,6 +150,7 @@ def protocol_schema() -> dict[str, Any]:
         _with_request_id(defs[kind.__name__])
     _refine_send(defs["Send"])
     _refine_history(defs["History"])
+    _refine_set_prefs(defs["SetPrefs"])
     for kind in request_types():
         _null_is_absent(defs[kind.__name__])
     for result in results:
