@@ -57,6 +57,9 @@ ENTRY: dict[str, Any] = {
     "sent_at": "2026-11-30T08:21:34.195178Z",
     "read": False,
     "direction": "in",
+    "thread_id": 3,
+    "in_reply_to": None,
+    "require_ack": False,
 }
 
 request_ids = st.none() | st.integers(min_value=0, max_value=2**53 - 1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from broker.protocol.events import Entry
 from broker.protocol.responses import OnlineUser as OnlineUserLine
 from broker.store import EntryRecord
@@ -74,20 +76,9 @@ def online_user_view(user: OnlineUser) -> dict[str, Any]:
 
 
 def typed_entry(entry: EntryRecord) -> Entry:
-    """entry_view as broker.protocol's type (for wire.event_payload / result_payload)."""
-    hidden = entry.kind == "rickroll" and entry.direction == "in"
-    return Entry(
-        seq=entry.seq,
-        message_id=entry.message_id,
-        kind=entry.kind,  # type: ignore[arg-type]  # the store holds only the four kinds
-        sender=None if hidden else entry.sender,
-        recipients=[] if hidden else list(entry.recipients),
-        subject=entry.subject,
-        body=entry.body,
-        sent_at=iso(entry.sent_at),
-        read=entry.read,
-        direction=entry.direction,  # type: ignore[arg-type]  # "in" or "out"
-    )
+    """entry_view as broker.protocol's type (for wire.event_payload / result_payload): one
+    definition of what an owner sees, in entry_view."""
+    return msgspec.convert(entry_view(entry), Entry)
 
 
 def typed_online_user(user: OnlineUser) -> OnlineUserLine:

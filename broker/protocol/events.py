@@ -50,7 +50,8 @@ class Entry(msgspec.Struct, kw_only=True):
     in_reply_to: int | None = None
     require_ack: bool = False  # the sender asks for an `acknowledge`
     # Only on history items the user sent (`direction` out): the delivery ledger's counts.
-    receipts: Receipts | None = None
+    # Absent elsewhere (not null): the same bytes as the broker's plain mail event frames.
+    receipts: Receipts | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="event"):
