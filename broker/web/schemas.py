@@ -103,7 +103,7 @@ InReplyTo = Annotated[
     PositiveInt | None,
     Meta(description="A reply: the id of a message in the sender's history (keeps its thread)."),
 ]
-RequireAck = Annotated[bool, Meta(description="Ask every recipient to acknowledge it.")]
+RequireAck = Annotated[bool | None, Meta(description="Ask every recipient to acknowledge it.")]
 
 
 class EmailRequest(msgspec.Struct, kw_only=True):
