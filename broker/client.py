@@ -24,6 +24,7 @@ import math
 import socket
 import ssl
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class TrustError(ClientError):
 
 class UnexpectedAnswer(ClientError):
     """The broker answered with a frame that does not have the shape the protocol promises."""
+
+
+MAX_EVENTS_KEPT = 1000  # pushed events kept for next_event; older ones are dropped
 
 
 class RequestFailed(ClientError):
@@ -137,7 +141,12 @@ class Client:
         self._waiters: dict[int, _Waiter] = {}
         self._send_lock = trio.Lock()
         self._mail_in, self._mail_out = trio.open_memory_channel[dict[str, Any]](math.inf)
-        self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](math.inf)
+        # Events nobody takes (`listen` takes only mail) must not pile up for ever: the oldest
+        # go first once MAX_EVENTS_KEPT wait, counted in events_dropped.
+        self._events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS_KEPT)
+        self._event_arrived = trio.Event()
+        self._reader_done = False
+        self.events_dropped = 0
         self._closed: str | None = None
         self.username: str | None = None
         self.token: str | None = None
@@ -167,14 +176,15 @@ class Client:
             for waiter in self._waiters.values():
                 waiter.done.set()
             self._mail_in.close()
-            self._events_in.close()
+            self._reader_done = True
+            self._event_arrived.set()
 
     def _route(self, frame: dict[str, Any]) -> None:
         if "event" in frame:
             try:
                 event = decode_event(frame)
             except RemoteProtocolError:  # an event this library does not know: passed on as is
-                self._events_in.send_nowait(frame)
+                self._keep_event(frame)
                 return
             if isinstance(event, MailEvent):
                 seq = event.entry.seq
@@ -185,7 +195,7 @@ class Client:
                     self.last_seq = seq
                 self._mail_in.send_nowait(frame["entry"])
             else:
-                self._events_in.send_nowait(frame)
+                self._keep_event(frame)
             return
         re = frame.get("re")
         waiter = self._waiters.get(re) if isinstance(re, int) else None
@@ -371,11 +381,21 @@ class Client:
             except (trio.WouldBlock, trio.EndOfChannel):
                 return entries
 
+    def _keep_event(self, frame: dict[str, Any]) -> None:
+        if len(self._events) == MAX_EVENTS_KEPT:
+            self.events_dropped += 1
+        self._events.append(frame)
+        self._event_arrived.set()
+
     async def next_event(self) -> dict[str, Any]:
-        try:
-            return await self._events_out.receive()
-        except trio.EndOfChannel:
-            raise BrokerUnreachable(self._closed or "connection closed") from None
+        """The oldest pushed event not taken yet (presence, mailbox, receipt, ...), in order;
+        BrokerUnreachable once the connection is closed and none is left."""
+        while not self._events:
+            if self._reader_done:
+                raise BrokerUnreachable(self._closed or "connection closed")
+            self._event_arrived = trio.Event()
+            await self._event_arrived.wait()
+        return self._events.popleft()
 
     async def flush_ack(self) -> None:
         """Tell the broker we have everything through last_seq (no response expected)."""

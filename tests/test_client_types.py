@@ -133,3 +133,27 @@ async def test_typed_calls_and_history_since_against_a_live_broker(broker: Runni
                 failed.value.message == "'since' must be an ISO date or date-time, not 'yesterday'"
             )
             assert json.loads(json.dumps(await bob.inbox(limit=1)))["entries"][0]["body"] == "typed"
+
+
+async def test_events_nobody_takes_keep_only_the_newest_and_count_the_rest(
+    nursery: trio.Nursery,
+) -> None:
+    """`listen` takes only mail: presence, mailbox and receipt events must not pile up for ever
+    in a long-running client."""
+    from broker.client import MAX_EVENTS_KEPT
+
+    pushes = [
+        {"event": "presence", "username": f"u{n}", "online": True}
+        for n in range(MAX_EVENTS_KEPT + 200)
+    ]
+    answers = {"login": LOGIN_ANSWER, "ping": {"ok": True, "pong": True}}
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, partial(scripted_broker, answers, pushes, []), 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(10):
+        async with connect(f"127.0.0.1:{port}", trust=Trust.plaintext()) as client:
+            await client.login("alice", "password1")
+            await client.ping()  # answered after every push: all of them have arrived
+            assert client.events_dropped == 200
+            assert (await client.next_event())["username"] == "u200"  # the oldest kept
