@@ -6,11 +6,9 @@ change's NOTIFY (broker/store/mailbox_notify.py)."""
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import partial
 
 import trio
 
@@ -18,13 +16,12 @@ from broker.protocol.events import MailboxChange, MailboxEvent, ReceiptEvent
 from broker.store.mailbox_notify import MailboxChange as ChangeNotice
 from broker.store.mailbox_notify import ReceiptNotice
 
+from .listening import ThreadListener, follow_in_thread
 from .presence import Presence
 from .runner import StoreRunner
 from .views import iso
 
 log = logging.getLogger("mailnet.mailbox")
-
-LISTEN_WAIT = 10.0  # how long start-up waits for LISTEN before going on without it
 
 
 class MailboxSync:
@@ -64,31 +61,12 @@ class MailboxSync:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Push the changes other nodes make (PostgreSQL); started once LISTEN is in force."""
-        stop = threading.Event()
-        listening = trio.Event()
 
-        def in_trio(fn, *args) -> None:  # type: ignore[no-untyped-def]
-            try:
-                trio.from_thread.run_sync(fn, *args)
-            except trio.RunFinishedError:
-                stop.set()
+        def listen(via: ThreadListener) -> None:
+            self.runner.store.listen_for_mailbox_changes(
+                lambda notice: via.call(self._noticed, notice),
+                via.should_stop,
+                lambda: via.call(via.listening.set),
+            )
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    partial(
-                        trio.to_thread.run_sync,
-                        self.runner.store.listen_for_mailbox_changes,
-                        lambda notice: in_trio(self._noticed, notice),
-                        stop.is_set,
-                        lambda: in_trio(listening.set),
-                        abandon_on_cancel=True,
-                    )
-                )
-                with trio.move_on_after(LISTEN_WAIT):
-                    await listening.wait()
-                if not listening.is_set():
-                    log.warning("not yet listening for other nodes' mailbox changes")
-                task_status.started()
-        finally:
-            stop.set()
+        await follow_in_thread(listen, what="other nodes' mailbox changes", task_status=task_status)

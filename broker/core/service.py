@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -38,6 +37,7 @@ from .cluster import SharedPresence
 from .cluster_limits import SharedSendRate
 from .commits import CommitQueue, choose_committer
 from .ledger import Ledger
+from .listening import ThreadListener, follow_in_thread
 from .mailbox_sync import MailboxSync
 from .metrics import BrokerMetrics
 from .prelogin import PreLoginBudget
@@ -50,7 +50,6 @@ from .views import RICKROLL_BODY, RICKROLL_SUBJECT
 log = logging.getLogger("mailnet.broker")
 
 ACK_FLUSH_INTERVAL = 1.0
-LISTEN_WAIT = 10.0  # seconds to wait for LISTEN before reporting started anyway
 DISK_CHECK_INTERVAL = 1.0
 READY_CHECK_TIMEOUT = 2.0  # seconds /readyz waits for the database
 
@@ -165,36 +164,19 @@ class Broker:
         Reports itself started once LISTEN is in force, so a commit made after the broker says
         it is up is never missed (or after LISTEN_WAIT, with a warning, if the database is slow).
         """
-        stop = threading.Event()
-        listening = trio.Event()
 
-        def in_trio(fn, *args) -> None:  # type: ignore[no-untyped-def]
-            try:
-                trio.from_thread.run_sync(fn, *args)
-            except trio.RunFinishedError:
-                stop.set()
+        def listen(via: ThreadListener) -> None:
+            self.runner.store.listen_for_commits(
+                lambda pairs: via.call(self._notice_commits, pairs),
+                via.should_stop,
+                lambda: via.call(self._listening_for_commits, via.listening),
+                lambda: via.call(self._not_listening_for_commits),
+                self.metrics.notify_lag.observe,  # thread-safe
+            )
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    partial(
-                        trio.to_thread.run_sync,
-                        self.runner.store.listen_for_commits,
-                        lambda pairs: in_trio(self._notice_commits, pairs),
-                        stop.is_set,
-                        lambda: in_trio(self._listening_for_commits, listening),
-                        lambda: in_trio(self._not_listening_for_commits),
-                        self.metrics.notify_lag.observe,  # thread-safe
-                        abandon_on_cancel=True,
-                    )
-                )
-                with trio.move_on_after(LISTEN_WAIT):
-                    await listening.wait()
-                if not listening.is_set():
-                    log.warning("not yet listening for other nodes' commits: their mail may lag")
-                task_status.started()
-        finally:
-            stop.set()
+        await follow_in_thread(
+            listen, what="other nodes' commits: their mail may lag", task_status=task_status
+        )
 
     def _listening_for_commits(self, listening: trio.Event) -> None:
         """LISTEN is in force (again): every live session here reads the store once, for the
