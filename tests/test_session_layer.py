@@ -329,3 +329,19 @@ async def test_an_unknown_request_is_refused_as_unsupported(core: Broker) -> Non
         with pytest.raises(RemoteProtocolError) as refused:
             await session.handle(object())  # type: ignore[arg-type]
         assert refused.value.code == ErrorCode.UNKNOWN_OP
+
+
+async def test_every_refusal_is_counted_by_its_code_whatever_the_transport(core: Broker) -> None:
+    """The metrics' errors by code are the session's: an HTTP request's refusal counts as a TCP
+    one does (a session without an outlet is what the web API uses)."""
+    with trio.fail_after(10):
+        await create_accounts(core, "alice")
+        session = Session(core, peer="127.0.0.1")  # no outlet: an HTTP request's session
+        with pytest.raises(RequestRefused):
+            await session.handle(requests.Inbox())  # not logged in
+
+        def counted(code: str) -> float:
+            value = core.metrics.registry.get_sample_value("mailnet_errors_total", {"code": code})
+            return value or 0.0
+
+        assert counted("not_authenticated") == 1

@@ -18,7 +18,7 @@ from typing import Protocol
 import msgspec
 import trio
 
-from broker.protocol import ErrorCode, RequestRefused, requests
+from broker.protocol import ErrorCode, ProtocolError, RequestRefused, requests
 from broker.protocol import responses as r
 from broker.store import SendOutcome, UserRecord
 
@@ -148,7 +148,21 @@ class Session:
     async def handle(self, request: requests.Request) -> r.Result | None:
         """Carry out one request (many sends at once: see start_sends): its typed result, or None
         when it has no answer (ack). Raises RequestRefused or ProtocolError to refuse it.
-        What changes the session is here; what needs only its user is in operations.py."""
+        Every refusal is counted in the metrics by its code, for every transport (a send's
+        outcome is counted where it is stored: Broker.start_sends)."""
+        try:
+            return await self._carry_out(request)
+        except (RequestRefused, ProtocolError) as exc:
+            if not isinstance(request, requests.Send):
+                self.broker.metrics.count_error(str(exc.code))
+            raise
+        except Exception:
+            self.broker.metrics.count_error(str(ErrorCode.INTERNAL))
+            raise
+
+    async def _carry_out(self, request: requests.Request) -> r.Result | None:
+        """handle's work. What changes the session is here; what needs only its user is in
+        operations.py."""
         broker = self.broker
         match request:
             case requests.Ping():

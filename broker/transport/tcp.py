@@ -281,14 +281,11 @@ class ClientConnection:
             result = await self.session.handle(request)
         except RequestRefused as exc:
             log.info("refused %s from %s: %s", type(request).__name__, self.peer, exc.message)
-            self.broker.metrics.count_error(str(exc.code))  # sends are counted in the core
             payload = wire.error_payload(rid, exc.code, exc.message, **exc.details)
         except ProtocolError as exc:
-            self.broker.metrics.count_error(str(exc.code))
             payload = wire.error_payload(rid, exc.code, exc.message)
         except Exception:
             log.exception("internal error answering %s", type(request).__name__)
-            self.broker.metrics.count_error(str(ErrorCode.INTERNAL))
             payload = wire.error_payload(rid, ErrorCode.INTERNAL, INTERNAL_MESSAGE)
         else:
             if result is None:
