@@ -108,3 +108,33 @@ def broker_config(tmp_path: Path) -> Config:
 async def broker(broker_config: Config) -> AsyncIterator[RunningBroker]:
     async with running_broker(broker_config) as running:
         yield running
+
+
+# -- a fresh PostgreSQL schema --------------------------------------------------------------------
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import sqlalchemy as sa  # noqa: E402
+
+PG_URL = os.environ.get("MAILNET_TEST_PG_URL", "")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose connections use a fresh schema of their own, dropped afterwards
+    (skipped with the reason when MAILNET_TEST_PG_URL is not set)."""
+    if not PG_URL:
+        pytest.skip("MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)")
+    schema = "mailnet_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()

@@ -10,14 +10,12 @@ import trio
 
 from broker.client import RequestFailed
 from broker.protocol import encode_frame
-from tests.conftest import make_config, running_broker
-from tests.test_postgres_nodes import PG_URL, pg_url
+from tests.conftest import PG_URL, make_config, running_broker
 from tests.test_security_limits import raw_connection
 
 pytestmark = pytest.mark.skipif(
     not PG_URL, reason="MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)"
 )
-__all__ = ["pg_url"]  # the fixture, imported for the tests below
 
 TIMEOUT = 30
 

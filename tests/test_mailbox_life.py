@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ import msgspec
 import pytest
 import trio
 from cli_helpers import User
-from sqlalchemy import create_engine, text
 
 from broker.client import RequestFailed
 from broker.config import Config
@@ -28,24 +26,6 @@ from tests.test_session_layer import create_accounts, login, running_core
 
 WAIT = 20
 PG_URL = os.environ.get("MAILNET_TEST_PG_URL", "")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL whose connections use a fresh schema of their own, dropped afterwards."""
-    if not PG_URL:
-        pytest.skip("MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)")
-    schema = "mailnet_mailbox_" + uuid.uuid4().hex[:8]
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

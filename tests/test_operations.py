@@ -4,8 +4,6 @@ node's name, and (with several nodes on PostgreSQL) admin listings that span eve
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -73,22 +71,6 @@ async def test_healthz_readyz_and_metrics_on_the_web_port(tmp_path: Path) -> Non
             assert sample(metrics, 'mailnet_node_info{node="node-a"}') == 1
             assert "mailnet_notify_lag_seconds_bucket" in metrics
             assert "mailnet_commit_queue_sends" in metrics
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    assert PG_URL is not None
-    schema = "mailnet_ops_" + uuid.uuid4().hex[:8]
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 @needs_pg

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
-from sqlalchemy import create_engine, text
 
 from broker import tls
 from broker.client import Trust, connect
@@ -21,22 +18,6 @@ PG_URL = os.environ.get("MAILNET_TEST_PG_URL")
 pytestmark = pytest.mark.skipif(
     not PG_URL, reason="MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)"
 )
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    assert PG_URL is not None
-    schema = "mailnet_cert_" + uuid.uuid4().hex[:8]
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 async def test_nodes_on_one_database_present_one_certificate(pg_url: str, tmp_path: Path) -> None:

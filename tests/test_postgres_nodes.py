@@ -4,8 +4,6 @@ users connected to another, live and offline, exactly once."""
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,23 +16,6 @@ PG_URL = os.environ.get("MAILNET_TEST_PG_URL")
 pytestmark = pytest.mark.skipif(
     not PG_URL, reason="MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)"
 )
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL whose connections use a fresh schema of their own, dropped afterwards."""
-    assert PG_URL is not None
-    schema = "mailnet_nodes_" + uuid.uuid4().hex[:8]
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 async def test_text_sent_on_one_node_is_pushed_live_on_another(pg_url: str, tmp_path: Path):

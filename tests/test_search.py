@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 import trio
 from cli_helpers import User
 from hypothesis import given
@@ -85,30 +83,13 @@ def test_any_text_parses_or_is_refused_as_bad_request(text: str) -> None:
 # -- full text, on SQLite and on PostgreSQL --------------------------------------------------
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    if not PG_URL:
-        pytest.skip("MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)")
-    schema = "mailnet_search_" + uuid.uuid4().hex[:8]
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store_broker(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[RunningBroker]:
     overrides: dict[str, object] = {"send_rate": 10_000.0, "send_burst": 10_000}
     if request.param == "postgresql":
-        overrides["db"] = request.getfixturevalue("pg_schema_url")
+        overrides["db"] = request.getfixturevalue("pg_url")
     async with running_broker(make_config(tmp_path, **overrides)) as running:
         yield running
 
