@@ -70,6 +70,16 @@ def inbox_of(running: RestartableBroker, name: str) -> list[dict[str, Any]]:
 # -- logout ------------------------------------------------------------------------------------
 
 
+
+def wait_until(page: Any, expression: str, timeout: float = 20.0) -> None:
+    """Poll `expression` in the page until it is true. (Playwright's wait_for_function polls
+    with eval inside the page, which the app's Content-Security-Policy forbids: it fails
+    whenever the condition is not already true at the first look.)"""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still not true after {timeout}s: {expression}"
+        page.wait_for_timeout(50)
+
 async def test_logging_out_shows_the_sign_in_screen_without_an_error(tmp_path: Path) -> None:
     def scenario(running: RestartableBroker, browser: Any, problems: list[str]) -> None:
         from playwright.sync_api import expect
@@ -167,7 +177,7 @@ async def test_a_reload_during_an_outage_shows_the_app_and_an_offline_send_goes_
         )
         inbox_of(running, "bob")  # bob exists
         sign_in(page, running.url, "alice")
-        page.wait_for_function("navigator.serviceWorker.controller !== null")
+        wait_until(page, "navigator.serviceWorker.controller !== null")
 
         running.call(running.stop)
         expect(page.locator("#offline-banner")).to_be_visible()
@@ -350,7 +360,7 @@ async def test_notices_are_short_grouped_clear_of_the_reader_and_system_ones_whe
 
         page.evaluate("window.__hidden = true")
         send_email(running, "alice", ["bob"], "While away", "x")
-        page.wait_for_function("window.__shown.length === 1")
+        wait_until(page, "window.__shown.length === 1")
         shown = page.evaluate("window.__shown[0]")
         assert shown == {"title": "Email from alice", "body": "While away"}
 
@@ -414,7 +424,7 @@ async def test_the_app_is_installable_and_docs_renders_the_openapi_document(tmp_
         manifest = page.request.get(running.url + "manifest.webmanifest").json()
         assert manifest["start_url"] == "/" and manifest["display"] == "standalone"
         page.goto(running.url)
-        page.wait_for_function("navigator.serviceWorker && navigator.serviceWorker.ready")
+        wait_until(page, "!!(navigator.serviceWorker && navigator.serviceWorker.ready)")
         page.goto(running.url + "docs")
         expect(page.locator("#apidocs-ops .op h3", has_text="/api/emails")).to_have_count(1)
         expect(page.locator("#schema-SendResult")).to_be_visible()
