@@ -20,6 +20,7 @@ from broker.protocol.proxy import trusted_proxies
 from broker.store import MailStore, call_guarded, named_connections
 from broker.store.entry import open_store as open_migrated_store
 from broker.tls import certificate_paths  # shared with the web server (broker/web/app.py)
+from broker.transport.deadlines import ReadDeadlines
 from broker.transport.tcp import handle_connection
 
 log = logging.getLogger("mailnet.server")
@@ -93,12 +94,21 @@ async def serve(
         broker = Broker(store, config, committer=choose_committer(store, config))
         limits = ConnectionLimits(config.max_connections, config.max_connections_per_ip)
         broker.metrics.watch_connections("tcp", lambda: limits.open)
+        deadlines = ReadDeadlines(config.login_timeout, config.heartbeat_timeout)
         async with trio.open_nursery() as nursery:
             await nursery.start(broker.run)
+            nursery.start_soon(deadlines.run)
             listeners = await nursery.start(
                 partial(
                     trio.serve_tcp,
-                    partial(handle_connection, broker, config, limits, ssl_context=ssl_context),
+                    partial(
+                        handle_connection,
+                        broker,
+                        config,
+                        limits,
+                        deadlines,
+                        ssl_context=ssl_context,
+                    ),
                     config.port,
                     host=config.host,
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -39,6 +40,8 @@ from broker.protocol import (
     requests,
     wire,
 )
+from broker.transport.deadlines import ReadDeadlines
+from broker.transport.fastsocket import FastSocketStream
 from broker.transport.proxied import accept_proxied
 
 log = logging.getLogger("mailnet.tcp")
@@ -63,6 +66,7 @@ class ClientConnection:
     config: Config
     stream: trio.abc.Stream
     peer: str
+    deadlines: ReadDeadlines
     frames: PreLoginFrames = field(init=False)
     session: Session = field(init=False)
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -72,6 +76,10 @@ class ClientConnection:
     _flusher_started: bool = False
     # When the socket was accepted: the TLS handshake and the login share one deadline.
     accepted_at: float | None = None
+    # For `deadlines`: when the client must have sent something, and whether we wait on it.
+    deadline: float = 0.0
+    waiting: bool = False
+    _expiring: bool = False
 
     def __post_init__(self) -> None:
         frames = FrameConnection(
@@ -84,6 +92,8 @@ class ClientConnection:
             max_pre_login_frame_bytes=self.config.max_pre_login_frame_bytes,
         )
         self._window = trio.Semaphore(self.config.max_in_flight_per_connection)
+        # Plaintext on a socket: answers to committed sends may be written from the callback.
+        self._direct = self.stream if isinstance(self.stream, FastSocketStream) else None
 
     async def write(self, *objs: dict[str, Any]) -> None:
         """Send frames; returns once they are handed to the socket (backpressure).
@@ -147,15 +157,32 @@ class ClientConnection:
 
     # -- frames in ------------------------------------------------------------------------------
 
+    def expire_soon(self) -> None:
+        """The client was silent past its deadline (see ReadDeadlines): end the session."""
+        if not self._expiring:
+            self._expiring = True
+            with contextlib.suppress(RuntimeError):  # already closing
+                self._nursery.start_soon(self.session.expire)
+
     async def _read_frames(self) -> None:
         session = self.session
-        deadline = session.read_deadline()
+        receive_some = self.stream.receive_some
+        self.deadline = session.read_deadline()
+        self.deadlines.add(self)
+        try:
+            await self._read_loop(session, receive_some)
+        finally:
+            self.deadlines.discard(self)
+
+    async def _read_loop(
+        self, session: Session, receive_some: Callable[[int], Awaitable[bytes | bytearray]]
+    ) -> None:
         while not (self._closing or session.closing):
-            with trio.move_on_at(deadline) as waiting:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            if waiting.cancelled_caught:
-                await session.expire()
-                return
+            self.waiting = True  # ReadDeadlines ends the session if this lasts too long
+            try:
+                data = await receive_some(RECEIVE_SIZE)
+            finally:
+                self.waiting = False
             if not data:
                 return  # the client closed the connection
             try:
@@ -181,7 +208,7 @@ class ClientConnection:
                     break
                 assert isinstance(frame, dict)
                 await self._dispatch(frame, sends)
-                deadline = session.read_deadline()
+                self.deadline = session.read_deadline()
             self._start_sends(sends)
 
     async def _refuse_and_close(self, code: ErrorCode, message: str) -> None:
@@ -259,7 +286,16 @@ class ClientConnection:
                             )
                         )
                     )
-            self._outgoing.append(b"".join(frames))
+            data = b"".join(frames)
+            if self._direct is not None and not self._outgoing and not self._send_lock.locked():
+                # Nobody is writing: send now, without waking the flusher (most answers fit).
+                try:
+                    data = data[self._direct.try_send(data) :]
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # gone: the reader sees it and ends the connection
+                if not data:
+                    return
+            self._outgoing.append(data)
             self._flush_wanted.set()
             if not self._flusher_started:  # started by the first sends: none while idle
                 self._flusher_started = True
@@ -313,12 +349,15 @@ async def handle_connection(
     broker: Broker,
     config: Config,
     limits: ConnectionLimits,
+    deadlines: ReadDeadlines,
     stream: trio.abc.Stream,
     ssl_context: ssl.SSLContext | None,
 ) -> None:
     """serve_tcp's handler: never raises, so one bad client cannot stop the listener."""
     accepted_at = trio.current_time()
     peer = peer_address(stream)
+    if isinstance(stream, trio.SocketStream):  # fewer scheduling passes per read and write
+        stream = FastSocketStream(stream)
     deadline = accepted_at + config.login_timeout
     relayed = await accept_proxied(stream, peer, config, deadline=deadline)
     if relayed is None:  # a trusted balancer sent no valid PROXY header (closed already)
@@ -339,7 +378,9 @@ async def handle_connection(
             if scope.cancelled_caught:
                 log.info("closing %s: TLS handshake took too long", peer)
                 return
-        connection = ClientConnection(broker, config, stream, peer, accepted_at=accepted_at)
+        connection = ClientConnection(
+            broker, config, stream, peer, deadlines, accepted_at=accepted_at
+        )
         if refusal is not None:
             log.warning("refusing connection from %s: %s", peer, refusal)
             await connection._refuse_and_close(ErrorCode.TOO_MANY_CONNECTIONS, refusal)
