@@ -314,10 +314,14 @@ class Broker:
                 return
             acks, self._pending_acks = self._pending_acks, {}
             try:
-                await self.runner.write(self.runner.store.ack_through, acks)
+                delivered = await self.runner.write(
+                    self.runner.store.ack_through, acks, self.mailbox_sync.node_id
+                )
             except RequestRefused:
                 for user_id, seq in acks.items():  # keep them for the next try
                     self._pending_acks[user_id] = max(seq, self._pending_acks.get(user_id, 0))
+            else:
+                self.ledger.delivered(delivered)
 
     async def _flush_acks_forever(self) -> None:
         try:
