@@ -263,3 +263,30 @@ async def test_cli_unarchive_and_inbox_archived_marks_archived_mail(
             "one",
         ]
         assert (await alice("unarchive", "9")).returncode == 5
+
+
+async def test_acknowledged_entries_say_so_in_inbox_and_history(core: Broker) -> None:
+    with trio.fail_after(WAIT):
+        await create_accounts(core, "root", "alice", "bob")
+        alice, bob = await session_of(core, "alice"), await session_of(core, "bob")
+        drill = await alice.send(send(kind="announcement", subject="D", body="b", require_ack=True))
+        await alice.send(send(kind="announcement", subject="E", body="c", require_ack=True))
+        await bob.handle(parse_request({"op": "acknowledge", "message_id": drill.message_id}))
+        inbox = await bob.handle(parse_request({"op": "inbox"}))
+        assert isinstance(inbox, r.InboxResult)
+        assert [(e.subject, e.acked) for e in inbox.entries] == [("E", msgspec.UNSET), ("D", True)]
+        history = await bob.handle(parse_request({"op": "history"}))
+        assert isinstance(history, r.HistoryResult)
+        assert [e.acked for e in history.items] == [msgspec.UNSET, True]
+
+
+async def test_api_me_tells_whether_read_receipts_are_on(web: RunningBroker) -> None:
+    with trio.fail_after(WAIT):
+        async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
+            login = await http.post(
+                "/api/login", json={"username": "bob", "password": "password1", "create": True}
+            )
+            headers = {"Authorization": f"Bearer {login.json()['token']}"}
+            assert (await http.get("/api/me", headers=headers)).json()["read_receipts"] is True
+            await http.put("/api/prefs", json={"read_receipts": False}, headers=headers)
+            assert (await http.get("/api/me", headers=headers)).json()["read_receipts"] is False

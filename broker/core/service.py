@@ -537,11 +537,13 @@ class Broker:
     async def me(self, user: UserRecord) -> dict[str, Any]:
         fresh = await self.runner.read(self.runner.store.user_by_id, user.id)
         unread = await self.runner.read(self.runner.store.unread_count, user.id)
+        receipts = await self.runner.read(self.runner.store.read_receipts_enabled, user.id)
         assert fresh is not None
         return {
             "username": fresh.username,
             "role": fresh.role,
             "prank_opt_out": fresh.prank_opt_out,
+            "read_receipts": receipts,
             "unread": unread,
             "last_seq": fresh.last_seq,
         }

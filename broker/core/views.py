@@ -59,6 +59,8 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
         view["receipts"] = {"total": total, "delivered": delivered, "read": read, "acked": acked}
     if entry.archived:  # absent unless true: a pushed mail frame keeps its bytes
         view["archived"] = True
+    if entry.acked:
+        view["acked"] = True
     return view
 
 

@@ -55,6 +55,8 @@ class Entry(msgspec.Struct, kw_only=True):
     # Only on entries their owner archived (`inbox` with `archived`, `history`): true. Absent
     # elsewhere, like receipts, so a pushed mail frame keeps its bytes.
     archived: Literal[True] | msgspec.UnsetType = msgspec.UNSET
+    # Only on entries their owner acknowledged (`acknowledge`), in `inbox` and `history`: true.
+    acked: Literal[True] | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="event"):

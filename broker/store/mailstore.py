@@ -94,6 +94,7 @@ _ENTRY_COLUMNS = (
     messages.c.thread_id,
     messages.c.require_ack,
     mailbox.c.archived_at,
+    mailbox.c.acked_at,
 )
 
 
@@ -113,6 +114,7 @@ def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
         thread_id=row.thread_id,
         require_ack=bool(row.require_ack),
         archived=row.archived_at is not None,
+        acked=row.acked_at is not None,
     )
 
 
@@ -433,6 +435,7 @@ class MailStore(AdminStoreMixin, LedgerStoreMixin, RetentionStoreMixin):
                 messages.c.thread_id,
                 messages.c.require_ack,
                 mine.c.archived_at,
+                mine.c.acked_at,
             )
             .select_from(messages)
             .join(_sender, _sender.c.id == messages.c.sender_id)

@@ -48,6 +48,7 @@ class EntryRecord(NamedTuple):
     # In its sender's history: (recipients, delivered, read, acknowledged) from the ledger.
     receipts: tuple[int, int, int, int] | None = None
     archived: bool = False  # its owner archived it (out of the inbox unless asked for)
+    acked: bool = False  # its owner acknowledged it (`acknowledge`)
 
 
 class SendIntent(NamedTuple):
@@ -141,6 +142,7 @@ def deliveries_of(
                             thread_id,
                             require_ack,
                             None,
+                            False,
                             False,
                         ),
                     ),
