@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from test_web_browser import CHROMIUM, sign_in
 from test_web_client import run_in_browser, wait_until
+from test_web_screens import axe_problems
 from web_client_harness import RestartableBroker, new_page
 
 from broker.client import Client
@@ -78,6 +79,7 @@ async def test_a_thread_of_three_reads_as_one_conversation_and_the_reply_stays_i
         expect(thread.locator(".thread-sender")).to_have_text(["alice", "You", "alice"])
         expect(thread.nth(2)).to_have_class("thread-msg current")
         expect(thread.nth(2)).to_have_attribute("aria-current", "true")
+        assert axe_problems(page, "inbox, a thread") == []
 
         page.click("#reader-reply")
         expect(page.locator("#compose-reply")).to_be_visible()
@@ -152,6 +154,7 @@ async def test_the_senders_marks_go_sent_delivered_read_live(tmp_path: Path) -> 
         expect(alice.locator("#sent-reader .ledger-head")).to_have_text(
             "Delivered to 1 of 1, read by 1"
         )
+        assert axe_problems(alice, "sent, a ledger") == []
 
     await run_in_browser(tmp_path, scenario)
 
@@ -192,6 +195,7 @@ async def test_acknowledge_buttons_move_the_announcers_count_live(tmp_path: Path
             expect(page.locator("#reader-ack")).to_have_text("Acknowledged")
             expect(page.locator("#reader-ack")).to_be_disabled()
         expect(head).to_have_text("1 of 3 acknowledged; not yet: carol, root")
+        assert axe_problems(bob, "inbox, acknowledged") == []
 
         async def carol_acks(client: Client) -> None:
             [entry] = (await client.inbox())["entries"]

@@ -810,7 +810,7 @@
     state.showArchived = !state.showArchived;
     const btn = $('inbox-archived');
     btn.setAttribute('aria-pressed', state.showArchived ? 'true' : 'false');
-    btn.textContent = state.showArchived ? 'Hide archived' : 'Show archived';
+    btn.title = state.showArchived ? 'Archived mail is shown (press to hide it)' : 'Show archived mail too';
     loadInbox().catch((err) => toast(humanError(err), { kind: 'error' }));
   }
 
