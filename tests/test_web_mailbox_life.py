@@ -222,7 +222,7 @@ async def test_acknowledge_buttons_move_the_announcers_count_live(tmp_path: Path
 # -- archive and unarchive ---------------------------------------------------------------------
 
 
-async def test_archive_and_unarchive_reach_the_other_tab(tmp_path: Path) -> None:
+async def test_archive_and_unarchive_reach_the_users_other_browser(tmp_path: Path) -> None:
     def scenario(running: RestartableBroker, browser: Any, problems: list[str]) -> None:
         from playwright.sync_api import expect
 
@@ -234,7 +234,7 @@ async def test_archive_and_unarchive_reach_the_other_tab(tmp_path: Path) -> None
 
         running.as_user("alice", two_texts)
         first = new_page(browser, problems)
-        second = first.context.new_page()
+        second = new_page(browser, problems)  # another device: the broker tells it
         for page in (first, second):
             sign_in(page, running.url, "bob")
             expect(page.locator("#inbox-list .entry")).to_have_count(2)
