@@ -169,8 +169,7 @@ async def test_acknowledge_buttons_move_the_announcers_count_live(tmp_path: Path
         create_accounts(running, "root", "carol")  # root: the first account, an admin
         alice = new_page(browser, problems)
         bob = new_page(browser, problems)
-        bob_context = bob.context
-        bob_tab = bob_context.new_page()  # a second tab of bob's
+        bob_tab = new_page(browser, problems)  # bob on another device: told by the broker
         sign_in(alice, running.url, "alice")
         for page in (bob, bob_tab):
             sign_in(page, running.url, "bob")
