@@ -76,9 +76,7 @@ def haproxy_config(
     ]
     if health_check == "readyz":
         lines += ["    option httpchk GET /readyz", "    http-check expect status 200"]
-    lines.append(
-        "    default-server inter 1s fall 2 rise 2 send-proxy-v2"
-    )
+    lines.append("    default-server inter 1s fall 2 rise 2 send-proxy-v2")
     for b in backends:
         check = f"check port {b.web_port}" if health_check == "readyz" else "check"
         lines.append(f"    server {b.name} {b.host}:{b.port} {check}")

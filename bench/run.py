@@ -512,9 +512,7 @@ class Bench:
         shards = self._timed_shards(window=p.window, client=p.mqtt_client)
         for shard, pairs in zip(shards, shards_of(p.pairs, p.load_procs), strict=True):
             shard["pairs"] = pairs
-        results = run_load(
-            "bench.mqttload", p.mosquitto, shards, watch=process_named("mosquitto")
-        )
+        results = run_load("bench.mqttload", p.mosquitto, shards, watch=process_named("mosquitto"))
         elapsed = max(r["elapsed"] for r in results)
         delivered = rate(sum(r["delivered"] for r in results), elapsed)
         return {

@@ -435,6 +435,11 @@ class Client:
         archived: int = (await self.request("archive", seqs=seqs))["archived"]
         return archived
 
+    async def unarchive(self, seqs: list[int]) -> int:
+        """Bring archived entries back to the inbox."""
+        unarchived: int = (await self.request("unarchive", seqs=seqs))["unarchived"]
+        return unarchived
+
     async def admin_retention(
         self, kind: str | None = None, days: int | None = None
     ) -> dict[str, int]:

@@ -1,5 +1,5 @@
-"""`mailnet reply`, `unread`, `ack`, `status`, `delete`, `archive`, `admin retention`: commands
-about mail already sent or received."""
+"""`mailnet reply`, `unread`, `ack`, `status`, `delete`, `archive`, `unarchive`,
+`admin retention`: commands about mail already sent or received."""
 
 from __future__ import annotations
 
@@ -202,6 +202,24 @@ def archive(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> Non
         emit_json({"archived": archived, "seqs": list(seqs)})
         return
     output.echo(f"Archived {archived}.")
+
+
+@click.command()
+@click.argument("seqs", nargs=-1, required=True, type=click.IntRange(min=1))
+@json_option
+@client_options
+def unarchive(seqs: tuple[int, ...], as_json: bool, options: ClientOptions) -> None:
+    """Bring archived messages SEQ... back to `inbox`."""
+
+    async def run() -> int:
+        async with session_client(options) as auth:
+            return await auth.client.unarchive(list(seqs))
+
+    unarchived = run_async(run)
+    if as_json:
+        emit_json({"unarchived": unarchived, "seqs": list(seqs)})
+        return
+    output.echo(f"Unarchived {unarchived}.")
 
 
 @click.command("retention")

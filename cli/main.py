@@ -81,7 +81,7 @@ from .export import export  # noqa: E402
 admin.add_command(backup)
 main.add_command(export)
 
-from .mailbox import ack, archive, delete, reply, retention, status, unread  # noqa: E402
+from .mailbox import ack, archive, delete, reply, retention, status, unarchive, unread  # noqa: E402
 
 main.add_command(reply)
 main.add_command(unread)
@@ -89,6 +89,7 @@ main.add_command(ack)
 main.add_command(status)
 main.add_command(delete)
 main.add_command(archive)
+main.add_command(unarchive)
 admin.add_command(retention)
 
 from .bench import bench  # noqa: E402

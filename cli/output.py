@@ -200,7 +200,7 @@ def entry_table(entries: Sequence[dict[str, Any]]) -> str:
                 entry["kind"],
                 sender_label(entry),
                 relative_time(entry["sent_at"]),
-                shorten(summary(entry)),
+                ("(archived) " if entry.get("archived") else "") + shorten(summary(entry)),
             ]
         )
     return table(rows, ["SEQ", "KIND", "FROM", "WHEN", "SUBJECT / TEXT"])

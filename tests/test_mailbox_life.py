@@ -467,16 +467,18 @@ async def test_the_ledger_goes_queued_delivered_read_and_honours_no_read_receipt
                 return {line.username: line.state for line in status.recipients}
 
             assert await states() == {"bob": "queued", "carol": "queued", "dave": "queued"}
-            # bob's client gets it and acknowledges its seq: delivered, once the ack is written
+            # bob's client gets it and acknowledges its seq: delivered, once the ack is written,
+            # and alice's live session is told so then
             async with connection(core) as (bob, bob_out):
                 await bob.handle(login("bob"))
                 await bob_out.wait_for_mail(1)
                 await bob.handle(parse_request({"op": "ack", "seq": 1}))
                 await core.flush_acks()
             assert (await states())["bob"] == "delivered"
+            assert await wait_for_receipts(alice_out, 1) == [(sent.message_id, "bob", "delivered")]
             carol = await session_of(core, "carol")
             await carol.handle(parse_request({"op": "mark_read", "seqs": [1]}))
-            assert await wait_for_receipts(alice_out, 1) == [(sent.message_id, "carol", "read")]
+            assert (await wait_for_receipts(alice_out, 2))[1] == (sent.message_id, "carol", "read")
             await dave.handle(parse_request({"op": "mark_read", "seqs": [1]}))
             assert await states() == {"bob": "delivered", "carol": "read", "dave": "delivered"}
             status = await alice.handle(
@@ -486,7 +488,10 @@ async def test_the_ledger_goes_queued_delivered_read_and_honours_no_read_receipt
             dave_line = next(line for line in status.recipients if line.username == "dave")
             assert dave_line.read_at is None and dave_line.delivered_at is not None
             assert (status.delivered, status.read) == (3, 1)
-            assert receipts_of(alice_out) == [(sent.message_id, "carol", "read")]  # none of dave
+            assert receipts_of(alice_out) == [  # none of dave
+                (sent.message_id, "bob", "delivered"),
+                (sent.message_id, "carol", "read"),
+            ]
 
 
 async def test_tcp_acknowledge_pushes_a_receipt_and_status_counts_it(

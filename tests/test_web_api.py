@@ -498,6 +498,7 @@ async def test_the_openapi_schema_lists_every_api_route(web):
         "/api/acknowledge",
         "/api/delete",
         "/api/archive",
+        "/api/unarchive",
         "/api/retention",
         "/api/status",
         "/api/who",

@@ -70,7 +70,6 @@ def inbox_of(running: RestartableBroker, name: str) -> list[dict[str, Any]]:
 # -- logout ------------------------------------------------------------------------------------
 
 
-
 def wait_until(page: Any, expression: str, timeout: float = 20.0) -> None:
     """Poll `expression` in the page until it is true. (Playwright's wait_for_function polls
     with eval inside the page, which the app's Content-Security-Policy forbids: it fails
@@ -79,6 +78,7 @@ def wait_until(page: Any, expression: str, timeout: float = 20.0) -> None:
     while not page.evaluate(expression):
         assert time.monotonic() < deadline, f"still not true after {timeout}s: {expression}"
         page.wait_for_timeout(50)
+
 
 async def test_logging_out_shows_the_sign_in_screen_without_an_error(tmp_path: Path) -> None:
     def scenario(running: RestartableBroker, browser: Any, problems: list[str]) -> None:

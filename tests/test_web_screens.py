@@ -54,15 +54,23 @@ def fill_mailboxes(running: RestartableBroker) -> None:
     async def fill() -> None:
         with trio.fail_after(60):
             async with (
-                running.user("bob"),
+                running.user("bob") as bob,
                 running.user("carol") as carol,
                 running.user("alice") as alice,
             ):
-                await alice.send_email(
+                lunch = await alice.send_email(
                     ["bob", "carol"],
                     "Lunch plans",
                     "Shall we meet at noon by the fountain?\n\nAlice",
                 )
+                # bob's answer: a thread in his reader, a ledger (read by alice) in his Sent
+                await bob.send_email(
+                    ["alice", "carol"],
+                    "Re: Lunch plans",
+                    "Noon works for me. Carol?",
+                    in_reply_to=lunch["message_id"],
+                )
+                await alice.mark_read([1])
                 await alice.send_text("bob", "On my way!")
                 await carol.announce("Fire drill at three", "Leave by the east stairs.")
                 await carol.send_text("bob", "Did you see the notice?")
@@ -80,7 +88,7 @@ def sign_in_existing(page: Any, url: str, name: str) -> None:
     expect(page.locator("#conn-status")).to_have_attribute("data-state", "online")
 
 
-SCREENS = ["sign-in", "inbox", "texts", "compose", "who", "history", "settings", "api-docs"]
+SCREENS = ["sign-in", "inbox", "sent", "texts", "compose", "who", "history", "settings", "api-docs"]
 
 
 def go_to(page: Any, url: str, screen: str) -> None:
@@ -102,6 +110,10 @@ def go_to(page: Any, url: str, screen: str) -> None:
     if screen == "inbox":
         page.locator("#inbox-list .entry[data-kind=email]").click()
         expect(page.locator("#inbox-reader")).to_contain_text("fountain")
+        expect(page.locator("#inbox-reader .thread-msg")).to_have_count(2)
+    elif screen == "sent":
+        page.locator("#sent-list .entry").first.click()
+        expect(page.locator("#sent-reader .ledger-line")).to_have_count(2)
     elif screen == "texts":
         page.locator("#conv-list .conv-item", has_text="alice").click()
         expect(page.locator("#conv-messages .bubble")).to_have_count(1)

@@ -1,6 +1,7 @@
 """The sender's side of a message: its delivery ledger (`message_status`), acknowledgements of
 messages that ask for them (`acknowledge`), and the `receipt` events that keep a sender's live
-sessions up to date as recipients read and acknowledge."""
+sessions up to date as recipients' clients take their mail, and as recipients read and
+acknowledge it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import datetime
 from broker.protocol import ErrorCode, RequestRefused
 from broker.protocol import responses as r
 from broker.store import UserRecord
-from broker.store.ledger import LedgerLine, NotAcknowledgeable, NotInMailbox
+from broker.store.ledger import Delivered, LedgerLine, NotAcknowledgeable, NotInMailbox
 
 from .mailbox_sync import MailboxSync
 from .runner import StoreRunner
@@ -55,6 +56,15 @@ class Ledger:
         return r.AcknowledgeResult(
             message_id=message_id, acked_at=iso(done.at), changed=done.changed
         )
+
+    def delivered(self, done: Delivered) -> None:
+        """Tell the senders on this node that an ack flush delivered their messages (the flush
+        announced them to the other nodes in its own transaction)."""
+        at = iso(done.at)
+        for receipt in done.receipts:
+            self.sync.receipt(
+                receipt.sender_id, receipt.message_id, receipt.username, "delivered", at
+            )
 
     async def read(self, user: UserRecord, seqs: list[int]) -> None:
         """Tell the senders of entries the user just read (unless they turned receipts off)."""

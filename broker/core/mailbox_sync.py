@@ -1,7 +1,8 @@
 """Every session of a user in step: a change to their mailbox (read, unread, deleted, archived,
-acked) made by one session is pushed as a `mailbox` event to all of that user's live sessions,
-on this node at once and, with a shared PostgreSQL database, on the other nodes through the
-change's NOTIFY (broker/store/mailbox_notify.py)."""
+unarchived, acked) made by one session is pushed as a `mailbox` event to all of that user's
+live sessions, on this node at once and, with a shared PostgreSQL database, on the other nodes
+through the change's NOTIFY (broker/store/mailbox_notify.py). Senders' receipts travel the
+same way."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from datetime import UTC, datetime
 import trio
 
 from broker.protocol.events import MailboxChange, MailboxEvent, ReceiptEvent
-from broker.store.mailbox_notify import MailboxChange as ChangeNotice
-from broker.store.mailbox_notify import ReceiptNotice
+from broker.store.mailbox_notify import DeliveredNotice, Notice, ReceiptNotice
 
 from .listening import ThreadListener, follow_in_thread
 from .presence import Presence
@@ -38,22 +38,31 @@ class MailboxSync:
         for session in self.presence.sessions_of(user_id):
             session.offer_event(MailboxEvent(change=change, seqs=list(seqs)))
 
-    def receipt(self, sender_id: int, message_id: int, username: str, state: str) -> None:
+    def receipt(
+        self, sender_id: int, message_id: int, username: str, state: str, at: str = ""
+    ) -> None:
         """Push a receipt to every live session of the message's sender on this node."""
+        sessions = self.presence.sessions_of(sender_id)
+        if not sessions:
+            return
         event = ReceiptEvent(
             message_id=message_id,
             username=username,
             state=state,  # type: ignore[arg-type]
-            at=iso(datetime.now(UTC)),
+            at=at or iso(datetime.now(UTC)),
         )
-        for session in self.presence.sessions_of(sender_id):
+        for session in sessions:
             session.offer_event(event)
 
-    def _noticed(self, notice: ChangeNotice | ReceiptNotice) -> None:
+    def _noticed(self, notice: Notice) -> None:
         if notice.node_id == self.node_id:
             return  # pushed here already
         if isinstance(notice, ReceiptNotice):
             self.receipt(notice.sender_id, notice.message_id, notice.username, notice.state)
+        elif isinstance(notice, DeliveredNotice):
+            at = iso(datetime.now(UTC))
+            for sender_id, message_id in notice.delivered:
+                self.receipt(sender_id, message_id, notice.username, "delivered", at)
         else:
             self.changed(notice.user_id, notice.change, notice.seqs)  # type: ignore[arg-type]
 

@@ -50,6 +50,9 @@ async def carry_out(
             return r.DeleteResult(deleted=await broker.retention.delete(user, seqs))
         case requests.Archive(seqs=seqs):
             return r.ArchiveResult(archived=await broker.retention.archive(user, seqs))
+        case requests.Unarchive(seqs=seqs):
+            unarchived = await broker.retention.archive(user, seqs, archive=False)
+            return r.UnarchiveResult(unarchived=unarchived)
         case requests.AdminRetention(kind=kind, days=days):
             rules = await broker.retention.rules(user, kind, days)
             return r.AdminRetentionResult(rules=rules)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
@@ -40,15 +41,19 @@ class Retention:
         self.sync.changed(user.id, "deleted", removed)
         return len(removed)
 
-    async def archive(self, user: UserRecord, seqs: Sequence[int]) -> int:
+    async def archive(self, user: UserRecord, seqs: Sequence[int], *, archive: bool = True) -> int:
+        """Archive the entries (or, `archive` false, bring them back); how many changed."""
         store = self.runner.store
         try:
             changed = await self.runner.write(
-                store.archive_entries, user.id, list(seqs), self.sync.node_id
+                partial(store.archive_entries, archive=archive),
+                user.id,
+                list(seqs),
+                self.sync.node_id,
             )
         except NotAllInMailbox:
             raise RequestRefused(ErrorCode.NOT_FOUND, "no such message in your mailbox") from None
-        self.sync.changed(user.id, "archived", changed)
+        self.sync.changed(user.id, "archived" if archive else "unarchived", changed)
         return len(changed)
 
     async def rules(self, user: UserRecord, kind: str | None, days: int | None) -> dict[str, int]:

@@ -314,10 +314,14 @@ class Broker:
                 return
             acks, self._pending_acks = self._pending_acks, {}
             try:
-                await self.runner.write(self.runner.store.ack_through, acks)
+                delivered = await self.runner.write(
+                    self.runner.store.ack_through, acks, self.mailbox_sync.node_id
+                )
             except RequestRefused:
                 for user_id, seq in acks.items():  # keep them for the next try
                     self._pending_acks[user_id] = max(seq, self._pending_acks.get(user_id, 0))
+            else:
+                self.ledger.delivered(delivered)
 
     async def _flush_acks_forever(self) -> None:
         try:
@@ -533,11 +537,13 @@ class Broker:
     async def me(self, user: UserRecord) -> dict[str, Any]:
         fresh = await self.runner.read(self.runner.store.user_by_id, user.id)
         unread = await self.runner.read(self.runner.store.unread_count, user.id)
+        receipts = await self.runner.read(self.runner.store.read_receipts_enabled, user.id)
         assert fresh is not None
         return {
             "username": fresh.username,
             "role": fresh.role,
             "prank_opt_out": fresh.prank_opt_out,
+            "read_receipts": receipts,
             "unread": unread,
             "last_seq": fresh.last_seq,
         }

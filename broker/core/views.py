@@ -57,6 +57,10 @@ def entry_view(entry: EntryRecord) -> dict[str, Any]:
     if entry.receipts is not None:  # a history item the user sent
         total, delivered, read, acked = entry.receipts
         view["receipts"] = {"total": total, "delivered": delivered, "read": read, "acked": acked}
+    if entry.archived:  # absent unless true: a pushed mail frame keeps its bytes
+        view["archived"] = True
+    if entry.acked:
+        view["acked"] = True
     return view
 
 

@@ -52,6 +52,11 @@ class Entry(msgspec.Struct, kw_only=True):
     # Only on history items the user sent (`direction` out): the delivery ledger's counts.
     # Absent elsewhere (not null): the same bytes as the broker's plain mail event frames.
     receipts: Receipts | msgspec.UnsetType = msgspec.UNSET
+    # Only on entries their owner archived (`inbox` with `archived`, `history`): true. Absent
+    # elsewhere, like receipts, so a pushed mail frame keeps its bytes.
+    archived: Literal[True] | msgspec.UnsetType = msgspec.UNSET
+    # Only on entries their owner acknowledged (`acknowledge`), in `inbox` and `history`: true.
+    acked: Literal[True] | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Event(msgspec.Struct, kw_only=True, tag_field="event"):
@@ -79,7 +84,7 @@ class PresenceBatchEvent(_Event, tag="presence_batch"):
     offline: list[str]
 
 
-MailboxChange = Literal["read", "unread", "deleted", "archived", "acked"]
+MailboxChange = Literal["read", "unread", "deleted", "archived", "unarchived", "acked"]
 
 
 class MailboxEvent(_Event, tag="mailbox"):

@@ -148,6 +148,12 @@ class Archive(_Request, tag="archive", frozen=True):
     seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
 
 
+class Unarchive(_Request, tag="unarchive", frozen=True):
+    """Bring archived entries of one's own mailbox back to the inbox (archive undone)."""
+
+    seqs: Annotated[tuple[PositiveInt, ...], Meta(min_length=1, max_length=MAX_PAGE)]
+
+
 class Who(_Request, tag="who", frozen=True):
     pass
 
@@ -258,6 +264,7 @@ Request = (
     | MarkUnread
     | Delete
     | Archive
+    | Unarchive
     | Who
     | History
     | SetPrefs
@@ -504,6 +511,8 @@ def _parse(op: str, f: _Fields) -> Request:
             return Delete(seqs=_parse_seqs(f))
         case "archive":
             return Archive(seqs=_parse_seqs(f))
+        case "unarchive":
+            return Unarchive(seqs=_parse_seqs(f))
         case "who":
             return Who()
         case "history":

@@ -76,6 +76,10 @@ class ArchiveResult(Result):
     archived: int  # how many were not archived yet
 
 
+class UnarchiveResult(Result):
+    unarchived: int  # how many were archived and are back in the inbox
+
+
 class AdminRetentionResult(Result):
     rules: dict[str, int]  # kind -> days kept; a kind not listed is kept for ever
 
@@ -247,6 +251,7 @@ RESULT_TYPES: Final[dict[str, type[Result]]] = {
     "mark_unread": MarkUnreadResult,
     "delete": DeleteResult,
     "archive": ArchiveResult,
+    "unarchive": UnarchiveResult,
     "admin_retention": AdminRetentionResult,
     "who": WhoResult,
     "history": HistoryResult,
@@ -299,6 +304,7 @@ __all__ = [
     "PrefsResult",
     "Result",
     "SendResult",
+    "UnarchiveResult",
     "UnblockResult",
     "WhoResult",
 ]

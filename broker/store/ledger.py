@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import NamedTuple, cast
 
-from sqlalchemy import Table, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, case, func, not_, or_, select, update
 
 from .database import Engines
 from .mailbox_notify import announce_mailbox_change, announce_receipt
@@ -62,6 +62,46 @@ class MessageLedger:
 class ReadReceipt:
     message_id: int
     sender_id: int
+
+
+# A long-offline user's whole backlog acknowledged at once is recorded in full, but its senders
+# are told of at most this many entries a flush (message_status has them all).
+MAX_DELIVERED_RECEIPTS = 1000
+
+
+class DeliveredReceipt(NamedTuple):
+    """An entry a recipient's client acknowledged (`ack`): its sender's `delivered` receipt."""
+
+    sender_id: int
+    message_id: int
+    username: str  # the recipient
+
+
+class Delivered(NamedTuple):
+    """What an ack flush recorded: when, and whom to tell."""
+
+    at: datetime
+    receipts: list[DeliveredReceipt]
+
+
+def delivered_receipts(conn, newly: ColumnElement[bool]) -> list[DeliveredReceipt]:  # type: ignore[no-untyped-def]
+    """The receipts of the entries `newly` selects (one user's, about to be marked delivered),
+    read in the ack flush's own transaction: not for the user's own messages, nor for entries
+    whose sender already heard more (read, with read receipts on, or acknowledged)."""
+    told_more = or_(
+        mailbox.c.acked_at.is_not(None),
+        and_(mailbox.c.read_at.is_not(None), users.c.read_receipts.is_(True)),
+    )
+    rows = conn.execute(
+        select(messages.c.sender_id, mailbox.c.message_id, users.c.username)
+        .select_from(mailbox)
+        .join(messages, messages.c.id == mailbox.c.message_id)
+        .join(users, users.c.id == mailbox.c.user_id)
+        .where(newly, messages.c.sender_id != mailbox.c.user_id, not_(told_more))
+        .order_by(mailbox.c.seq)
+        .limit(MAX_DELIVERED_RECEIPTS)
+    )
+    return [DeliveredReceipt(row[0], row[1], row[2]) for row in rows]
 
 
 def receipt_counts(conn, message_ids: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:  # type: ignore[no-untyped-def]

@@ -1,6 +1,7 @@
-"""Mailbox changes (read, unread, deleted, archived, acked) between broker nodes that share one
-PostgreSQL database: NOTIFY on their own channel, sent at the commit of the change, so every
-node pushes the change to its own live sessions of that user. Ids only in the payload."""
+"""Mailbox changes (read, unread, deleted, archived, unarchived, acked) and senders' receipts
+between broker nodes that share one PostgreSQL database: NOTIFY on their own channel, sent at
+the commit of the change, so every node pushes the change to its own live sessions of that
+user. Ids only in the payload."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ log = logging.getLogger("mailnet.notify")
 
 CHANNEL = "mailnet_mailbox"
 MAX_PAYLOAD = 7000  # PostgreSQL refuses payloads of 8,000 bytes or more
-CHANGES = ("read", "unread", "deleted", "archived", "acked")
+CHANGES = ("read", "unread", "deleted", "archived", "unarchived", "acked")
 
 
 class MailboxChange(NamedTuple):
@@ -63,6 +64,39 @@ def announce_receipt(
     conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
 
 
+class DeliveredNotice(NamedTuple):
+    """A recipient's client acknowledged entries: `delivered` for each (sender, message)."""
+
+    node_id: str
+    username: str
+    delivered: tuple[tuple[int, int], ...]  # (sender id, message id)
+
+
+def announce_delivered(
+    conn: Connection, node_id: str, receipts: Sequence[tuple[int, int, str]]
+) -> None:
+    """Queue NOTIFYs (sent at commit) of (sender id, message id, recipient) receipts, one per
+    recipient and payload: 'node|0|delivered|username|sender.message,...', split to fit. (Five
+    fields: a node of an older version reads it as no change of its own and ignores it.)"""
+    by_name: dict[str, list[str]] = {}
+    for sender_id, message_id, username in receipts:
+        by_name.setdefault(username, []).append(f"{sender_id}.{message_id}")
+    for username, items in by_name.items():
+        head = f"{node_id}|0|delivered|{username}|"
+        for start in range(0, len(items), 200):  # 200 of at most 41 bytes fit well in 7,000
+            payload = head + ",".join(items[start : start + 200])
+            conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+
+
+def _parse_delivered(parts: list[str]) -> DeliveredNotice | None:
+    pairs = []
+    for item in parts[4].split(","):
+        sender, _, message = item.partition(".")
+        if sender.isdigit() and message.isdigit():
+            pairs.append((int(sender), int(message)))
+    return DeliveredNotice(parts[0], parts[3], tuple(pairs)) if pairs and parts[3] else None
+
+
 def _parse_receipt(parts: list[str]) -> ReceiptNotice | None:
     message_id, _, rest = parts[3].partition(":")
     state, _, username = rest.partition(":")
@@ -71,8 +105,13 @@ def _parse_receipt(parts: list[str]) -> ReceiptNotice | None:
     return ReceiptNotice(parts[0], int(parts[1]), int(message_id), state, username)
 
 
-def parse_mailbox_change(payload: str) -> MailboxChange | ReceiptNotice | None:
+Notice = MailboxChange | ReceiptNotice | DeliveredNotice
+
+
+def parse_mailbox_change(payload: str) -> Notice | None:
     parts = payload.split("|")
+    if len(parts) == 5 and parts[2] == "delivered":
+        return _parse_delivered(parts)
     if len(parts) == 4 and parts[1].isdigit() and parts[2] == "receipt":
         return _parse_receipt(parts)
     if len(parts) != 4 or not parts[1].isdigit() or parts[2] not in CHANGES:
@@ -83,7 +122,7 @@ def parse_mailbox_change(payload: str) -> MailboxChange | ReceiptNotice | None:
 
 def listen_for_mailbox_changes(
     engine: Engine,
-    on_change: Callable[[MailboxChange | ReceiptNotice], None],
+    on_change: Callable[[Notice], None],
     should_stop: Callable[[], bool],
     *,
     on_listening: Callable[[], None] = lambda: None,

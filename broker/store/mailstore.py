@@ -18,8 +18,14 @@ from sqlalchemy.exc import IntegrityError
 from . import presence_rows
 from .admin import AdminStoreMixin, redeem_invite
 from .database import Engines, make_engines
-from .ledger import LedgerStoreMixin, receipt_counts
-from .mailbox_notify import announce_mailbox_change, listen_for_mailbox_changes
+from .ledger import (
+    Delivered,
+    DeliveredReceipt,
+    LedgerStoreMixin,
+    delivered_receipts,
+    receipt_counts,
+)
+from .mailbox_notify import announce_delivered, announce_mailbox_change, listen_for_mailbox_changes
 from .models import AuthSession, ClusterCertificate, MailboxEntry, Message, User, utcnow
 from .notify import listen_for_commits
 from .presence_rows import PresenceRow
@@ -87,6 +93,8 @@ _ENTRY_COLUMNS = (
     messages.c.in_reply_to,
     messages.c.thread_id,
     messages.c.require_ack,
+    mailbox.c.archived_at,
+    mailbox.c.acked_at,
 )
 
 
@@ -105,6 +113,8 @@ def _entry(row: Row[*tuple[Any, ...]], *, direction: str = "in") -> EntryRecord:
         in_reply_to=row.in_reply_to,
         thread_id=row.thread_id,
         require_ack=bool(row.require_ack),
+        archived=row.archived_at is not None,
+        acked=row.acked_at is not None,
     )
 
 
@@ -378,30 +388,33 @@ class MailStore(AdminStoreMixin, LedgerStoreMixin, RetentionStoreMixin):
             self.engines.write, on_change, should_stop, on_listening=on_listening
         )
 
-    def ack_through(self, acks: dict[int, int]) -> None:
-        """Record, per user id, the highest sequence number a client has acknowledged."""
+    def ack_through(self, acks: dict[int, int], node_id: str = "") -> Delivered:
+        """Record, per user id, the highest sequence number a client has acknowledged; the
+        entries it delivers are the senders' `delivered` receipts (see delivered_receipts)."""
         now = utcnow()
+        receipts: list[DeliveredReceipt] = []
         with self.engines.write.begin() as conn:
             # In id order, as group commits lock users rows: nodes never deadlock on them.
             for user_id, seq in sorted(acks.items()):
                 # The sender's ledger: the entries this ack moves past are delivered. One
                 # indexed range (user_id, seq) per user, read before acked_seq moves.
-                conn.execute(
-                    update(mailbox)
-                    .where(
-                        mailbox.c.user_id == user_id,
-                        mailbox.c.seq <= seq,
-                        mailbox.c.seq
-                        > select(users.c.acked_seq).where(users.c.id == user_id).scalar_subquery(),
-                        mailbox.c.delivered_at.is_(None),
-                    )
-                    .values(delivered_at=now)
+                newly = and_(
+                    mailbox.c.user_id == user_id,
+                    mailbox.c.seq <= seq,
+                    mailbox.c.seq
+                    > select(users.c.acked_seq).where(users.c.id == user_id).scalar_subquery(),
+                    mailbox.c.delivered_at.is_(None),
                 )
+                receipts += delivered_receipts(conn, newly)
+                conn.execute(update(mailbox).where(newly).values(delivered_at=now))
                 conn.execute(
                     update(users)
                     .where(users.c.id == user_id, users.c.acked_seq < seq, users.c.last_seq >= seq)
                     .values(acked_seq=seq)
                 )
+            if receipts and node_id and self.shares_commits:
+                announce_delivered(conn, node_id, receipts)
+        return Delivered(now, receipts)
 
     def history(self, user_id: int, query: HistoryQuery) -> list[EntryRecord]:
         """Messages the user received or sent, newest first, filtered and paged by message id."""
@@ -421,6 +434,8 @@ class MailStore(AdminStoreMixin, LedgerStoreMixin, RetentionStoreMixin):
                 messages.c.in_reply_to,
                 messages.c.thread_id,
                 messages.c.require_ack,
+                mine.c.archived_at,
+                mine.c.acked_at,
             )
             .select_from(messages)
             .join(_sender, _sender.c.id == messages.c.sender_id)

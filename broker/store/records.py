@@ -47,6 +47,8 @@ class EntryRecord(NamedTuple):
     require_ack: bool = False  # the sender asks its recipients to acknowledge it
     # In its sender's history: (recipients, delivered, read, acknowledged) from the ledger.
     receipts: tuple[int, int, int, int] | None = None
+    archived: bool = False  # its owner archived it (out of the inbox unless asked for)
+    acked: bool = False  # its owner acknowledged it (`acknowledge`)
 
 
 class SendIntent(NamedTuple):
@@ -140,6 +142,8 @@ def deliveries_of(
                             thread_id,
                             require_ack,
                             None,
+                            False,
+                            False,
                         ),
                     ),
                 ),

@@ -1,5 +1,5 @@
-"""A user's own mailbox housekeeping (delete, archive) and the admins' retention per kind,
-enforced by a sweep that removes only entries their owner's client already acknowledged.
+"""A user's own mailbox housekeeping (delete, archive, unarchive) and the admins' retention per
+kind, enforced by a sweep that removes only entries their owner's client already acknowledged.
 A mixin of MailStore; each method opens its own short transaction."""
 
 from __future__ import annotations
@@ -64,24 +64,25 @@ class RetentionStoreMixin:
                 announce_mailbox_change(conn, node_id, user_id, "deleted", removed)
         return removed
 
-    def archive_entries(self, user_id: int, seqs: Sequence[int], node_id: str = "") -> list[int]:
-        """Archive the user's own entries (kept, out of the inbox); the seqs that changed."""
+    def archive_entries(
+        self, user_id: int, seqs: Sequence[int], node_id: str = "", *, archive: bool = True
+    ) -> list[int]:
+        """Archive the user's own entries (kept, out of the inbox), or with `archive` false
+        bring archived ones back; the seqs that changed."""
+        state = mailbox.c.archived_at.is_(None) if archive else mailbox.c.archived_at.is_not(None)
         with self.engines.write.begin() as conn:
             self._own_seqs(conn, user_id, seqs)
             changed = sorted(
                 conn.execute(
                     update(mailbox)
-                    .where(
-                        mailbox.c.user_id == user_id,
-                        mailbox.c.seq.in_(list(seqs)),
-                        mailbox.c.archived_at.is_(None),
-                    )
-                    .values(archived_at=utcnow())
+                    .where(mailbox.c.user_id == user_id, mailbox.c.seq.in_(list(seqs)), state)
+                    .values(archived_at=utcnow() if archive else None)
                     .returning(mailbox.c.seq)
                 ).scalars()
             )
             if changed and node_id and self.shares_commits:
-                announce_mailbox_change(conn, node_id, user_id, "archived", changed)
+                change = "archived" if archive else "unarchived"
+                announce_mailbox_change(conn, node_id, user_id, change, changed)
         return changed
 
     def set_retention(self, kind: str, days: int | None) -> None:

@@ -60,6 +60,7 @@ class HttpApi:
             route("/api/acknowledge", self.acknowledge, "POST"),
             route("/api/delete", self.delete, "POST"),
             route("/api/archive", self.archive, "POST"),
+            route("/api/unarchive", self.unarchive, "POST"),
             route("/api/retention", self.retention, "POST"),
             route("/api/status", self.message_status, "GET"),
             route("/api/who", self.who, "GET"),
@@ -198,6 +199,9 @@ class HttpApi:
 
     async def archive(self, request: Request) -> dict[str, Any]:
         return await self._seqs_op(request, "archive")
+
+    async def unarchive(self, request: Request) -> dict[str, Any]:
+        return await self._seqs_op(request, "unarchive")
 
     async def retention(self, request: Request) -> dict[str, Any]:
         session = await self._session(request)

@@ -26,6 +26,7 @@ from broker.protocol.responses import (
     MessageStatusResult,
     PrefsResult,
     SendResult,
+    UnarchiveResult,
     WhoResult,
 )
 from broker.protocol.search import MAX_QUERY_CHARS
@@ -198,6 +199,7 @@ def _paths() -> dict[str, Any]:
         "/api/unread": {"post": _operation("Mark unread", MarkUnreadResult, body=ReadRequest)},
         "/api/delete": {"post": _operation("Delete", DeleteResult, body=ReadRequest)},
         "/api/archive": {"post": _operation("Archive", ArchiveResult, body=ReadRequest)},
+        "/api/unarchive": {"post": _operation("Unarchive", UnarchiveResult, body=ReadRequest)},
         "/api/acknowledge": {
             "post": _operation("Acknowledge", AcknowledgeResult, body=AcknowledgeRequest)
         },
@@ -244,6 +246,7 @@ _COMPONENT_TYPES = (
     MarkUnreadResult,
     DeleteResult,
     ArchiveResult,
+    UnarchiveResult,
     AcknowledgeRequest,
     AcknowledgeResult,
     MessageStatusResult,

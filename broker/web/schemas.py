@@ -95,6 +95,7 @@ class Me(msgspec.Struct, kw_only=True):
     username: str
     role: Role
     prank_opt_out: bool
+    read_receipts: bool  # false: senders see this user's mail delivered, never read
     unread: int
     last_seq: int
 

@@ -25,7 +25,11 @@
   const TOAST_MS = 6000;
   const TOAST_MAX = 3;               // more mail than this at once becomes one grouped notice
   const TOAST_CHARS = 90;
-  const VIEWS = ['inbox', 'texts', 'compose', 'who', 'history', 'settings'];
+  const VIEWS = ['inbox', 'sent', 'texts', 'compose', 'who', 'history', 'settings'];
+  // How far a message got with one recipient; receipts may come out of order: keep the furthest.
+  const STATE_RANK = { queued: 0, delivered: 1, read: 2, acked: 3 };
+  const STATE_WORD = { queued: 'Sent', delivered: 'Delivered', read: 'Read', acked: 'Acknowledged' };
+  const ADMIN_LEDGER_REFRESH_MS = 5000;   // admins are not pushed others' receipts: they look again
   const KIND_LABEL = { email: 'Email', text: 'Text', announcement: 'Announcement', rickroll: 'Surprise' };
   const TOKEN_KEY = 'mailnet.token';
   const SEQ_KEY_PREFIX = 'mailnet.lastSeq.';
@@ -53,6 +57,9 @@
     in: 'M17 7L7 17M16 17H7V8',
     error: 'M12 3l10 18H2zM12 10v5M12 18v.01',
     ok: 'M20 6L9 17l-5-5',
+    tick: 'M5 12.5l4.5 4.5L19 7',
+    ticks: 'M2 12.5l4.5 4.5L16 7M11 15.5l1.5 1.5L22 7',
+    archive: 'M3 4h18v4H3zM5 8v11a1 1 0 0 0 1 1h12a1 1 0 0 0 1-1V8M10 12h4',
     link: 'M10 14a5 5 0 0 0 7 0l3-3a5 5 0 0 0-7-7l-1 1M14 10a5 5 0 0 0-7 0l-3 3a5 5 0 0 0 7 7l1-1',
   };
 
@@ -90,6 +97,10 @@
     whoReloadTimer: null,
     pendingIds: {},           // slot -> {key, id}: client_msg_id reused on retry
     ending: false,
+    showArchived: false,      // the inbox lists archived entries too (marked)
+    replyTo: null,            // {message_id, subject}: the compose form sends a reply in its thread
+    sent: { items: [], loaded: false, stale: false, hasMore: false, openId: null, ledgers: new Map(), refresh: new Map() },
+    ledgerTimer: null,        // an admin's look at someone else's ledger, again every few seconds
   };
 
   // ----------------------------------------------------------- DOM helpers
@@ -386,6 +397,7 @@
     setText('settings-user', me.username);
     setText('settings-role', me.role || 'user');
     $('pref-allow-pranks').checked = !me.prank_opt_out;
+    $('pref-read-receipts').checked = me.read_receipts !== false;
     setUnread(Number(me.unread) || 0);
     $('login-view').hidden = true;
     $('app-view').hidden = false;
@@ -439,10 +451,13 @@
       token: null, me: null, lastSeq: 0, inbox: [], inboxSeqs: new Set(), inboxHasMore: false,
       unread: 0, openSeq: null, conv: { user: null, ids: new Set() }, convPartners: [],
       history: { items: [], query: null }, who: [], knownUsers: new Set(), pendingIds: {},
-      needsReload: false, composeTo: [],
+      needsReload: false, composeTo: [], showArchived: false, replyTo: null,
+      sent: { items: [], loaded: false, stale: false, hasMore: false, openId: null, ledgers: new Map(), refresh: new Map() },
     });
+    clearInterval(state.ledgerTimer);
+    resetSentReader();
     renderChips();
-    ['inbox-list', 'conv-list', 'conv-messages', 'who-list', 'history-list', 'known-users', 'toasts']
+    ['inbox-list', 'sent-list', 'conv-list', 'conv-messages', 'who-list', 'history-list', 'known-users', 'toasts']
       .forEach((id) => $(id).replaceChildren());
     resetReader();
     resetConversationPane();
@@ -475,6 +490,7 @@
     }
     if (!state.token) return;
     if (name === 'who') loadWho();
+    if (name === 'sent' && (!state.sent.loaded || state.sent.stale)) loadSent(false);
     if (name === 'texts') { loadConversations(); markConversationRead(); }
     if (name === 'history' && (state.history.query === null || state.history.stale)) {
       state.history.stale = false;
@@ -495,7 +511,7 @@
   }
 
   async function loadInbox(more) {
-    const params = { limit: PAGE_SIZE };
+    const params = { limit: PAGE_SIZE, archived: state.showArchived ? 'true' : null };
     if (more && state.inbox.length) params.before_seq = Math.min(...state.inbox.map((e) => e.seq));
     const res = await api('GET', '/api/inbox' + qs(params));
     const entries = (res.entries || []).filter((e) => e && typeof e.seq === 'number');
@@ -561,7 +577,12 @@
         h('span', { class: 'entry-kind', title: kindLabel(kind) }, icon(kind), h('span', { class: 'sr', text: kindLabel(kind) })),
         h('time', { class: 'entry-time', datetime: e.sent_at || '', title: fmtLong(e.sent_at), text: fmtShort(e.sent_at) })),
       h('div', { class: 'entry-subject', text: subject }),
-      h('div', { class: 'entry-body', text: preview })));
+      h('div', { class: 'entry-body', text: preview }),
+      e.archived || (e.require_ack && !e.acked)
+        ? h('div', { class: 'entry-tags' },
+          e.archived ? h('span', { class: 'tag tag-archived', text: 'Archived' }) : null,
+          e.require_ack && !e.acked ? h('span', { class: 'tag tag-ack', text: 'Please acknowledge' }) : null)
+        : null));
   }
 
   /** Arrow keys, Home and End move along the list; Enter or Space opens the message. */
@@ -641,18 +662,33 @@
 
   function resetReader() {
     state.openSeq = null;
+    clearInterval(state.ledgerTimer);
+    delete $('inbox-reader').dataset.messageId;
     $('inbox-split').classList.remove('reading');
     $('inbox-reader').replaceChildren(
       h('div', { class: 'reader-placeholder' }, icon('inbox', 'placeholder-icon'), h('p', { text: 'Select a message to read it.' })));
   }
 
   function renderReader(e) {
+    clearInterval(state.ledgerTimer);
+    const reader = $('inbox-reader');
+    renderMessagePane(reader, e, { back: 'Inbox', onBack: closeReader });
+  }
+
+  /**
+   * One message in a reader pane (the inbox's or the sent view's): its head, its body or, when it
+   * belongs to a thread of several messages, the whole thread as one conversation (loaded after),
+   * its actions, and for what the user sent (or an admin, for a message asking to be
+   * acknowledged) how far it got with each recipient.
+   */
+  function renderMessagePane(pane, e, opts) {
     const kind = safeKind(e.kind);
-    const back = h('button', { type: 'button', class: 'btn btn-ghost btn-sm reader-back', onclick: closeReader },
-      icon('back'), 'Inbox');
+    const mine = e.direction === 'out';
+    const back = h('button', { type: 'button', class: 'btn btn-ghost btn-sm reader-back', onclick: opts.onBack },
+      icon('back'), opts.back);
     const parts = [back];
 
-    if (kind === 'rickroll' && e.direction !== 'out') {
+    if (kind === 'rickroll' && !mine) {
       parts.push(h('div', { class: 'reader-head' }, kindPill(kind), h('h3', { class: 'reader-subject', tabindex: '-1', text: 'Someone sent you a surprise' }),
         h('div', { class: 'reader-meta muted small' }, h('time', { datetime: e.sent_at || '', text: fmtLong(e.sent_at) }))));
       parts.push(h('div', { class: 'surprise' },
@@ -660,32 +696,330 @@
         h('p', { text: 'An anonymous someone thinks you will enjoy this link. Click it only if you want to.' }),
         // Fixed link (never taken from message data); opened only by the user's click.
         h('a', { class: 'surprise-link', href: RICKROLL_URL, rel: 'noopener noreferrer', target: '_blank' }, icon('link'), RICKROLL_URL)));
+      parts.push(readerActions(e));
     } else {
       const to = (e.recipients || []).join(', ');
+      const toText = kind === 'announcement' ? (mine ? ' to everyone' : '') : (to ? ' to ' + to : '');
       parts.push(h('div', { class: 'reader-head' },
         kindPill(kind),
         h('h3', { class: 'reader-subject', tabindex: '-1', text: e.subject || (kind === 'text' ? 'Text message' : '(no subject)') }),
         h('div', { class: 'reader-from' },
-          avatarFor(e.sender),
+          avatarFor(mine ? (state.me && state.me.username) : e.sender),
           h('div', {},
-            h('div', {}, h('strong', { text: senderName(e) }), to && kind !== 'announcement' ? h('span', { class: 'muted', text: ' to ' + to }) : null),
+            h('div', {}, h('strong', { text: senderName(e) }), toText ? h('span', { class: 'muted', text: toText }) : null),
             h('time', { class: 'muted small', datetime: e.sent_at || '', text: fmtLong(e.sent_at) })))));
       parts.push(h('div', { class: 'reader-body', text: e.body || '' }));
-      const actions = h('div', { class: 'reader-actions' });
-      if (kind === 'email' && e.sender) {
-        actions.append(h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-reply', onclick: () => replyEmail(e, false) }, icon('reply'), 'Reply'));
-        const others = replyAllRecipients(e);
-        if (others.length > 1) actions.append(h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-reply-all', onclick: () => replyEmail(e, true) }, icon('reply'), 'Reply all'));
-      }
-      if (kind === 'text' && e.sender) {
-        actions.append(h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => { showView('texts'); openConversation(e.sender); } }, icon('text'), 'Open conversation'));
-      }
-      if (actions.childNodes.length) parts.push(actions);
+      parts.push(readerActions(e));
+      if (e.require_ack && !mine && state.me && state.me.role === 'admin') parts.push(h('section', { class: 'ledger', 'aria-label': 'Acknowledgements' }));
+      if (mine) parts.push(h('section', { class: 'ledger', 'aria-label': 'Delivery' }));
     }
-    const reader = $('inbox-reader');
-    reader.className = 'pane reader-pane kind-' + kind;
-    reader.replaceChildren(...parts);
-    reader.scrollTop = 0;
+    pane.className = 'pane reader-pane kind-' + kind;
+    pane.dataset.messageId = String(e.message_id);
+    pane.replaceChildren(...parts.filter(Boolean));
+    pane.scrollTop = 0;
+    if (kind !== 'rickroll') loadThread(pane, e);
+    if (pane.querySelector('.ledger')) {
+      loadLedger(e.message_id);
+      if (!mine) state.ledgerTimer = setInterval(() => loadLedger(e.message_id), ADMIN_LEDGER_REFRESH_MS);
+    }
+  }
+
+  function readerActions(e) {
+    const kind = safeKind(e.kind);
+    const mine = e.direction === 'out';
+    const actions = h('div', { class: 'reader-actions' });
+    if ((kind === 'email' || kind === 'announcement') && !mine && e.sender) {
+      actions.append(h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-reply', onclick: () => replyEmail(e, false) }, icon('reply'), 'Reply'));
+      if (replyAllRecipients(e).length > 1) actions.append(h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-reply-all', onclick: () => replyEmail(e, true) }, icon('reply'), 'Reply all'));
+    }
+    if (kind === 'email' && mine && (e.recipients || []).length) {
+      actions.append(h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-reply-all', onclick: () => replyEmail(e, true) }, icon('reply'), 'Reply all'));
+    }
+    if (kind === 'text' && e.sender && !mine) {
+      actions.append(h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => { showView('texts'); openConversation(e.sender); } }, icon('text'), 'Open conversation'));
+    }
+    if (e.require_ack && !mine && typeof e.seq === 'number') {
+      actions.append(h('button', { type: 'button', class: 'btn ' + (e.acked ? 'btn-ghost' : 'btn-primary'), id: 'reader-ack',
+        disabled: !!e.acked, 'aria-pressed': e.acked ? 'true' : 'false', onclick: () => acknowledge(e) },
+      icon('ok'), e.acked ? 'Acknowledged' : 'Acknowledge'));
+    }
+    if (typeof e.seq === 'number' && !mine) {
+      actions.append(e.archived
+        ? h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-unarchive', onclick: () => setArchived(e, false) }, icon('inbox'), 'Move to inbox')
+        : h('button', { type: 'button', class: 'btn btn-ghost', id: 'reader-archive', onclick: () => setArchived(e, true) }, icon('archive'), 'Archive'));
+    }
+    return actions.childNodes.length ? actions : null;
+  }
+
+  /** The message's whole thread, oldest first, in place of its body (when it has more than it). */
+  async function loadThread(pane, e) {
+    const threadId = e.thread_id || e.message_id;
+    let items;
+    try {
+      const res = await api('GET', '/api/history' + qs({ thread: threadId, limit: 100 }));
+      items = (res.items || []).slice().sort((a, b) => a.message_id - b.message_id);
+    } catch (err) { return; }   // the message alone is shown already
+    if (pane.dataset.messageId !== String(e.message_id) || items.length < 2) return;
+    const body = pane.querySelector('.reader-body');
+    if (!body) return;
+    const list = h('ol', { class: 'thread', 'aria-label': `Conversation, ${items.length} messages` },
+      ...items.map((it) => {
+        const current = it.message_id === e.message_id;
+        const out = it.direction === 'out';
+        return h('li', { class: 'thread-msg' + (current ? ' current' : '') + (out ? ' mine' : ''),
+          dataset: { messageId: String(it.message_id) }, 'aria-current': current ? 'true' : null },
+        h('div', { class: 'thread-top' },
+          avatarFor(out ? state.me.username : it.sender, 'avatar-sm'),
+          h('strong', { class: 'thread-sender', text: out ? 'You' : (it.sender || 'someone') }),
+          it.subject && it.subject !== e.subject ? h('span', { class: 'muted small thread-subject', text: it.subject }) : null,
+          h('time', { class: 'muted small thread-time', datetime: it.sent_at || '', title: fmtLong(it.sent_at), text: fmtLong(it.sent_at) })),
+        h('div', { class: 'thread-body', text: it.body || '' }));
+      }));
+    body.replaceWith(h('div', { class: 'thread-head muted small', text: `${items.length} messages in this conversation` }), list);
+    const current = list.querySelector('.thread-msg.current');
+    if (current && current.scrollIntoView) current.scrollIntoView({ block: 'nearest' });
+  }
+
+  async function acknowledge(e) {
+    const btn = $('reader-ack');
+    if (btn) btn.disabled = true;
+    try {
+      await api('POST', '/api/acknowledge', { message_id: e.message_id });
+      const change = { event: 'mailbox', change: 'acked', seqs: [e.seq] };
+      applyMailboxChange(change);
+      broadcast(change);
+    } catch (err) {
+      if (btn) btn.disabled = false;
+      toast('Could not acknowledge: ' + humanError(err), { kind: 'error' });
+    }
+  }
+
+  async function setArchived(e, archive) {
+    try {
+      await api('POST', archive ? '/api/archive' : '/api/unarchive', { seqs: [e.seq] });
+      const change = { event: 'mailbox', change: archive ? 'archived' : 'unarchived', seqs: [e.seq] };
+      applyMailboxChange(change);
+      broadcast(change);
+      toast(archive ? 'Archived.' : 'Moved back to the inbox.', { kind: 'ok' });
+    } catch (err) {
+      toast((archive ? 'Could not archive: ' : 'Could not move it back: ') + humanError(err), { kind: 'error' });
+    }
+  }
+
+  function toggleShowArchived() {
+    state.showArchived = !state.showArchived;
+    const btn = $('inbox-archived');
+    btn.setAttribute('aria-pressed', state.showArchived ? 'true' : 'false');
+    btn.title = state.showArchived ? 'Archived mail is shown (press to hide it)' : 'Show archived mail too';
+    loadInbox().catch((err) => toast(humanError(err), { kind: 'error' }));
+  }
+
+  // ------------------------------------------------ the sender's delivery ledger
+
+  /** The marks of a sent message from its counts: ticks (hidden from screen readers) and words. */
+  function marksFor(it) {
+    const r = it.receipts;
+    if (!r || !r.total) return null;
+    let ticks = 'tick'; let cls = 'queued'; let text;
+    if (it.require_ack) {
+      text = `${r.acked} of ${r.total} acknowledged`;
+    } else if (r.read === r.total) {
+      text = r.total === 1 ? 'Read' : 'Read by all';
+    } else if (r.read) {
+      text = `Read by ${r.read} of ${r.total}`;
+    } else if (r.delivered === r.total) {
+      text = r.total === 1 ? 'Delivered' : 'Delivered to all';
+    } else if (r.delivered) {
+      text = `Delivered to ${r.delivered} of ${r.total}`;
+    } else {
+      text = 'Sent';
+    }
+    const everyone = it.require_ack ? r.acked : r.read;
+    if (everyone === r.total) { ticks = 'ticks'; cls = 'read'; } else if (r.delivered === r.total) { ticks = 'ticks'; cls = 'delivered'; }
+    return h('span', { class: 'marks marks-' + cls, title: text }, icon(ticks, 'tick-icon'), h('span', { class: 'marks-text', text }));
+  }
+
+  function lineMarks(state1) {
+    const ticks = STATE_RANK[state1] >= 1 ? 'ticks' : 'tick';
+    const cls = STATE_RANK[state1] >= 2 ? 'read' : state1 === 'delivered' ? 'delivered' : 'queued';
+    return h('span', { class: 'marks marks-' + cls }, icon(ticks, 'tick-icon'), h('span', { class: 'marks-text', text: STATE_WORD[state1] || state1 }));
+  }
+
+  async function loadLedger(messageId) {
+    try {
+      const status = await api('GET', '/api/status' + qs({ message_id: messageId }));
+      setLedger(status);
+    } catch (err) { /* shown as it was; the next receipt or look tries again */ }
+  }
+
+  function setLedger(status) {
+    state.sent.ledgers.set(status.message_id, status);
+    const item = state.sent.items.find((i) => i.message_id === status.message_id);
+    if (item) {
+      item.receipts = { total: status.total, delivered: status.delivered, read: status.read, acked: status.acked };
+      refreshSentRow(item);
+    }
+    renderLedger(status);
+  }
+
+  /** "2 of 3 acknowledged; not yet: carol" (or delivered/read counts), then one line a recipient. */
+  function renderLedger(status) {
+    document.querySelectorAll('.reader-pane').forEach((pane) => {
+      if (pane.dataset.messageId !== String(status.message_id)) return;
+      const box = pane.querySelector('.ledger');
+      if (!box) return;
+      let head;
+      if (status.require_ack) {
+        const waiting = status.recipients.filter((l) => l.state !== 'acked').map((l) => l.username);
+        head = `${status.acked} of ${status.total} acknowledged` + (waiting.length ? '; not yet: ' + waiting.join(', ') : '');
+      } else {
+        head = `Delivered to ${status.delivered} of ${status.total}, read by ${status.read}`;
+      }
+      box.replaceChildren(
+        h('h4', { class: 'ledger-head', text: head }),
+        h('ul', { class: 'ledger-list' }, ...status.recipients.map((l) => {
+          const when = l.acked_at || l.read_at || l.delivered_at;
+          return h('li', { class: 'ledger-line', dataset: { username: l.username, state: l.state } },
+            avatarFor(l.username, 'avatar-sm'),
+            h('span', { class: 'ledger-name', text: l.username }),
+            lineMarks(l.state),
+            when ? h('time', { class: 'muted small', datetime: when, title: fmtLong(when), text: fmtShort(when) }) : null);
+        })));
+    });
+  }
+
+  /** A recipient's client took, read or acknowledged something the user sent (any node). */
+  function onReceiptEvent(msg) {
+    if (typeof msg.message_id !== 'number' || !(msg.state in STATE_RANK)) return;
+    const status = state.sent.ledgers.get(msg.message_id);
+    const line = status && status.recipients.find((l) => l.username === msg.username);
+    if (!line) {   // not looked at yet: fetch its ledger (once, for a burst of receipts)
+      if (!state.sent.items.some((i) => i.message_id === msg.message_id) || state.sent.refresh.has(msg.message_id)) return;
+      state.sent.refresh.set(msg.message_id, setTimeout(() => {
+        state.sent.refresh.delete(msg.message_id);
+        loadLedger(msg.message_id);
+      }, 250));
+      return;
+    }
+    if (STATE_RANK[msg.state] <= STATE_RANK[line.state]) {
+      if (msg.state === 'delivered' && !line.delivered_at) line.delivered_at = msg.at;
+      return;
+    }
+    line.state = msg.state;
+    const field = { delivered: 'delivered_at', read: 'read_at', acked: 'acked_at' }[msg.state];
+    if (!line[field]) line[field] = msg.at;
+    if (!line.delivered_at) line.delivered_at = msg.at;
+    const ranks = status.recipients.map((l) => STATE_RANK[l.state]);
+    status.delivered = ranks.filter((r) => r >= 1).length;
+    status.read = ranks.filter((r) => r >= 2).length;
+    status.acked = ranks.filter((r) => r >= 3).length;
+    setLedger(status);
+  }
+
+  // ---------------------------------------------------------------- sent view
+
+  async function loadSent(more) {
+    if (!state.token || !state.me) return;
+    const params = { q: 'from:' + state.me.username, limit: PAGE_SIZE };
+    if (more && state.sent.items.length) params.before_id = Math.min(...state.sent.items.map((i) => i.message_id));
+    showMsg($('sent-error'), '');
+    try {
+      const res = await api('GET', '/api/history' + qs(params));
+      const items = (res.items || []).filter((i) => i && i.direction === 'out');
+      if (!more) { state.sent.items = []; state.sent.ledgers = new Map(); }
+      const have = new Set(state.sent.items.map((i) => i.message_id));
+      state.sent.items.push(...items.filter((i) => !have.has(i.message_id)));
+      state.sent.loaded = true;
+      state.sent.stale = false;
+      state.sent.hasMore = (res.items || []).length >= PAGE_SIZE;
+      renderSent();
+      const open = state.sent.openId !== null && state.sent.items.find((i) => i.message_id === state.sent.openId);
+      if (open && !more) loadLedger(open.message_id);
+    } catch (err) {
+      showMsg($('sent-error'), humanError(err), 'error');
+    }
+  }
+
+  function renderSent() {
+    $('sent-list').replaceChildren(...state.sent.items.map(renderSentRow));
+    const rows = $('sent-list').querySelectorAll('.entry');
+    const current = $('sent-list').querySelector('.entry.selected') || rows[0];
+    if (current) current.tabIndex = 0;
+    $('sent-empty').hidden = state.sent.items.length > 0;
+    $('sent-more').hidden = !state.sent.hasMore;
+  }
+
+  function sentTo(it) {
+    if (it.kind === 'announcement') return 'To everyone';
+    return 'To ' + ((it.recipients || []).join(', ') || '?');
+  }
+
+  function renderSentRow(it) {
+    const kind = safeKind(it.kind);
+    const selected = it.message_id === state.sent.openId;
+    const subject = kind === 'rickroll' ? 'A surprise' : (it.subject || '');
+    const marks = marksFor(it);
+    return h('li', {
+      class: 'entry sent-entry kind-' + kind + (selected ? ' selected' : ''),
+      dataset: { messageId: String(it.message_id), kind: it.kind },
+      tabindex: '-1', role: 'option', 'aria-selected': selected ? 'true' : 'false',
+      'aria-label': `${kindLabel(kind)} ${sentTo(it).toLowerCase()}${subject ? ': ' + subject : ''}${marks ? ', ' + marks.title : ''}`,
+      onclick: () => openSent(it.message_id),
+      onkeydown: (ev) => onSentKey(ev, it.message_id),
+    },
+    avatarFor(kind === 'announcement' ? null : (it.recipients || [])[0], 'kind-avatar-' + kind),
+    h('div', { class: 'entry-main' },
+      h('div', { class: 'entry-top' },
+        h('span', { class: 'entry-sender', text: sentTo(it) }),
+        h('span', { class: 'entry-kind', title: kindLabel(kind) }, icon(kind), h('span', { class: 'sr', text: kindLabel(kind) })),
+        h('time', { class: 'entry-time', datetime: it.sent_at || '', title: fmtLong(it.sent_at), text: fmtShort(it.sent_at) })),
+      h('div', { class: 'entry-subject', text: subject }),
+      h('div', { class: 'entry-bottom' }, h('span', { class: 'entry-body', text: kind === 'rickroll' ? '' : firstLine(it.body) }), marks)));
+  }
+
+  function refreshSentRow(it) {
+    const old = $('sent-list').querySelector(`.entry[data-message-id="${Number(it.message_id)}"]`);
+    if (!old) return;
+    const row = renderSentRow(it);
+    row.tabIndex = old.tabIndex;
+    const focused = document.activeElement === old;
+    old.replaceWith(row);
+    if (focused) row.focus();
+  }
+
+  function onSentKey(ev, id) {
+    const rows = Array.from($('sent-list').querySelectorAll('.entry'));
+    const i = rows.findIndex((r) => Number(r.dataset.messageId) === id);
+    let next = null;
+    if (ev.key === 'ArrowDown') next = rows[Math.min(i + 1, rows.length - 1)];
+    else if (ev.key === 'ArrowUp') next = rows[Math.max(i - 1, 0)];
+    else if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); openSent(id); return; }
+    if (!next) return;
+    ev.preventDefault();
+    rows.forEach((r) => { r.tabIndex = -1; });
+    next.tabIndex = 0;
+    next.focus();
+  }
+
+  function openSent(id) {
+    const it = state.sent.items.find((i) => i.message_id === id);
+    if (!it) return;
+    state.sent.openId = id;
+    document.querySelectorAll('#sent-list .entry').forEach((li) => {
+      const on = Number(li.dataset.messageId) === id;
+      li.classList.toggle('selected', on);
+      li.setAttribute('aria-selected', on ? 'true' : 'false');
+      li.tabIndex = on ? 0 : -1;
+    });
+    $('sent-split').classList.add('reading');
+    renderMessagePane($('sent-reader'), it, { back: 'Sent', onBack: () => $('sent-split').classList.remove('reading') });
+  }
+
+  function resetSentReader() {
+    $('sent-split').classList.remove('reading');
+    delete $('sent-reader').dataset.messageId;
+    $('sent-reader').replaceChildren(
+      h('div', { class: 'reader-placeholder' }, icon('out', 'placeholder-icon'), h('p', { text: 'Select a message to see who got it.' })));
   }
 
   /** The sender and every other recipient of `e`, without me. */
@@ -698,21 +1032,30 @@
   function quoteFor(e) {
     const lines = String(e.body || '').replace(/\s+$/, '').split('\n');
     const quoted = lines.map((l) => (l ? '> ' + l : '>')).join('\n');
-    return `\n\nOn ${fmtLong(e.sent_at)}, ${e.sender} wrote:\n${quoted}`;
+    return `\n\nOn ${fmtLong(e.sent_at)}, ${e.direction === 'out' ? 'you' : e.sender} wrote:\n${quoted}`;
   }
 
+  /** Compose a reply by email: the broker keeps it in `e`'s thread (in_reply_to). */
   function replyEmail(e, all) {
     showView('compose');
     $('compose-kind').value = 'email';
     updateComposeKind();
-    setChips(all ? replyAllRecipients(e) : [e.sender]);
-    const subj = e.subject || '';
+    setChips(e.direction === 'out' ? replyAllRecipients(e) : all ? replyAllRecipients(e) : [e.sender]);
+    const subj = e.subject || firstLine(e.body).split(/\s+/).slice(0, 8).join(' ');
     $('compose-subject').value = /^re:/i.test(subj) ? subj : 'Re: ' + subj;
+    setReplyTo({ message_id: e.message_id, subject: subj });
     const body = $('compose-body');
     body.value = quoteFor(e);
     body.focus();
     body.setSelectionRange(0, 0);
     body.scrollTop = 0;
+  }
+
+  function setReplyTo(target) {
+    state.replyTo = target;
+    const note = $('compose-reply');
+    note.hidden = !target;
+    note.textContent = target ? `A reply in the conversation “${shorten(target.subject || 'your message', 60)}”.` : '';
   }
 
   async function markAllRead() {
@@ -798,6 +1141,7 @@
         case 'mailbox': applyMailboxChange(msg); break;
         case 'mail': onMailEvent(msg.entry); break;
         case 'presence': onPresenceEvent(msg); break;
+        case 'receipt': onReceiptEvent(msg); break;
         case 'pong': break;
         case 'error': onWsError(msg); break;
         default: break;
@@ -917,19 +1261,30 @@
     if (msg.change === 'read' || msg.change === 'acked' || msg.change === 'unread') {
       const read = msg.change !== 'unread';
       const changed = hit.filter((e) => !!e.read !== read);
-      changed.forEach((e) => { e.read = read; if (msg.change === 'acked') e.acked = true; });
+      changed.forEach((e) => { e.read = read; });
+      if (msg.change === 'acked') hit.forEach((e) => { e.acked = true; });
       setUnread(state.unread + (read ? -changed.length : changed.length));
       refreshEntryRows(changed);
-    } else if (msg.change === 'deleted' || msg.change === 'archived') {
+      if (msg.change === 'acked') renderInbox();
+    } else if (msg.change === 'deleted' || (msg.change === 'archived' && !state.showArchived)) {
       const unreadGone = hit.filter((e) => !e.read).length;
       state.inbox = state.inbox.filter((e) => !seqs.has(e.seq));
       hit.forEach((e) => state.inboxSeqs.delete(e.seq));
       setUnread(state.unread - unreadGone);
       if (seqs.has(state.openSeq)) resetReader();
       renderInbox();
+      return;
+    } else if (msg.change === 'archived' || msg.change === 'unarchived') {
+      hit.forEach((e) => { e.archived = msg.change === 'archived'; });
+      // Back in the inbox, but not in this list (archived mail was hidden): read the list again.
+      if (hit.length < seqs.size && msg.change === 'unarchived') loadInbox().catch(() => {});
+      renderInbox();
     } else {
+      loadInbox().catch(() => {});   // a change this page does not know: read the inbox again
       return;
     }
+    const open = state.openSeq !== null && seqs.has(state.openSeq) && findEntry(state.openSeq);
+    if (open && msg.change !== 'read') renderReader(open);   // its buttons say what it is now
     if (state.view === 'texts') renderConversations();
   }
 
@@ -1091,6 +1446,8 @@
     if (cfg.to) { setText('compose-to-label', cfg.to); $('compose-to').placeholder = state.composeTo.length ? '' : cfg.toPh; }
     $('compose-subject-row').hidden = !cfg.subject;
     $('compose-body-row').hidden = !cfg.body;
+    $('compose-ack-row').hidden = kind !== 'email' && kind !== 'announcement';
+    if (kind !== 'email') setReplyTo(null);
     setText('compose-hint', cfg.hint);
     showMsg($('compose-status'), '');
     clearFieldErrors();
@@ -1250,6 +1607,8 @@
       if (!subject) return fail('compose-subject', 'Add a subject.');
       if (!body.trim()) return fail('compose-body', 'Write a message.');
       path = '/api/emails'; payload = { to, subject, body };
+      if (state.replyTo) payload.in_reply_to = state.replyTo.message_id;
+      if ($('compose-require-ack').checked) payload.require_ack = true;
       done = `Email sent to ${to.join(', ')}.`;
     } else if (kind === 'text') {
       const to = single();
@@ -1261,6 +1620,7 @@
       if (!subject) return fail('compose-subject', 'Add a subject.');
       if (!body.trim()) return fail('compose-body', 'Write a message.');
       path = '/api/announcements'; payload = { subject, body };
+      if ($('compose-require-ack').checked) payload.require_ack = true;
       done = 'Announcement sent.';
     } else if (kind === 'rickroll') {
       const to = single();
@@ -1274,6 +1634,9 @@
     const clearForm = () => {
       $('compose-subject').value = '';
       $('compose-body').value = '';
+      $('compose-require-ack').checked = false;
+      setReplyTo(null);
+      state.sent.stale = true;
       if (kind !== 'email') setChips([]);
     };
 
@@ -1569,6 +1932,24 @@
     }
   }
 
+  async function onReadReceiptsToggle() {
+    const box = $('pref-read-receipts');
+    const on = box.checked;
+    const status = $('pref-status');
+    box.disabled = true;
+    showMsg(status, 'Saving…', 'pending');
+    try {
+      const res = await api('PUT', '/api/prefs', { read_receipts: on });
+      box.checked = res.read_receipts !== false;
+      showMsg(status, box.checked ? 'People who write to you see when you read it.' : 'Read receipts are off: senders see “delivered” only.', 'ok');
+    } catch (e) {
+      box.checked = !on;
+      showMsg(status, humanError(e), 'error');
+    } finally {
+      box.disabled = false;
+    }
+  }
+
   // ------------------------------------------------------------------ init
 
   function bindEvents() {
@@ -1584,8 +1965,15 @@
     $('inbox-refresh').addEventListener('click', () => loadInbox().catch((e) => toast(humanError(e), { kind: 'error' })));
     $('inbox-more').addEventListener('click', () => loadInbox(true).catch((e) => toast(humanError(e), { kind: 'error' })));
     $('inbox-mark-all').addEventListener('click', markAllRead);
+    $('inbox-archived').addEventListener('click', toggleShowArchived);
+    $('sent-refresh').addEventListener('click', () => loadSent(false));
+    $('sent-more').addEventListener('click', () => loadSent(true));
+    $('sent-reader').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape') { ev.preventDefault(); $('sent-split').classList.remove('reading'); }
+    });
+    $('pref-read-receipts').addEventListener('change', onReadReceiptsToggle);
 
-    $('compose-kind').addEventListener('change', updateComposeKind);
+    $('compose-kind').addEventListener('change', () => { setReplyTo(null); updateComposeKind(); });
     $('compose-form').addEventListener('submit', onComposeSubmit);
 
     $('conv-pick').addEventListener('submit', (ev) => { ev.preventDefault(); $('conv-user').removeAttribute('aria-invalid'); openConversation($('conv-user').value); });
