@@ -18,6 +18,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -88,11 +89,22 @@ class AuthSession(Base):
 
 class Message(Base):
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("sender_id", "client_msg_id"),)
+    __table_args__ = (
+        # Also the index of a sender's messages (sender_id leads it): a second index on
+        # sender_id alone cost every send an insert for nothing (migration 0008).
+        UniqueConstraint("sender_id", "client_msg_id"),
+        # Replies only: most messages start no thread and are not indexed here.
+        Index(
+            "ix_messages_thread_id",
+            "thread_id",
+            sqlite_where=text("thread_id IS NOT NULL"),
+            postgresql_where=text("thread_id IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    sender_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    sender_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     # Comma-separated user names as addressed (empty for an announcement).
     recipients: Mapped[str] = mapped_column(Text, default="")
     subject: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -102,7 +114,7 @@ class Message(Base):
     # A reply: the message it answers, and its thread's first message (NULL: this message
     # starts its own thread, whose id is its own). NULL costs a send nothing.
     in_reply_to: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    thread_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    thread_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The sender asks each recipient to acknowledge it (announce --require-ack).
     require_ack: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
