@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import outcome
 import trio
 
 from broker.config import SEND_WRITERS, Config
@@ -29,11 +32,13 @@ from broker.store import (
     SendCommitter,
     SendIntent,
     SendOutcome,
+    StoreUnavailable,
     ThreadCommitter,
     WriterProcess,
+    call_guarded,
 )
 
-from .runner import PendingWrite, StoreRunner
+from .runner import StoreRunner
 
 MAX_BATCH = 2000
 
@@ -70,15 +75,16 @@ class _Group:
     on_done: GroupDone
 
 
-@dataclass(eq=False)
-class _Batch(Generic[CommittedT]):
-    groups: list[_Group]
-    intents: list[SendIntent]
-    pending: PendingWrite[CommittedT]
-    started_at: float = 0.0
-
-
 class CommitQueue(Generic[CommittedT]):
+    """The group commit, run by one committing thread that pulls its own batches.
+
+    The loop only queues groups (enqueue) and hears of committed batches (a callback through
+    the trio token). The thread takes every group waiting the moment its last commit returns
+    and hands them to the writer at once: the writer never waits for the event loop to get
+    round to starting its next batch (under load that wait was as long as a commit), and the
+    loop answers and pushes the last batch while the writer commits the next.
+    """
+
     def __init__(
         self,
         runner: StoreRunner,
@@ -91,8 +97,10 @@ class CommitQueue(Generic[CommittedT]):
         self.committer = committer
         self.on_committed = on_committed
         self.quota = quota
-        self._waiting: list[_Group] = []
-        self._has_work = trio.Event()
+        self._cond = threading.Condition()
+        self._waiting: list[_Group] = []  # guarded by _cond
+        self._stopping = False
+        self._thread: threading.Thread | None = None
         self.batches = 0
         self.committed = 0
         # Told each batch's commit time in seconds (the broker's metrics).
@@ -105,11 +113,12 @@ class CommitQueue(Generic[CommittedT]):
         if not intents:
             _tell(on_done, [])
             return
-        self._waiting.append(_Group(intents, on_done))
-        self._has_work.set()
+        with self._cond:
+            self._waiting.append(_Group(intents, on_done))
+            self._cond.notify()
 
     def _next_batch(self) -> list[_Group]:
-        """Whole groups, oldest first, up to MAX_BATCH sends (at least one group)."""
+        """Whole groups, oldest first, up to MAX_BATCH sends (at least one group). Holds _cond."""
         size = 0
         for count, group in enumerate(self._waiting):
             if count and size + len(group.intents) > MAX_BATCH:
@@ -121,69 +130,99 @@ class CommitQueue(Generic[CommittedT]):
         return batch
 
     async def run(self) -> None:
-        """The committer task: one batch at a time, for as long as the broker runs.
-
-        When a batch has committed, the next one (every send that arrived meanwhile) is
-        handed to the writer first, and only then is the last one answered and pushed, so
-        the writer commits while this thread does that work.
-        """
-        committing: _Batch[CommittedT] | None = None
-        while True:
-            if committing is None:
-                if not self._waiting:
-                    await self._has_work.wait()
-                committing = self._start_next()
-                if committing is None:
-                    continue
-            try:
-                result = await committing.pending.wait()
-            except Exception as exc:
-                done, committing = committing, self._start_next()
-                self._fail(done, exc)
-                continue
-            done, committing = committing, self._start_next()
-            self._finish(done, result)
-
-    def _start_next(self) -> _Batch[CommittedT] | None:
-        """Hand the sends waiting now to the writer, as one batch (None if there are none)."""
-        self._has_work = trio.Event()
-        groups = self._next_batch()
-        if self._waiting:
-            self._has_work.set()
-        if not groups:
-            return None
-        intents = [intent for group in groups for intent in group.intents]
-        pending = self.runner.start_write(self.committer.commit, intents, self.quota)
-        return _Batch(groups, intents, pending, trio.current_time())
-
-    def _finish(self, batch: _Batch[CommittedT], result: CommittedT) -> None:
+        """Run the committing thread for as long as this task runs. When it is cancelled, the
+        batch being committed finishes and is answered before it returns; sends still
+        waiting are refused (the broker is stopping)."""
+        token = trio.lowlevel.current_trio_token()
+        with self._cond:
+            self._stopping = False
+        thread = threading.Thread(
+            target=self._commit_forever, args=(token,), name="mailnet-commits", daemon=True
+        )
+        self._thread = thread
+        thread.start()
         try:
-            outcomes = self.committer.outcomes(batch.intents, result)
-            if len(outcomes) != len(batch.intents):  # one outcome per intent, in order
-                raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch.intents)} sends")
+            await trio.sleep_forever()
+        finally:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(thread.join)
+                await trio.lowlevel.checkpoint()  # the last batch's answers run first
+            with self._cond:
+                left, self._waiting = self._waiting, []
+            stopping = RequestRefused(ErrorCode.UNAVAILABLE, "the broker is stopping")
+            for group in left:
+                _tell(group.on_done, stopping)
+
+    def _commit_forever(self, token: trio.lowlevel.TrioToken) -> None:
+        """The committing thread: take what is waiting, commit it, hand the result to the
+        loop, and at once take what is waiting again."""
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                groups = self._next_batch()
+            intents = [intent for group in groups for intent in group.intents]
+            started = time.perf_counter()
+            result = outcome.capture(call_guarded, self.committer.commit, intents, self.quota)
+            took = time.perf_counter() - started
+            try:
+                token.run_sync_soon(self._committed, groups, intents, result, took)
+            except trio.RunFinishedError:  # the loop is gone: nobody is left to answer
+                return
+
+    def _committed(
+        self,
+        groups: list[_Group],
+        intents: list[SendIntent],
+        result: outcome.Outcome[CommittedT],
+        took: float,
+    ) -> None:
+        """On the loop: answer a committed batch's groups and push its mail. Never raises
+        (it runs as a trio callback)."""
+        try:
+            committed = result.unwrap()
+            outcomes = self.committer.outcomes(intents, committed)
+            if len(outcomes) != len(intents):  # one outcome per intent, in order
+                raise RuntimeError(f"{len(outcomes)} outcomes for {len(intents)} sends")
         except Exception as exc:
-            self._fail(batch, exc)
+            self._fail(groups, intents, exc)
             return
         self.batches += 1
-        self.committed += len(batch.intents)
-        self.on_commit_time(trio.current_time() - batch.started_at)
+        self.committed += len(intents)
+        try:
+            self.on_commit_time(took)
+        except Exception:
+            log.exception("recording a commit time failed")
         start = 0
-        for group in batch.groups:
+        for group in groups:
             end = start + len(group.intents)
             _tell(group.on_done, outcomes[start:end])
             start = end
-        self.on_committed(outcomes)
+        try:
+            self.on_committed(outcomes)
+        except Exception:
+            log.exception("delivering a committed batch failed")
 
     @property
     def waiting(self) -> int:
         """Sends waiting for the next batch."""
-        return sum(len(group.intents) for group in self._waiting)
+        with self._cond:
+            return sum(len(group.intents) for group in self._waiting)
 
-    def _fail(self, batch: _Batch[CommittedT], exc: Exception) -> None:
-        if not isinstance(exc, RequestRefused):
-            log.error("storing a batch of %d sends failed", len(batch.intents), exc_info=exc)
+    def _fail(self, groups: list[_Group], intents: list[SendIntent], exc: Exception) -> None:
+        if isinstance(exc, StoreUnavailable):
+            exc = RequestRefused(
+                ErrorCode.UNAVAILABLE, "the message store is unavailable; try again shortly"
+            )
+        elif not isinstance(exc, RequestRefused):
+            log.error("storing a batch of %d sends failed", len(intents), exc_info=exc)
             exc = RequestRefused(ErrorCode.INTERNAL, "the broker could not store this")
-        for group in batch.groups:
+        for group in groups:
             _tell(group.on_done, exc)
 
 
