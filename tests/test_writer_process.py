@@ -191,9 +191,11 @@ def test_a_dead_child_is_replaced_and_a_batch_it_took_down_is_stored_once(
 
 
 def wait_until_dead(pid: int) -> None:
-    """Until the kernel has ended the process (a zombie: dead, its sockets closed)."""
+    """Until the kernel has ended the process (a zombie: dead, its sockets closed). The leader
+    turns zombie before its other threads (the WAL checkpointer's) have exited, and the sockets
+    close with the last of them: wait for the leader to be alone too."""
     for _ in range(1000):
-        if proc_stat(pid)[0] == "Z":
+        if proc_stat(pid)[0] == "Z" and os.listdir(f"/proc/{pid}/task") == [str(pid)]:
             return
         time.sleep(0.01)
     raise AssertionError(f"process {pid} still alive after SIGKILL")

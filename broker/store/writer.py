@@ -33,6 +33,7 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from .checkpoint import WalCheckpointer, no_automatic_checkpoints
 from .guard import StoreUnavailable, call_guarded
 from .mailstore import MailStore
 from .records import SendIntent, SendOutcome, deliveries_of
@@ -237,6 +238,11 @@ def _serve(conn: Connection, url: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     store = MailStore.open(url)
+    checkpointer = None
+    if store.engines.is_sqlite:  # checkpoints off the commit path (checkpoint.py)
+        no_automatic_checkpoints(store.engines.write)
+        checkpointer = WalCheckpointer(store.engines.read)
+        checkpointer.start()
     try:
         try:
             call_guarded(_check, store)
@@ -266,6 +272,8 @@ def _serve(conn: Connection, url: str) -> None:
             except OSError:
                 return
     finally:
+        if checkpointer is not None:
+            checkpointer.stop()
         store.close()
 
 
