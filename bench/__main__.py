@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tls", action="store_true", help="mailnet over TLS (self-signed), not plaintext"
     )
-    parser.add_argument("--rate", type=float, help="msgs/s for the latency run (default 5000)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="msgs/s for the latency run (default: half the request/response rate measured)",
+    )
     parser.add_argument(
         "--only",
         action="append",
