@@ -81,14 +81,18 @@ class BrokerMetrics:
     def count_sends(
         self, kinds: Sequence[str], results: Sequence[SendOutcome | RequestRefused]
     ) -> None:
+        """Count a group's sends: one increment per label set, not one labels() lookup (a
+        dict of its arguments, a lock) per send."""
+        counts: dict[tuple[str, str], int] = {}
         for kind, result in zip(kinds, results, strict=True):
             if isinstance(result, RequestRefused):
-                self.sends.labels(kind=kind, result="refused").inc()
+                key = (kind, "refused")
                 self.errors.labels(code=str(result.code)).inc()
-            elif result.duplicate:
-                self.sends.labels(kind=kind, result="duplicate").inc()
             else:
-                self.sends.labels(kind=kind, result="stored").inc()
+                key = (kind, "duplicate" if result.duplicate else "stored")
+            counts[key] = counts.get(key, 0) + 1
+        for (kind, result_label), n in counts.items():
+            self.sends.labels(kind=kind, result=result_label).inc(n)
 
     def count_error(self, code: str) -> None:
         self.errors.labels(code=code).inc()

@@ -292,6 +292,19 @@ class MailStore(AdminStoreMixin, LedgerStoreMixin, RetentionStoreMixin):
         with self.engines.write.begin() as conn:
             return SendBatch(conn, intents, quota).commit()
 
+    def store_sends_compact(
+        self, intents: Sequence[SendIntent], quota: int
+    ) -> tuple[
+        datetime, list[SendOutcome], dict[int, tuple[list[tuple[int, str, int]], int | None]]
+    ]:
+        """store_sends for the writer process: the outcomes without their Delivery records, and
+        per stored intent (by index) its (user id, name, seq) entries and thread, from which
+        the broker builds the records itself (writer.py)."""
+        with self.engines.write.begin() as conn:
+            batch = SendBatch(conn, intents, quota, deliveries=False)
+            outcomes = batch.commit()
+        return batch.now, outcomes, batch.stored
+
     # -- reading mailboxes --------------------------------------------------------------------
 
     def _entries_query(self, user_id: int):  # type: ignore[no-untyped-def]

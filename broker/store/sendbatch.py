@@ -36,6 +36,9 @@ mailbox = cast(Table, MailboxEntry.__table__)
 
 T = TypeVar("T")
 
+# A committed batch's stored intents, by index: their (user id, name, seq) entries and thread.
+Stored = dict[int, tuple[list[tuple[int, str, int]], int | None]]
+
 _CHUNK = 2000  # bound on bound parameters per statement (SQLite allows 32766)
 _SQLITE_MAX_PARAMS = 30_000  # per raw multi-row statement; SQLite 3.32+ allows 32766
 
@@ -68,11 +71,18 @@ class _Target:
 class SendBatch:
     """One group commit: resolve recipients, drop retries, allocate seqs, insert."""
 
-    def __init__(self, conn, intents: Sequence[SendIntent], quota: int) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, conn, intents: Sequence[SendIntent], quota: int, *, deliveries: bool = True
+    ) -> None:
         self.conn = conn
         self.intents = intents
         self.quota = quota
         self.now = utcnow()
+        # Each stored intent's index -> its (user id, name, seq) entries and thread. With
+        # `deliveries` false the outcomes carry no Delivery records: the writer process sends
+        # these instead, and the broker builds the records once, on its side.
+        self.with_deliveries = deliveries
+        self.stored: Stored = {}
         # SQLite has one writer, holding the write lock from BEGIN IMMEDIATE: what this
         # transaction reads is current until it commits, so ids and seqs can be assigned here
         # and rows inserted with plain executemany (no RETURNING round trips, no per-row
@@ -182,9 +192,12 @@ class SendBatch:
                     {"user_id": user_id, "seq": seq, "message_id": message_id}
                     for user_id, _, seq in delivered
                 ]
+                self.stored[index] = (delivered, thread_id)
                 outcomes[index] = SendOutcome(
                     message_id=message_id,
-                    deliveries=deliveries_of(intent, message_id, self.now, delivered, thread_id),
+                    deliveries=deliveries_of(intent, message_id, self.now, delivered, thread_id)
+                    if self.with_deliveries
+                    else (),
                 )
             if rows and self.sqlite:
                 self._insert_rows(

@@ -37,6 +37,7 @@ from .checkpoint import WalCheckpointer, no_automatic_checkpoints
 from .guard import StoreUnavailable, call_guarded
 from .mailstore import MailStore
 from .records import SendIntent, SendOutcome, deliveries_of
+from .sendbatch import Stored
 
 log = logging.getLogger("mailnet.store.writer")
 
@@ -202,18 +203,15 @@ def _outcomes(
     return outcomes
 
 
-def _compact(outcomes: Sequence[SendOutcome]) -> Committed:
-    sent_at = None
+def _compact(
+    sent_at: datetime,
+    outcomes: Sequence[SendOutcome],
+    stored: Stored,
+) -> Committed:
+    """What the broker needs of a committed batch (see store_sends_compact)."""
     compact: list[_Compact] = []
-    for outcome in outcomes:
-        targets = []
-        thread_id = None
-        for delivery in outcome.deliveries:
-            entry = delivery.entry
-            thread_id = entry.thread_id
-            assert entry.seq is not None
-            sent_at = entry.sent_at  # one timestamp per batch
-            targets.append((delivery.user_id, delivery.username, entry.seq))
+    for index, outcome in enumerate(outcomes):
+        targets, thread_id = stored.get(index, ((), None))
         compact.append(
             (
                 outcome.message_id,
@@ -224,7 +222,7 @@ def _compact(outcomes: Sequence[SendOutcome]) -> Committed:
                 thread_id,
             )
         )
-    return sent_at, compact
+    return (sent_at if stored else None), compact
 
 
 def _check(store: MailStore) -> None:
@@ -260,13 +258,13 @@ def _serve(conn: Connection, url: str) -> None:
             packed, quota = request
             intents = [SendIntent(*fields) for fields in packed]
             try:
-                outcomes = call_guarded(store.store_sends, intents, quota)
+                sent_at, outcomes, stored = call_guarded(store.store_sends_compact, intents, quota)
             except StoreUnavailable as exc:
                 reply: tuple[str, object] = ("unavailable", str(exc))
             except Exception as exc:  # reported to the broker, which logs it
                 reply = ("error", f"{type(exc).__name__}: {exc}")
             else:
-                reply = ("ok", _compact(outcomes))
+                reply = ("ok", _compact(sent_at, outcomes, stored))
             try:
                 conn.send(reply)
             except OSError:
