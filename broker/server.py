@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -72,6 +73,21 @@ def open_store(config: Config) -> MailStore:
     return open_migrated_store(named_connections(config.db_url, f"mailnet {config.node}"))
 
 
+# Young-generation collections every 50,000 container allocations instead of 700 (CPython's
+# default). A broker allocates a few short-lived tuples, dicts and lists per message and makes
+# almost no reference cycles; at the default the cyclic collector ran hundreds of times a
+# second under load and took a fifth of the event loop's time. Memory freed by reference
+# counting is unaffected; cycles are still collected, only later.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Collect cycles less often, and leave what startup made out of every collection."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(
     config: Config, *, task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -86,6 +102,7 @@ async def serve(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     store = await trio.to_thread.run_sync(open_store, config)
+    tune_gc()
     try:
         own_pair = config.tls_cert and config.tls_key
         if store.shares_commits and not config.insecure_plaintext and not own_pair:

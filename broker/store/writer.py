@@ -21,6 +21,7 @@ after the commit it is in, if any.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -235,6 +236,7 @@ def _serve(conn: Connection, url: str) -> None:
     # The broker decides when to stop (it closes the pipe): a batch is never cut short here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    gc.set_threshold(50_000, 20, 20)  # as the broker does (server.tune_gc)
     store = MailStore.open(url)
     checkpointer = None
     if store.engines.is_sqlite:  # checkpoints off the commit path (checkpoint.py)
