@@ -22,6 +22,7 @@ import ifaddr
 import trio
 from zeroconf import Error as ZeroconfError
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceListener, Zeroconf
+from zeroconf._protocol.outgoing import DNSOutgoing
 
 from broker import tls
 
@@ -33,7 +34,7 @@ PROTOCOL_VERSION = "1"
 DEFAULT_BROWSE_SECONDS = 3.0
 PROBE_TIMEOUT = 3.0
 _FINGERPRINT = re.compile(r"^SHA256(:[0-9A-F]{2}){32}$")
-_MAX_NAME = 60  # a DNS label holds 63 bytes; zeroconf may append " (2)" on a clash
+_MAX_NAME = 60  # a DNS label holds 63 bytes; zeroconf may append "-2" on a clash
 
 
 class AdvertisementError(ValueError):
@@ -127,9 +128,26 @@ def _service_info(ad: Advertisement) -> ServiceInfo:
     )
 
 
+class _MulticastProbing(Zeroconf):
+    """python-zeroconf whose probes for a name ask for multicast answers.
+
+    Its probes set the unicast-response (QU) bit. A unicast answer reaches only one of the
+    sockets that share port 5353 on a computer (RFC 6762 section 15.1), so a second responder
+    there (another broker of the same name, a spoofer) often missed the answer defending the
+    name, advertised a twin under the same instance name, and browsers saw only one of the two.
+    A multicast answer reaches every socket, and zeroconf renames ours to "NAME-2".
+    """
+
+    def generate_service_query(self, info: ServiceInfo) -> DNSOutgoing:
+        probe = super().generate_service_query(info)
+        for question in probe.questions:
+            question.unique = False  # the QU bit
+        return probe
+
+
 def register(ad: Advertisement) -> tuple[Zeroconf, ServiceInfo]:
     """Start advertising (blocking for zeroconf's probe and announcement, about a second)."""
-    zc = Zeroconf(ip_version=IPVersion.V4Only)
+    zc = _MulticastProbing(ip_version=IPVersion.V4Only)
     info = _service_info(ad)
     try:
         zc.register_service(info, allow_name_change=True)

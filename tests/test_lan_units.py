@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import cli_env, run_cli
 from conftest import RunningBroker, make_config, running_broker
 
-from broker import lan
+from broker import discovery, lan
 from broker.config import Config
 from broker.discovery import Advertisement, AdvertisementError, Found
 from cli.discover import trustworthy
@@ -49,6 +49,16 @@ def test_an_advertisement_without_name_or_valid_fingerprint_is_not_used(
 ) -> None:
     with pytest.raises(AdvertisementError):
         Advertisement.from_txt(txt_bytes(record), ["169.254.77.1"], 7878)
+
+
+def test_a_probe_for_a_name_asks_for_an_answer_every_responder_on_the_computer_hears() -> None:
+    """A unicast (QU) answer defending a name reaches one of the sockets sharing port 5353: a
+    second broker of that name on the same computer missed it and advertised a twin."""
+    probing = object.__new__(discovery._MulticastProbing)  # builds the probe, opens no socket
+    info = discovery._service_info(advert())
+    probe = probing.generate_service_query(info)
+    assert [(q.name, q.unique) for q in probe.questions] == [(discovery.SERVICE_TYPE, False)]
+    assert [record.alias for record in probe.authorities] == [info.name]
 
 
 def test_a_name_from_the_network_loses_its_control_characters() -> None:
