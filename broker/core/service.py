@@ -47,6 +47,20 @@ from .runner import StoreRunner
 from .throttle import SendRateLimiter
 from .views import RICKROLL_BODY, RICKROLL_SUBJECT
 
+_new_tuple = tuple.__new__
+if SendIntent._fields != (  # what Broker._intent builds, in this order
+    "sender_id",
+    "sender",
+    "kind",
+    "recipients",
+    "subject",
+    "body",
+    "client_msg_id",
+    "in_reply_to",
+    "require_ack",
+):
+    raise ImportError("SendIntent's fields changed: update Broker._intent")
+
 log = logging.getLogger("mailnet.broker")
 
 ACK_FLUSH_INTERVAL = 1.0
@@ -443,16 +457,21 @@ class Broker:
         subject, body = request.subject, request.body
         if request.kind == "rickroll":
             subject, body = RICKROLL_SUBJECT, RICKROLL_BODY
-        return SendIntent(
-            sender_id=user.id,
-            sender=user.username,
-            kind=request.kind,
-            recipients=request.to,
-            subject=subject,
-            body=body,
-            client_msg_id=request.client_msg_id,
-            in_reply_to=request.in_reply_to,
-            require_ack=request.require_ack,
+        # tuple.__new__: a NamedTuple's own __new__ is a Python function with keywords, and
+        # this runs for every send (the field order is checked at import, atop this module).
+        return _new_tuple(
+            SendIntent,
+            (
+                user.id,
+                user.username,
+                request.kind,
+                request.to,
+                subject,
+                body,
+                request.client_msg_id,
+                request.in_reply_to,
+                request.require_ack,
+            ),
         )
 
     def _deliver(self, outcomes: Sequence[SendOutcome]) -> None:
