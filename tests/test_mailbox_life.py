@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,28 @@ async def _next_mailbox_event(ws: Any) -> dict[str, Any]:
     from tests.test_web_api import receive_event
 
     return await receive_event(ws, "mailbox")
+
+
+@asynccontextmanager
+async def bob_on_the_web(
+    web: RunningBroker,
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient, dict[str, str], Any]]:
+    """alice sends bob two texts, which his TCP client receives; then bob logs in over HTTP and
+    opens the WebSocket: (his TCP client, the HTTP client, its auth headers, the WebSocket)."""
+    from tests.test_web_api import live
+
+    async with web.user("bob") as bob_tcp, web.user("alice") as alice:
+        for word in ("one", "two"):
+            await alice.send_text("bob", word)
+        await bob_tcp.next_mail()
+        async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
+            response = await http.post(
+                "/api/login", json={"username": "bob", "password": "password1"}
+            )
+            token = response.json()["token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with live(web, token) as ws:
+                yield bob_tcp, http, headers, ws
 
 
 async def test_a_read_on_one_postgresql_node_reaches_sessions_on_another(
@@ -720,34 +743,22 @@ async def test_cli_delete_archive_inbox_archived_and_admin_retention(
 async def test_delete_and_archive_over_http_reach_the_websocket_and_tcp(
     web: RunningBroker,
 ) -> None:
-    from tests.test_web_api import live
-
     with trio.fail_after(WAIT):
-        async with web.user("alice") as alice, web.user("bob") as bob_tcp:
-            for word in ("one", "two"):
-                await alice.send_text("bob", word)
-            await bob_tcp.next_mail()
-            async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
-                response = await http.post(
-                    "/api/login", json={"username": "bob", "password": "password1"}
-                )
-                token = response.json()["token"]
-                headers = {"Authorization": f"Bearer {token}"}
-                async with live(web, token) as ws:
-                    gone = await http.post("/api/delete", json={"seqs": [1]}, headers=headers)
-                    assert gone.json() == {"deleted": 1}
-                    assert await _next_mailbox_event(ws) == {
-                        "event": "mailbox",
-                        "change": "deleted",
-                        "seqs": [1],
-                    }
-                    put = await http.post("/api/archive", json={"seqs": [2]}, headers=headers)
-                    assert put.json() == {"archived": 1}
-                    assert (await _next_mailbox_event(ws))["change"] == "archived"
-                inbox = await http.get("/api/inbox", headers=headers)
-                assert inbox.json()["entries"] == []
-                archived = await http.get("/api/inbox?archived=true", headers=headers)
-                assert [e["seq"] for e in archived.json()["entries"]] == [2]
+        async with bob_on_the_web(web) as (bob_tcp, http, headers, ws):
+            gone = await http.post("/api/delete", json={"seqs": [1]}, headers=headers)
+            assert gone.json() == {"deleted": 1}
+            assert await _next_mailbox_event(ws) == {
+                "event": "mailbox",
+                "change": "deleted",
+                "seqs": [1],
+            }
+            put = await http.post("/api/archive", json={"seqs": [2]}, headers=headers)
+            assert put.json() == {"archived": 1}
+            assert (await _next_mailbox_event(ws))["change"] == "archived"
+            inbox = await http.get("/api/inbox", headers=headers)
+            assert inbox.json()["entries"] == []
+            archived = await http.get("/api/inbox?archived=true", headers=headers)
+            assert [e["seq"] for e in archived.json()["entries"]] == [2]
             changes = []
             while len(changes) < 2:
                 event = await bob_tcp.next_event()

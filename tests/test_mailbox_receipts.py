@@ -207,37 +207,27 @@ async def test_unarchive_on_one_postgresql_node_reaches_the_users_session_on_ano
 async def test_unarchive_over_http_reaches_the_websocket_and_the_inbox_flags_archived(
     web: RunningBroker,
 ) -> None:
-    from tests.test_mailbox_life import _next_mailbox_event
-    from tests.test_web_api import live
+    from tests.test_mailbox_life import _next_mailbox_event, bob_on_the_web
 
     with trio.fail_after(WAIT):
-        async with web.user("bob") as bob_tcp, web.user("alice") as alice:
-            for word in ("one", "two"):
-                await alice.send_text("bob", word)
-            await bob_tcp.next_mail()
-            async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
-                response = await http.post(
-                    "/api/login", json={"username": "bob", "password": "password1"}
-                )
-                headers = {"Authorization": f"Bearer {response.json()['token']}"}
-                async with live(web, response.json()["token"]) as ws:
-                    put = await http.post("/api/archive", json={"seqs": [1]}, headers=headers)
-                    assert put.json() == {"archived": 1}
-                    assert (await _next_mailbox_event(ws))["change"] == "archived"
-                    listed = await http.get("/api/inbox?archived=true", headers=headers)
-                    flags = [(e["seq"], e.get("archived")) for e in listed.json()["entries"]]
-                    assert flags == [(2, None), (1, True)]
-                    back = await http.post("/api/unarchive", json={"seqs": [1]}, headers=headers)
-                    assert back.json() == {"unarchived": 1}
-                    assert await _next_mailbox_event(ws) == {
-                        "event": "mailbox",
-                        "change": "unarchived",
-                        "seqs": [1],
-                    }
-                    bad = await http.post("/api/unarchive", json={"seqs": [7]}, headers=headers)
-                    assert bad.status_code == 404
-                inbox = await http.get("/api/inbox", headers=headers)
-                assert [e["seq"] for e in inbox.json()["entries"]] == [2, 1]
+        async with bob_on_the_web(web) as (_, http, headers, ws):
+            put = await http.post("/api/archive", json={"seqs": [1]}, headers=headers)
+            assert put.json() == {"archived": 1}
+            assert (await _next_mailbox_event(ws))["change"] == "archived"
+            listed = await http.get("/api/inbox?archived=true", headers=headers)
+            flags = [(e["seq"], e.get("archived")) for e in listed.json()["entries"]]
+            assert flags == [(2, None), (1, True)]
+            back = await http.post("/api/unarchive", json={"seqs": [1]}, headers=headers)
+            assert back.json() == {"unarchived": 1}
+            assert await _next_mailbox_event(ws) == {
+                "event": "mailbox",
+                "change": "unarchived",
+                "seqs": [1],
+            }
+            bad = await http.post("/api/unarchive", json={"seqs": [7]}, headers=headers)
+            assert bad.status_code == 404
+            inbox = await http.get("/api/inbox", headers=headers)
+            assert [e["seq"] for e in inbox.json()["entries"]] == [2, 1]
 
 
 async def test_cli_unarchive_and_inbox_archived_marks_archived_mail(
