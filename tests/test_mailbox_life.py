@@ -304,27 +304,15 @@ async def test_read_and_unread_reach_every_live_session_of_the_user_only(core: B
 
 
 async def test_tcp_and_websocket_sessions_hear_a_read_made_over_http(web: RunningBroker) -> None:
-    from tests.test_web_api import live
-
     with trio.fail_after(WAIT):
-        async with web.user("alice") as alice, web.user("bob") as bob_tcp:
-            await alice.send_text("bob", "one")
-            await alice.send_text("bob", "two")
-            await bob_tcp.next_mail()
-            async with httpx.AsyncClient(base_url=web.info.web[0], timeout=WAIT) as http:
-                response = await http.post(
-                    "/api/login", json={"username": "bob", "password": "password1"}
-                )
-                token = response.json()["token"]
-                headers = {"Authorization": f"Bearer {token}"}
-                async with live(web, token) as ws:
-                    read = await http.post("/api/read", json={"seqs": [2]}, headers=headers)
-                    assert read.json() == {"marked": 1}
-                    event = await _next_mailbox_event(ws)
-                    assert event == {"event": "mailbox", "change": "read", "seqs": [2]}
-                    back = await http.post("/api/unread", json={"seqs": [2]}, headers=headers)
-                    assert back.json() == {"marked": 1}
-                    assert (await _next_mailbox_event(ws))["change"] == "unread"
+        async with bob_on_the_web(web) as (bob_tcp, http, headers, ws):
+            read = await http.post("/api/read", json={"seqs": [2]}, headers=headers)
+            assert read.json() == {"marked": 1}
+            event = await _next_mailbox_event(ws)
+            assert event == {"event": "mailbox", "change": "read", "seqs": [2]}
+            back = await http.post("/api/unread", json={"seqs": [2]}, headers=headers)
+            assert back.json() == {"marked": 1}
+            assert (await _next_mailbox_event(ws))["change"] == "unread"
             # Presence events (pushed once a tick) may come between: only mailbox events count.
             while (pushed := await bob_tcp.next_event())["event"] != "mailbox":
                 pass
