@@ -9,13 +9,15 @@ run when its socket never runs dry.
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass
 
 import pytest
 import trio
+import trustme
 
 from broker.transport.deadlines import ReadDeadlines
-from broker.transport.fastsocket import FAIR_EVERY, FastSocketStream
+from broker.transport.fastsocket import FAIR_EVERY, FastSocketStream, FastTLSStream
 
 
 async def _connected_pair() -> tuple[FastSocketStream, trio.SocketStream, trio.abc.Listener]:
@@ -168,3 +170,73 @@ def test_read_deadlines_end_only_readers_waiting_past_their_deadline() -> None:
     deadlines.discard(busy)
     busy.waiting = True
     assert deadlines.expire_due(200.0) == 0  # gone (its connection closed)
+
+
+# -- TLS on the descriptor (FastTLSStream) -------------------------------------------------------
+
+
+async def _tls_pair(
+    ca: trustme.CA,
+) -> tuple[FastTLSStream, trio.SSLStream[trio.SocketStream], trio.abc.Listener]:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    fast, plain_client, listener = await _connected_pair()
+    tls = FastTLSStream(fast, server_context)
+    client = trio.SSLStream(plain_client, client_context, server_hostname="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tls.do_handshake)
+        nursery.start_soon(client.do_handshake)
+    return tls, client, listener
+
+
+async def test_tls_on_the_descriptor_carries_large_writes_both_ways_and_reports_eof() -> None:
+    tls, client, listener = await _tls_pair(trustme.CA())
+    payload = bytes(range(256)) * (16 * 1024)  # 4 MiB: OpenSSL's writes must wait and retry
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tls.send_all, payload)
+        assert await _read_exactly(client, len(payload)) == payload
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, payload)
+        assert await _read_exactly(tls, len(payload)) == payload
+    await client.aclose()  # close_notify
+    assert await tls.receive_some(100) == b""
+    await tls.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await tls.receive_some(10)
+    await listener.aclose()
+
+
+async def test_a_client_that_does_not_speak_tls_fails_the_handshake_cleanly() -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_context)
+    fast, client, listener = await _connected_pair()
+    tls = FastTLSStream(fast, server_context)
+    await client.send_all(b'\x00\x00\x00\x10{"op": "ping"}\n' * 4)  # plaintext, not a hello
+    with pytest.raises(trio.BrokenResourceError):
+        await tls.do_handshake()
+    await tls.aclose()
+    await client.aclose()
+    await listener.aclose()
+
+
+async def test_tls_small_records_one_at_a_time_are_each_read_at_once() -> None:
+    # Request/response over TLS: every small record must be readable as soon as it arrives
+    # (nothing may sit decrypted inside OpenSSL while the reader waits on the socket).
+    tls, client, listener = await _tls_pair(trustme.CA())
+    with trio.fail_after(10):
+        for n in range(300):
+            message = f"ping {n}".encode()
+            await client.send_all(message)
+            assert await tls.receive_some(65536) == message
+            await tls.send_all(b"pong " + message)
+            assert await client.receive_some(65536) == b"pong " + message
+        # And many records in one burst: all of them come out, in order.
+        burst = [f"record {n};".encode() for n in range(200)]
+        for record in burst:
+            await client.send_all(record)
+        assert await _read_exactly(tls, sum(map(len, burst))) == b"".join(burst)
+    await client.aclose()
+    await tls.aclose()
+    await listener.aclose()

@@ -22,8 +22,11 @@ is the inner SocketStream's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import socket
+import ssl
 from typing import Any
 
 import trio
@@ -114,3 +117,131 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
 
     def setsockopt(self, *args: Any) -> None:
         self.inner.setsockopt(*args)
+
+
+class FastTLSStream(trio.abc.Stream):
+    """TLS on the descriptor: the standard library's SSLSocket (OpenSSL's record layer in C,
+    reading and writing the kernel socket itself) driven like FastSocketStream, instead of
+    trio.SSLStream's Python state machine over memory BIOs. A read or write that OpenSSL can
+    complete at once completes at once; on SSLWantRead/WriteError it waits for the socket.
+
+    OpenSSL's rule for a write that could not finish (it must be retried with the same data)
+    holds because send_all retries the very same buffer until it is written; a send_all that
+    is cancelled half-way leaves the stream broken, as trio.SSLStream does.
+    """
+
+    def __init__(self, plain: FastSocketStream, context: ssl.SSLContext) -> None:
+        fd = plain.socket.detach()  # the trio socket gives the descriptor up to us
+        raw = socket.socket(fileno=fd)
+        raw.setblocking(False)
+        self._ssl = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        self.socket = self._ssl  # peer_address() looks for it
+        self._fd = fd
+        self._unyielded = 0
+        self._closed = False
+        self._broken = False
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the connection is closed")
+        if self._broken:
+            raise trio.BrokenResourceError("the TLS stream broke earlier")
+
+    async def _wait_for(self, exc: Exception) -> None:
+        self._unyielded = 0
+        if isinstance(exc, ssl.SSLWantWriteError):
+            await trio.lowlevel.wait_writable(self._fd)
+        else:
+            await trio.lowlevel.wait_readable(self._fd)
+
+    async def do_handshake(self) -> None:
+        self._check_usable()
+        while True:
+            try:
+                self._ssl.do_handshake()
+                return
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                await self._wait_for(exc)
+            except (ssl.SSLError, *_BROKEN, OSError) as exc:
+                self._broken = True
+                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else max_bytes
+        if size < 1:
+            raise ValueError("max_bytes must be >= 1")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            self._check_usable()
+            try:
+                data = self._ssl.recv(size)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                await self._wait_for(exc)
+                continue
+            except ssl.SSLZeroReturnError:
+                return b""  # the peer said close_notify
+            except (ssl.SSLError, *_BROKEN) as exc:
+                self._broken = True
+                raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    self._broken = True
+                    raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+                raise
+            self._unyielded += 1
+            if self._unyielded >= FAIR_EVERY:
+                self._unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._check_usable()
+        view = memoryview(data)
+        sent = 0
+        waited = False
+        try:
+            while sent < len(view):
+                chunk = view[sent:]
+                while True:  # OpenSSL: retry the same buffer until it is written
+                    try:
+                        sent += self._ssl.send(chunk)
+                        break
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                        waited = True
+                        self._check_usable()
+                        await self._wait_for(exc)
+        except (ssl.SSLError, *_BROKEN) as exc:
+            self._broken = True
+            raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self._broken = True
+                raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+            raise
+        except BaseException:  # cancelled between retries: OpenSSL's write is half done
+            self._broken = True
+            raise
+        finally:
+            view.release()
+        if not waited:
+            self._unyielded += 1
+            if self._unyielded >= FAIR_EVERY:
+                self._unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._check_usable()
+        await trio.lowlevel.wait_writable(self._fd)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        if not self._broken:
+            with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+                self._ssl.unwrap()  # close_notify, best effort: never waits
+        trio.lowlevel.notify_closing(self._fd)
+        self._ssl.close()
+        await trio.lowlevel.checkpoint()

@@ -41,7 +41,7 @@ from broker.protocol import (
     wire,
 )
 from broker.transport.deadlines import ReadDeadlines
-from broker.transport.fastsocket import FastSocketStream
+from broker.transport.fastsocket import FastSocketStream, FastTLSStream
 from broker.transport.proxied import accept_proxied
 
 log = logging.getLogger("mailnet.tcp")
@@ -366,7 +366,13 @@ async def handle_connection(
     refusal = limits.admit(peer)
     try:
         if ssl_context is not None:
-            stream = trio.SSLStream(stream, ssl_context, server_side=True)
+            # OpenSSL on the descriptor; behind a PROXY header (bytes already read past it),
+            # trio's SSLStream, which can be handed them.
+            stream = (
+                FastTLSStream(stream, ssl_context)
+                if isinstance(stream, FastSocketStream)
+                else trio.SSLStream(stream, ssl_context, server_side=True)
+            )
             # A refused connection gets a short handshake, just long enough to be told why.
             limit = config.login_timeout if refusal is None else min(config.login_timeout, 2.0)
             try:
