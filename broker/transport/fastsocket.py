@@ -27,7 +27,7 @@ import errno
 import os
 import socket
 import ssl
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -36,6 +36,17 @@ DEFAULT_RECEIVE_SIZE = 64 * 1024
 
 # What a dead peer looks like to read(2)/write(2); anything else is a bug and propagates.
 _BROKEN = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+_BROKEN_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
+
+
+def _peer_gone(exc: OSError) -> bool:
+    """Whether an error of a read, a write or OpenSSL means the connection is over (ssl.SSLError
+    is an OSError: any that reaches here, a protocol error or an unexpected EOF, ends it)."""
+    return isinstance(exc, (*_BROKEN, ssl.SSLError)) or exc.errno in _BROKEN_ERRNOS
+
+
+def _broke(exc: OSError) -> trio.BrokenResourceError:
+    return trio.BrokenResourceError(f"the connection broke: {exc}")
 
 
 class FastSocketStream(trio.abc.HalfCloseableStream):
@@ -71,8 +82,10 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                 self._unyielded = 0
                 await trio.lowlevel.wait_readable(fd)
                 continue
-            except _BROKEN as exc:
-                raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+            except OSError as exc:
+                if _peer_gone(exc):
+                    raise _broke(exc) from exc
+                raise
             await self._maybe_yield()
             return data
 
@@ -84,11 +97,9 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             return os.write(fd, data)
         except BlockingIOError:
             return 0
-        except _BROKEN as exc:
-            raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
         except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+            if _peer_gone(exc):
+                raise _broke(exc) from exc
             raise
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -147,6 +158,14 @@ class FastTLSStream(trio.abc.Stream):
         if self._broken:
             raise trio.BrokenResourceError("the TLS stream broke earlier")
 
+    def _fail(self, exc: OSError) -> NoReturn:
+        """Raise what a failed read or write means: BrokenResourceError if the peer is gone
+        (the stream is then unusable), the error itself otherwise."""
+        if _peer_gone(exc):
+            self._broken = True
+            raise _broke(exc) from exc
+        raise exc
+
     async def _wait_for(self, exc: Exception) -> None:
         self._unyielded = 0
         if isinstance(exc, ssl.SSLWantWriteError):
@@ -162,7 +181,7 @@ class FastTLSStream(trio.abc.Stream):
                 return
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
                 await self._wait_for(exc)
-            except (ssl.SSLError, *_BROKEN, OSError) as exc:
+            except OSError as exc:  # ssl.SSLError included: any failure ends the handshake
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
 
@@ -180,14 +199,8 @@ class FastTLSStream(trio.abc.Stream):
                 continue
             except ssl.SSLZeroReturnError:
                 return b""  # the peer said close_notify
-            except (ssl.SSLError, *_BROKEN) as exc:
-                self._broken = True
-                raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
             except OSError as exc:
-                if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                    self._broken = True
-                    raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
-                raise
+                self._fail(exc)
             self._unyielded += 1
             if self._unyielded >= FAIR_EVERY:
                 self._unyielded = 0
@@ -211,14 +224,8 @@ class FastTLSStream(trio.abc.Stream):
                         waited = True
                         self._check_usable()
                         await self._wait_for(exc)
-        except (ssl.SSLError, *_BROKEN) as exc:
-            self._broken = True
-            raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
         except OSError as exc:
-            if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                self._broken = True
-                raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
-            raise
+            self._fail(exc)
         except BaseException:  # cancelled between retries: OpenSSL's write is half done
             self._broken = True
             raise
