@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from broker.core import Broker
 from broker.core.commits import choose_committer
 from broker.core.throttle import ConnectionLimits
 from broker.discovery import Advertisement
+from broker.gctune import tune_gc
 from broker.protocol.proxy import trusted_proxies
 from broker.store import MailStore, call_guarded, named_connections
 from broker.store.entry import open_store as open_migrated_store
@@ -71,21 +71,6 @@ def use_cluster_certificate(config: Config, store: MailStore) -> Config:
 def open_store(config: Config) -> MailStore:
     # Named in pg_stat_activity (application_name) after this node.
     return open_migrated_store(named_connections(config.db_url, f"mailnet {config.node}"))
-
-
-# Young-generation collections every 50,000 container allocations instead of 700 (CPython's
-# default). A broker allocates a few short-lived tuples, dicts and lists per message and makes
-# almost no reference cycles; at the default the cyclic collector ran hundreds of times a
-# second under load and took a fifth of the event loop's time. Memory freed by reference
-# counting is unaffected; cycles are still collected, only later.
-GC_THRESHOLDS = (50_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Collect cycles less often, and leave what startup made out of every collection."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def serve(

@@ -21,7 +21,6 @@ after the commit it is in, if any.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -33,6 +32,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+from broker.gctune import tune_gc
 
 from .checkpoint import WalCheckpointer, no_automatic_checkpoints
 from .guard import StoreUnavailable, call_guarded
@@ -236,7 +237,7 @@ def _serve(conn: Connection, url: str) -> None:
     # The broker decides when to stop (it closes the pipe): a batch is never cut short here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    gc.set_threshold(50_000, 20, 20)  # as the broker does (server.tune_gc)
+    tune_gc()  # as the broker does
     store = MailStore.open(url)
     checkpointer = None
     if store.engines.is_sqlite:  # checkpoints off the commit path (checkpoint.py)
