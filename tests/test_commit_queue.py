@@ -64,12 +64,7 @@ async def wait_started(writer: GatedWriter) -> None:
 async def test_groups_are_committed_whole_in_order_and_answered_once() -> None:
     writer = GatedWriter()
     delivered: list[Sequence[SendOutcome]] = []
-    queue: CommitQueue[list[SendOutcome]] = CommitQueue(
-        None,  # type: ignore[arg-type]  # the queue does not use the runner
-        writer,
-        delivered.append,
-        quota=100,
-    )
+    queue: CommitQueue[list[SendOutcome]] = CommitQueue(writer, delivered.append, quota=100)
     answers: dict[str, Sequence[SendOutcome] | RequestRefused] = {}
 
     def answer(name: str):  # type: ignore[no-untyped-def]
@@ -109,12 +104,7 @@ async def test_groups_are_committed_whole_in_order_and_answered_once() -> None:
 
 async def test_stopping_answers_the_batch_in_flight_and_refuses_what_waits() -> None:
     writer = GatedWriter()
-    queue: CommitQueue[list[SendOutcome]] = CommitQueue(
-        None,  # type: ignore[arg-type]
-        writer,
-        lambda outcomes: None,
-        quota=100,
-    )
+    queue: CommitQueue[list[SendOutcome]] = CommitQueue(writer, lambda outcomes: None, quota=100)
     answers: dict[str, Sequence[SendOutcome] | RequestRefused] = {}
     with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:

@@ -8,8 +8,8 @@ A caller may hand in several sends at once (a connection's window, read in one g
 one group, always in one batch, and the caller hears of them through one callback, which spares
 a task and an event per send.
 
-The batches are written by a SendCommitter (broker/store/committer.py): in a worker thread, or
-in a child process on SQLite; `choose_committer` picks one when the broker is assembled.
+The batches are written by a SendCommitter (broker/store/committer.py), called from the queue's
+own committing thread: in that thread, or in a child process on SQLite; `choose_committer` picks one when the broker is assembled.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from broker.store import (
     WriterProcess,
     call_guarded,
 )
-
-from .runner import StoreRunner
 
 MAX_BATCH = 2000
 
@@ -87,13 +85,11 @@ class CommitQueue(Generic[CommittedT]):
 
     def __init__(
         self,
-        runner: StoreRunner,
         committer: SendCommitter[CommittedT],
         on_committed: Callable[[Sequence[SendOutcome]], None],
         *,
         quota: int,
     ) -> None:
-        self.runner = runner
         self.committer = committer
         self.on_committed = on_committed
         self.quota = quota

@@ -96,9 +96,7 @@ class Broker:
             else None
         )
         self.committer = committer if committer is not None else choose_committer(store, config)
-        self.commits = CommitQueue(
-            self.runner, self.committer, self._deliver, quota=config.mailbox_quota
-        )
+        self.commits = CommitQueue(self.committer, self._deliver, quota=config.mailbox_quota)
         self.send_limits: SendRateLimiter | SharedSendRate = SendRateLimiter(
             config.send_rate, config.send_burst
         )
