@@ -9,7 +9,8 @@ one group, always in one batch, and the caller hears of them through one callbac
 a task and an event per send.
 
 The batches are written by a SendCommitter (broker/store/committer.py), called from the queue's
-own committing thread: in that thread, or in a child process on SQLite; `choose_committer` picks one when the broker is assembled.
+own committing thread: in that thread, or in a child process on SQLite; `choose_committer`
+picks one when the broker is assembled.
 """
 
 from __future__ import annotations
