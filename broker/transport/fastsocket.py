@@ -27,7 +27,7 @@ import errno
 import os
 import socket
 import ssl
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import trio
 
@@ -49,25 +49,38 @@ def _broke(exc: OSError) -> trio.BrokenResourceError:
     return trio.BrokenResourceError(f"the connection broke: {exc}")
 
 
+class _FairTurns:
+    """Counts the reads and writes that completed without waiting; every FAIR_EVERY of them
+    the stream yields once, so a socket that never runs dry cannot hold the loop."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self) -> None:
+        self._count = 0
+
+    def waited(self) -> None:
+        """The operation waited for the socket: the others had their turn."""
+        self._count = 0
+
+    async def completed(self) -> None:
+        self._count += 1
+        if self._count >= FAIR_EVERY:
+            self._count = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+
 class FastSocketStream(trio.abc.HalfCloseableStream):
     def __init__(self, inner: trio.SocketStream) -> None:
         self.inner = inner
-        self.socket = inner.socket  # peer_address() and setsockopt callers look for it
+        self.socket = inner.socket  # peer_address() looks for it
         self._fd = inner.socket.fileno()
-        self._unyielded = 0
+        self._turns = _FairTurns()
         self._closed = False
 
     def _check_open(self) -> int:
         if self._closed or self.socket.fileno() == -1:
             raise trio.ClosedResourceError("the connection is closed")
         return self._fd
-
-    async def _maybe_yield(self) -> None:
-        """Count an operation that did not wait; every FAIR_EVERY of them, let others run."""
-        self._unyielded += 1
-        if self._unyielded >= FAIR_EVERY:
-            self._unyielded = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = DEFAULT_RECEIVE_SIZE if max_bytes is None else max_bytes
@@ -79,14 +92,14 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             try:
                 data = os.read(fd, size)
             except BlockingIOError:
-                self._unyielded = 0
+                self._turns.waited()
                 await trio.lowlevel.wait_readable(fd)
                 continue
             except OSError as exc:
                 if _peer_gone(exc):
                     raise _broke(exc) from exc
                 raise
-            await self._maybe_yield()
+            await self._turns.completed()
             return data
 
     def try_send(self, data: bytes | bytearray | memoryview) -> int:
@@ -112,9 +125,9 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                 waited = True
                 sent += self.try_send(view[sent:])
         if waited:
-            self._unyielded = 0
+            self._turns.waited()
         else:
-            await self._maybe_yield()
+            await self._turns.completed()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.inner.wait_send_all_might_not_block()
@@ -125,9 +138,6 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         self._closed = True
         await self.inner.aclose()
-
-    def setsockopt(self, *args: Any) -> None:
-        self.inner.setsockopt(*args)
 
 
 class FastTLSStream(trio.abc.Stream):
@@ -148,7 +158,7 @@ class FastTLSStream(trio.abc.Stream):
         self._ssl = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         self.socket = self._ssl  # peer_address() looks for it
         self._fd = fd
-        self._unyielded = 0
+        self._turns = _FairTurns()
         self._closed = False
         self._broken = False
 
@@ -167,7 +177,7 @@ class FastTLSStream(trio.abc.Stream):
         raise exc
 
     async def _wait_for(self, exc: Exception) -> None:
-        self._unyielded = 0
+        self._turns.waited()
         if isinstance(exc, ssl.SSLWantWriteError):
             await trio.lowlevel.wait_writable(self._fd)
         else:
@@ -201,10 +211,7 @@ class FastTLSStream(trio.abc.Stream):
                 return b""  # the peer said close_notify
             except OSError as exc:
                 self._fail(exc)
-            self._unyielded += 1
-            if self._unyielded >= FAIR_EVERY:
-                self._unyielded = 0
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            await self._turns.completed()
             return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -231,11 +238,8 @@ class FastTLSStream(trio.abc.Stream):
             raise
         finally:
             view.release()
-        if not waited:
-            self._unyielded += 1
-            if self._unyielded >= FAIR_EVERY:
-                self._unyielded = 0
-                await trio.lowlevel.cancel_shielded_checkpoint()
+        if not waited:  # (a wait already counted as the others' turn)
+            await self._turns.completed()
 
     async def wait_send_all_might_not_block(self) -> None:
         self._check_usable()
