@@ -129,8 +129,12 @@ def pg_url() -> Iterator[str]:
         pytest.skip("MAILNET_TEST_PG_URL is not set (a PostgreSQL URL; .ci/run sets it)")
     schema = "mailnet_" + uuid.uuid4().hex[:12]
     admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.fail(f"MAILNET_TEST_PG_URL is set but PostgreSQL is unreachable: {exc}")
     url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)
@@ -138,3 +142,19 @@ def pg_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    """A broker config on a SQLite file, then on a fresh PostgreSQL schema (skipped without
+    MAILNET_TEST_PG_URL): a test that takes it runs on both stores."""
+    if request.param == "sqlite":
+        return make_config(tmp_path)
+    return make_config(tmp_path, db=request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def web(tmp_path: Path) -> AsyncIterator[RunningBroker]:
+    """A broker with its web server on (HTTP API, WebSocket, web UI) on a free port."""
+    async with running_broker(make_config(tmp_path, web_port=0)) as running:
+        yield running

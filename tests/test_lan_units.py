@@ -4,13 +4,12 @@ thing for real in network namespaces."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from cli_helpers import cli_env, run_cli
-from conftest import RunningBroker, make_config, running_broker
+from conftest import RunningBroker
 
 from broker import discovery, lan
 from broker.config import Config
@@ -130,12 +129,6 @@ async def test_login_refuses_a_bad_browse_time(tmp_path: Path) -> None:
     result = await run_cli("login", "alice", "--password-stdin", env=env, stdin=b"password1\n")
     assert result.returncode == 2, result
     assert "MAILNET_BROWSE_SECONDS='soon' is not a number" in result.stderr
-
-
-@pytest.fixture
-async def web(tmp_path: Path) -> AsyncIterator[RunningBroker]:
-    async with running_broker(make_config(tmp_path, web_port=0)) as running:
-        yield running
 
 
 async def test_the_invite_of_a_loopback_broker_says_to_serve_with_lan(web: RunningBroker) -> None:

@@ -29,13 +29,6 @@ WAIT = 20
 PG_URL = os.environ.get("MAILNET_TEST_PG_URL", "")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
-    if request.param == "sqlite":
-        return make_config(tmp_path)
-    return make_config(tmp_path, db=request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 async def core(store_config: Config) -> AsyncIterator[Broker]:
     async with running_core(store_config) as running:
@@ -150,12 +143,6 @@ def test_announcements_and_rickrolls_cannot_be_replies() -> None:
 
 
 # -- 1. on the wire ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def web(tmp_path: Path) -> AsyncIterator[RunningBroker]:
-    async with running_broker(make_config(tmp_path, web_port=0)) as running:
-        yield running
 
 
 async def test_tcp_reply_is_pushed_with_its_thread_and_history_filters_by_thread(

@@ -25,22 +25,9 @@ from tests.test_session_layer import connection, create_accounts, login, running
 WAIT = 20
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
-    if request.param == "sqlite":
-        return make_config(tmp_path)
-    return make_config(tmp_path, db=request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 async def core(store_config: Config) -> AsyncIterator[Broker]:
     async with running_core(store_config) as running:
-        yield running
-
-
-@pytest.fixture
-async def web(tmp_path: Path) -> AsyncIterator[RunningBroker]:
-    async with running_broker(make_config(tmp_path, web_port=0)) as running:
         yield running
 
 

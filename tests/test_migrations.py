@@ -12,9 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,26 +107,6 @@ requires_pg = pytest.mark.skipif(
     reason="set MAILNET_TEST_PG_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) "
     "to run the PostgreSQL tests",
 )
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL whose connections see only a fresh, empty schema (dropped afterwards)."""
-    schema = f"mailnet_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.fail(f"MAILNET_TEST_PG_URL is set but PostgreSQL is unreachable: {exc}")
-    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 @requires_pg

@@ -24,12 +24,6 @@ WAIT = 10
 PASSWORD = "password1"
 
 
-@pytest.fixture
-async def web(tmp_path) -> AsyncIterator[RunningBroker]:
-    async with running_broker(make_config(tmp_path, web_port=0)) as running:
-        yield running
-
-
 @asynccontextmanager
 async def http(broker: RunningBroker) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=broker.info.web[0], timeout=WAIT) as client:
