@@ -45,6 +45,15 @@ def _peer_gone(exc: OSError) -> bool:
     return isinstance(exc, (*_BROKEN, ssl.SSLError)) or exc.errno in _BROKEN_ERRNOS
 
 
+def _receive_size(max_bytes: int | None) -> int:
+    """receive_some's argument, checked as trio's streams check it."""
+    if max_bytes is None:
+        return DEFAULT_RECEIVE_SIZE
+    if max_bytes < 1:
+        raise ValueError("max_bytes must be >= 1")
+    return max_bytes
+
+
 def _broke(exc: OSError) -> trio.BrokenResourceError:
     return trio.BrokenResourceError(f"the connection broke: {exc}")
 
@@ -83,9 +92,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         return self._fd
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else max_bytes
-        if size < 1:
-            raise ValueError("max_bytes must be >= 1")
+        size = _receive_size(max_bytes)
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             fd = self._check_open()
@@ -196,9 +203,7 @@ class FastTLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else max_bytes
-        if size < 1:
-            raise ValueError("max_bytes must be >= 1")
+        size = _receive_size(max_bytes)
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._check_usable()
