@@ -158,3 +158,16 @@ async def web(tmp_path: Path) -> AsyncIterator[RunningBroker]:
     """A broker with its web server on (HTTP API, WebSocket, web UI) on a free port."""
     async with running_broker(make_config(tmp_path, web_port=0)) as running:
         yield running
+
+
+@asynccontextmanager
+async def two_nodes(
+    pg_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[RunningBroker, RunningBroker]]:
+    """Two broker nodes sharing one PostgreSQL schema (a cluster), each with its own data
+    directory."""
+    async with (
+        running_broker(make_config(tmp_path / "a", db=pg_url)) as a,
+        running_broker(make_config(tmp_path / "b", db=pg_url)) as b,
+    ):
+        yield a, b

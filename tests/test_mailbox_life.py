@@ -22,7 +22,7 @@ from broker.core import Broker, Session
 from broker.protocol import ErrorCode, RemoteProtocolError, RequestRefused, parse_request, requests
 from broker.protocol import responses as r
 from broker.protocol.events import MailboxEvent, ReceiptEvent, Receipts
-from tests.conftest import RunningBroker, make_config, running_broker
+from tests.conftest import RunningBroker, make_config, two_nodes
 from tests.test_session_layer import create_accounts, login, running_core
 
 WAIT = 20
@@ -342,8 +342,7 @@ async def test_a_read_on_one_postgresql_node_reaches_sessions_on_another(
 ) -> None:
     with trio.fail_after(40):
         async with (
-            running_broker(make_config(tmp_path / "a", db=pg_url)) as a,
-            running_broker(make_config(tmp_path / "b", db=pg_url)) as b,
+            two_nodes(pg_url, tmp_path) as (a, b),
             a.user("alice") as alice,
             a.user("bob") as bob_here,
             b.user("bob") as bob_there,
@@ -770,8 +769,7 @@ async def test_a_receipt_reaches_the_sender_on_another_postgresql_node(
 ) -> None:
     with trio.fail_after(40):
         async with (
-            running_broker(make_config(tmp_path / "a", db=pg_url)) as a,
-            running_broker(make_config(tmp_path / "b", db=pg_url)) as b,
+            two_nodes(pg_url, tmp_path) as (a, b),
             a.user("alice") as alice,
             b.user("bob") as bob,
         ):

@@ -18,7 +18,7 @@ from broker.core import Broker
 from broker.protocol import ErrorCode, RequestRefused, parse_request
 from broker.protocol import responses as r
 from broker.protocol.events import MailboxEvent
-from tests.conftest import RunningBroker, make_config, running_broker
+from tests.conftest import RunningBroker, two_nodes
 from tests.test_mailbox_life import mailbox_events, receipts_of, send, session_of, wait_for_receipts
 from tests.test_session_layer import connection, create_accounts, login, running_core, text
 
@@ -106,8 +106,7 @@ async def test_delivered_reaches_the_sender_on_another_postgresql_node(
 ) -> None:
     with trio.fail_after(40):
         async with (
-            running_broker(make_config(tmp_path / "a", db=pg_url)) as a,
-            running_broker(make_config(tmp_path / "b", db=pg_url)) as b,
+            two_nodes(pg_url, tmp_path) as (a, b),
             a.user("alice") as alice,
             b.user("bob") as bob,
         ):
@@ -173,8 +172,7 @@ async def test_unarchive_on_one_postgresql_node_reaches_the_users_session_on_ano
 ) -> None:
     with trio.fail_after(40):
         async with (
-            running_broker(make_config(tmp_path / "a", db=pg_url)) as a,
-            running_broker(make_config(tmp_path / "b", db=pg_url)) as b,
+            two_nodes(pg_url, tmp_path) as (a, b),
             a.user("alice") as alice,
             a.user("bob") as bob_a,
             b.user("bob") as bob_b,
