@@ -11,7 +11,7 @@ import trio
 from broker.client import BrokerUnreachable, RequestFailed
 from broker.config import Config
 from tests.conftest import RunningBroker, make_config, running_broker
-from tests.test_migrations import pg_url, requires_pg  # noqa: F401 (pg_url is a fixture)
+from tests.test_migrations import requires_pg
 
 TIMEOUT = 10
 
@@ -328,7 +328,7 @@ async def test_prank_opt_out_still_refuses_pranks(broker: RunningBroker) -> None
 
 
 @requires_pg
-async def test_blocks_admin_and_invites_on_postgresql(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+async def test_blocks_admin_and_invites_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     config = make_config(tmp_path, db=pg_url, registration="invite")
     with trio.fail_after(30):
         async with running_broker(config) as broker:
@@ -361,7 +361,7 @@ async def test_blocks_admin_and_invites_on_postgresql(pg_url: str, tmp_path: Pat
 
 @requires_pg
 async def test_kick_and_password_change_reach_sessions_on_another_node(
-    pg_url: str,  # noqa: F811
+    pg_url: str,
     tmp_path: Path,
 ) -> None:
     node_a = make_config(tmp_path / "a", db=pg_url, revoked_session_check=0.1)
